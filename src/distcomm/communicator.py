@@ -1,0 +1,497 @@
+"""The abstract :class:`Communicator`: what every rank can ask of the others.
+
+The public methods live here, once, and take every kind of input (tensors, Python
+numbers, NumPy arrays, nested dicts/lists/tuples of those). They turn the input into
+tensors, call a handful of tensor primitives that each subclass implements, and turn
+the results back into the kind that came in. Because that logic is shared, a
+:class:`~distcomm.LocalCommunicator` gives back exactly what a
+:class:`~distcomm.TorchDistCommunicator` gives back, at any world size.
+"""
+
+from __future__ import annotations
+
+import abc
+import pickle
+from types import TracebackType
+from typing import Any, TypeVar
+
+import attrs
+import numpy as np
+import torch
+
+from distcomm.conversion import describe, from_tensor, is_python_number, to_tensor
+from distcomm.errors import DistCommError, InvalidArgumentError
+from distcomm.nested import flatten, is_container, unflatten
+from distcomm.ops import ReduceOp, ReduceOpLike, parse_reduce_op
+
+T = TypeVar("T")
+C = TypeVar("C", bound="Communicator")
+
+OBJECT_SLOT_BYTES = 4096
+"""Object collectives send payloads up to this size (header included) in one collective."""
+_HEADER_BYTES = 8
+_MAX_GATHER_DIMS = 16
+
+
+class Handle(abc.ABC):
+    """An asynchronous collective in flight; :meth:`wait` returns its result."""
+
+    @abc.abstractmethod
+    def wait(self) -> Any:
+        """Block until the collective is done and return its result."""
+
+    @abc.abstractmethod
+    def is_completed(self) -> bool:
+        """Whether :meth:`wait` would return at once."""
+
+
+class CompletedHandle(Handle):
+    """A handle for work that already finished (used where no async path exists)."""
+
+    def __init__(self, result: Any) -> None:
+        self._result = result
+
+    def wait(self) -> Any:
+        return self._result
+
+    def is_completed(self) -> bool:
+        return True
+
+
+@attrs.frozen
+class _ReducePlan:
+    """How one leaf travels through a reduction: the dtype it travels as, the op, and
+    for a mean the dtype its result is divided in."""
+
+    transport_dtype: torch.dtype
+    op: ReduceOp
+    mean_dtype: torch.dtype | None = None
+
+
+def _plan_reduction(template: Any, tensor: torch.Tensor, op: ReduceOp, operation: str) -> _ReducePlan:
+    """Decide how a leaf is reduced, so that the result kind depends only on the input.
+
+    * A mean of integers or bools is exact: summed as int64, then divided as floats.
+    * Bool tensors and arrays keep torch's and NumPy's logic: sum is "any", product
+      "all", min "all", max "any", and they stay bool. A Python ``bool`` counts as an
+      ``int`` for sum and product, as it does in Python.
+    """
+    dtype = tensor.dtype
+    if dtype.is_complex and op in (ReduceOp.MIN, ReduceOp.MAX):
+        raise InvalidArgumentError(f"{operation}: op {op.value!r} is not defined for complex {describe(template)}")
+    exact = dtype.is_floating_point or dtype.is_complex
+    if op is ReduceOp.MEAN:
+        if exact:
+            return _ReducePlan(dtype, ReduceOp.SUM, dtype)
+        to = torch.get_default_dtype() if isinstance(template, torch.Tensor) else torch.float64
+        return _ReducePlan(torch.int64, ReduceOp.SUM, to)
+    if dtype == torch.bool:
+        if is_python_number(template) and op in (ReduceOp.SUM, ReduceOp.PRODUCT):
+            return _ReducePlan(torch.int64, op)
+        logical = {ReduceOp.SUM: ReduceOp.MAX, ReduceOp.PRODUCT: ReduceOp.MIN}
+        return _ReducePlan(torch.bool, logical.get(op, op))
+    return _ReducePlan(dtype, op)
+
+
+class Communicator(abc.ABC):
+    """One object to talk to the other ranks of a job.
+
+    Subclasses implement the identity properties and the tensor primitives (the
+    methods whose names start with an underscore); everything else is shared.
+    """
+
+    # ------------------------------------------------------------------ identity
+
+    @property
+    @abc.abstractmethod
+    def rank(self) -> int:
+        """This process's rank in the communicator, from 0 to ``world_size - 1``."""
+
+    @property
+    @abc.abstractmethod
+    def world_size(self) -> int:
+        """How many ranks the communicator has."""
+
+    @property
+    @abc.abstractmethod
+    def local_rank(self) -> int:
+        """This process's rank among the processes on its machine."""
+
+    @property
+    @abc.abstractmethod
+    def device(self) -> torch.device:
+        """The device this communicator's collectives use for data that is not a tensor."""
+
+    @property
+    @abc.abstractmethod
+    def backend(self) -> str:
+        """The backend's name: ``"gloo"``, ``"nccl"``, ``"mpi"`` or ``"local"``."""
+
+    @property
+    def is_master(self) -> bool:
+        """Whether this is rank 0."""
+        return self.rank == 0
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(rank={self.rank}, world_size={self.world_size}, backend={self.backend!r})"
+
+    # --------------------------------------------------------------- primitives
+
+    @abc.abstractmethod
+    def _barrier(self) -> None:
+        """Block until every rank arrives."""
+
+    @abc.abstractmethod
+    def _broadcast_tensor(self, tensor: torch.Tensor, src: int) -> None:
+        """Fill ``tensor`` in place with ``src``'s tensor."""
+
+    @abc.abstractmethod
+    def _all_reduce_tensor(self, tensor: torch.Tensor, op: ReduceOp) -> None:
+        """Reduce ``tensor`` in place (``op`` is never ``MEAN``)."""
+
+    @abc.abstractmethod
+    def _all_gather_tensor(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        """New tensors, one per rank, when every rank's tensor has the same shape."""
+
+    @abc.abstractmethod
+    def _accepts_device(self, device: torch.device) -> bool:
+        """Whether tensors on ``device`` can be passed to the primitives as they are."""
+
+    @abc.abstractmethod
+    def _close(self) -> None:
+        """Release what the communicator holds."""
+
+    def _all_reduce_tensor_async(self, tensor: torch.Tensor, op: ReduceOp) -> Handle:
+        """Start an in-place reduction; subclasses with a real async path override this."""
+        self._all_reduce_tensor(tensor, op)
+        return CompletedHandle(tensor)
+
+    def _broadcast_tensor_async(self, tensor: torch.Tensor, src: int) -> Handle:
+        """Start an in-place broadcast; subclasses with a real async path override this."""
+        self._broadcast_tensor(tensor, src)
+        return CompletedHandle(tensor)
+
+    def _all_gather_uneven(self, tensor: torch.Tensor, shapes: list[torch.Size]) -> list[torch.Tensor]:
+        """Gather tensors whose shapes differ across ranks: pad, gather, then trim."""
+        longest = max(shape.numel() for shape in shapes)
+        padded = torch.zeros(longest, dtype=tensor.dtype, device=tensor.device)
+        padded[: tensor.numel()] = tensor.reshape(-1)
+        gathered = self._all_gather_tensor(padded)
+        return [g[: shape.numel()].reshape(shape) for g, shape in zip(gathered, shapes)]
+
+    # -------------------------------------------------------------- life cycle
+
+    @property
+    def closed(self) -> bool:
+        return getattr(self, "_closed", False)
+
+    def close(self) -> None:
+        """Release the communicator; calling it again is harmless."""
+        if not self.closed:
+            self._closed = True
+            self._close()
+
+    def __enter__(self: C) -> C:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _check_open(self, operation: str) -> None:
+        if self.closed:
+            raise DistCommError(f"{operation} on a closed {type(self).__name__}: create a new communicator")
+
+    def _check_rank(self, value: Any, name: str, operation: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise InvalidArgumentError(f"{operation}: {name} must be an int rank, got {describe(value)}")
+        if not 0 <= value < self.world_size:
+            raise InvalidArgumentError(
+                f"{operation}: {name}={value} is outside the group; ranks go from 0 to {self.world_size - 1}"
+            )
+        return int(value)
+
+    def _transport(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` itself when the backend takes it where it is, else a contiguous copy on ``device``."""
+        if self._accepts_device(tensor.device) and tensor.is_contiguous():
+            return tensor
+        return tensor.to(self.device, memory_format=torch.contiguous_format, copy=True)
+
+    # -------------------------------------------------------------- collectives
+
+    def barrier(self) -> None:
+        """Block until every rank has called ``barrier``."""
+        self._check_open("barrier")
+        self._barrier()
+
+    def broadcast(self, data: T, src: int = 0) -> T:
+        """Send ``src``'s ``data`` to every rank.
+
+        A tensor is filled in place and returned (every rank passes a tensor of the
+        same shape and dtype). Tensors inside dicts, lists and tuples are filled in
+        place too. Anything else is returned as ``src``'s value: non-source ranks may
+        pass a placeholder such as ``None``.
+        """
+        self._check_open("broadcast")
+        src = self._check_rank(src, "src", "broadcast")
+        if isinstance(data, torch.Tensor):
+            self._broadcast_tensor_into(data, src)
+            return data
+        leaves, _, spec = flatten(data)
+        tensor_positions = [i for i, leaf in enumerate(leaves) if isinstance(leaf, torch.Tensor)]
+        if not tensor_positions:
+            return self.broadcast_object(data, src)
+        others = [None if isinstance(leaf, torch.Tensor) else leaf for leaf in leaves]
+        others = self.broadcast_object(others, src)
+        if len(others) != len(leaves):
+            raise InvalidArgumentError(
+                f"broadcast: rank {self.rank} passed a structure with {len(leaves)} leaves, "
+                f"but src rank {src} passed {len(others)}"
+            )
+        for i in tensor_positions:
+            self._broadcast_tensor_into(leaves[i], src)
+            others[i] = leaves[i]
+        return unflatten(spec, others)  # type: ignore[no-any-return]
+
+    def _broadcast_tensor_into(self, tensor: torch.Tensor, src: int) -> None:
+        carrier = self._transport(tensor)
+        self._broadcast_tensor(carrier, src)
+        if carrier is not tensor:
+            tensor.copy_(carrier)
+
+    def all_reduce(self, data: T, op: ReduceOpLike = "sum") -> T:
+        """Reduce ``data`` over all ranks with ``op`` (sum, mean, min, max, product).
+
+        Tensors are reduced in place and returned; numbers, NumPy arrays and
+        containers come back as new values of the same kind and structure. The mean
+        of integers is a float, computed exactly from an integer sum.
+        """
+        self._check_open("all_reduce")
+        reduce_op = parse_reduce_op(op)
+        if isinstance(data, torch.Tensor):
+            return self._all_reduce_one_tensor(data, reduce_op)  # type: ignore[return-value]
+        if not is_container(data):
+            return self._all_reduce_leaves([data], [""], reduce_op)[0]  # type: ignore[no-any-return]
+        leaves, paths, spec = flatten(data)
+        return unflatten(spec, self._all_reduce_leaves(leaves, paths, reduce_op))  # type: ignore[no-any-return]
+
+    def _all_reduce_one_tensor(self, tensor: torch.Tensor, op: ReduceOp) -> torch.Tensor:
+        """The hot path: one tensor, no flattening."""
+        plan = _plan_reduction(tensor, tensor, op, "all_reduce")
+        if plan.transport_dtype != tensor.dtype or plan.mean_dtype not in (None, tensor.dtype):
+            return self._all_reduce_leaves([tensor], [""], op)[0]  # type: ignore[no-any-return]
+        carrier = self._transport(tensor)
+        self._all_reduce_tensor(carrier, plan.op)
+        if plan.mean_dtype is not None:
+            carrier.div_(self.world_size)
+        if carrier is not tensor:
+            tensor.copy_(carrier)
+        return tensor
+
+    def _all_reduce_leaves(self, leaves: list[Any], paths: list[str], op: ReduceOp) -> list[Any]:
+        """Reduce many leaves with one collective per transport dtype and device."""
+        tensors = [to_tensor(leaf, "all_reduce", path) for leaf, path in zip(leaves, paths)]
+        plans = [_plan_reduction(leaf, t, op, "all_reduce") for leaf, t in zip(leaves, tensors)]
+        groups: dict[tuple[torch.dtype, ReduceOp, torch.device], list[int]] = {}
+        for i, (t, plan) in enumerate(zip(tensors, plans)):
+            device = t.device if self._accepts_device(t.device) else self.device
+            groups.setdefault((plan.transport_dtype, plan.op, device), []).append(i)
+        results: list[Any] = [None] * len(leaves)
+        for (dtype, group_op, device), members in groups.items():
+            flat = torch.cat([tensors[i].reshape(-1).to(device=device, dtype=dtype) for i in members])
+            self._all_reduce_tensor(flat, group_op)
+            for i, part in zip(members, flat.split([tensors[i].numel() for i in members])):
+                results[i] = self._finish_leaf(leaves[i], part.view(tensors[i].shape), plans[i])
+        return results
+
+    def _finish_leaf(self, leaf: Any, reduced: torch.Tensor, plan: _ReducePlan) -> Any:
+        if plan.mean_dtype is not None:
+            reduced = reduced.to(plan.mean_dtype).div_(self.world_size)
+            if isinstance(leaf, torch.Tensor) and reduced.dtype != leaf.dtype:
+                return reduced.to(leaf.device)  # a mean of integers: a new float tensor
+        if isinstance(leaf, torch.Tensor):
+            leaf.copy_(reduced)
+            return leaf
+        return from_tensor(reduced, leaf)
+
+    def all_gather(self, data: Any) -> list[Any]:
+        """Return a list with every rank's ``data``, in rank order, on every rank.
+
+        Tensors may differ in shape across ranks (not in dtype or number of
+        dimensions); each entry is a new tensor on the input's device. Numbers,
+        arrays and other values come back as lists of values of the same kind, and
+        containers as one structure per rank.
+        """
+        self._check_open("all_gather")
+        if isinstance(data, torch.Tensor):
+            return self._all_gather_any_shape(data)
+        if not is_container(data):
+            return self.all_gather_objects(data)
+        leaves, _, spec = flatten(data)
+        skeleton = [None if isinstance(leaf, torch.Tensor) else leaf for leaf in leaves]
+        per_rank = self.all_gather_objects((spec, skeleton))
+        if any(rank_spec != spec for rank_spec, _ in per_rank):
+            raise InvalidArgumentError(
+                "all_gather: ranks passed differently shaped structures: "
+                + "; ".join(f"rank {r}: {s}" for r, (s, _) in enumerate(per_rank))
+            )
+        columns = {i: self._all_gather_any_shape(leaf) for i, leaf in enumerate(leaves) if isinstance(leaf, torch.Tensor)}
+        out = []
+        for r, (_, rank_leaves) in enumerate(per_rank):
+            out.append(unflatten(spec, [columns[i][r] if i in columns else v for i, v in enumerate(rank_leaves)]))
+        return out
+
+    def _all_gather_any_shape(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        if tensor.dim() > _MAX_GATHER_DIMS:
+            raise InvalidArgumentError(f"all_gather: at most {_MAX_GATHER_DIMS} dimensions, got {tensor.dim()}")
+        carrier = self._transport(tensor)
+        header = torch.full((2 + _MAX_GATHER_DIMS,), -1, dtype=torch.int64)
+        header[0] = tensor.dim()
+        header[1] = _dtype_code(tensor.dtype)
+        header[2 : 2 + tensor.dim()] = torch.tensor(tensor.shape, dtype=torch.int64)
+        headers = [h.cpu() for h in self._all_gather_tensor(header.to(self.device))]
+        shapes = [torch.Size(h[2 : 2 + int(h[0])].tolist()) for h in headers]
+        dtypes = [_DTYPES[int(h[1])] for h in headers]
+        if len(set(dtypes)) > 1 or len({len(s) for s in shapes}) > 1:
+            listing = "; ".join(
+                f"rank {r}: {str(d).removeprefix('torch.')}{list(s)}" for r, (d, s) in enumerate(zip(dtypes, shapes))
+            )
+            raise InvalidArgumentError(
+                f"all_gather: every rank must pass the same dtype and number of dimensions ({listing}); "
+                "convert with .to(dtype) or reshape before gathering"
+            )
+        if all(s == shapes[0] for s in shapes):
+            gathered = self._all_gather_tensor(carrier)
+        else:
+            gathered = self._all_gather_uneven(carrier, shapes)
+        if carrier is not tensor:
+            gathered = [g.to(tensor.device) for g in gathered]
+        return gathered
+
+    # ------------------------------------------------------- object collectives
+
+    def _object_device(self, device: torch.device | str | None) -> torch.device:
+        return self.device if device is None else torch.device(device)
+
+    def all_gather_objects(self, obj: T, *, device: torch.device | str | None = None) -> list[T]:
+        """Every rank's picklable ``obj``, in rank order, on every rank.
+
+        Small payloads (under about 4 KB) take one collective; larger ones two.
+        """
+        self._check_open("all_gather_objects")
+        return [_decode(p) for p in self._exchange_objects(obj, "all_gather_objects", device)]
+
+    def gather_objects(self, obj: T, dst: int = 0, *, device: torch.device | str | None = None) -> list[T] | None:
+        """Every rank's picklable ``obj`` as a list on rank ``dst``; ``None`` on the others."""
+        self._check_open("gather_objects")
+        dst = self._check_rank(dst, "dst", "gather_objects")
+        payloads = self._exchange_objects(obj, "gather_objects", device)
+        return [_decode(p) for p in payloads] if self.rank == dst else None
+
+    def _exchange_objects(self, obj: Any, operation: str, device: torch.device | str | None) -> list[bytes]:
+        payload = _encode(obj, operation)
+        target = self._object_device(device)
+        slots = self._all_gather_tensor(_slot(payload, target))
+        arrays = [s.cpu().numpy() for s in slots]
+        lengths = [int(a[:_HEADER_BYTES].view("<i8")[0]) for a in arrays]
+        if max(lengths) <= OBJECT_SLOT_BYTES - _HEADER_BYTES:
+            return [a[_HEADER_BYTES : _HEADER_BYTES + n].tobytes() for a, n in zip(arrays, lengths)]
+        padded = torch.zeros(max(lengths), dtype=torch.uint8)
+        padded[: len(payload)] = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
+        full = [g.cpu().numpy() for g in self._all_gather_tensor(padded.to(target))]
+        return [a[:n].tobytes() for a, n in zip(full, lengths)]
+
+    def broadcast_object(self, obj: T, src: int = 0, *, device: torch.device | str | None = None) -> T:
+        """Return ``src``'s picklable ``obj`` on every rank (``src`` gets its own object back)."""
+        self._check_open("broadcast_object")
+        src = self._check_rank(src, "src", "broadcast_object")
+        target = self._object_device(device)
+        payload = _encode(obj, "broadcast_object") if self.rank == src else b""
+        slot = _slot(payload, target)
+        self._broadcast_tensor(slot, src)
+        if self.rank == src:
+            if len(payload) > OBJECT_SLOT_BYTES - _HEADER_BYTES:
+                rest = torch.frombuffer(bytearray(payload[OBJECT_SLOT_BYTES - _HEADER_BYTES :]), dtype=torch.uint8)
+                self._broadcast_tensor(rest.to(target), src)
+            return obj
+        head = slot.cpu().numpy()
+        length = int(head[:_HEADER_BYTES].view("<i8")[0])
+        data = head[_HEADER_BYTES : _HEADER_BYTES + length].tobytes()
+        if length > len(data):
+            rest = torch.empty(length - len(data), dtype=torch.uint8, device=target)
+            self._broadcast_tensor(rest, src)
+            data += rest.cpu().numpy().tobytes()
+        return _decode(data)  # type: ignore[no-any-return]
+
+    def broadcast_object_list(
+        self, object_list: list[Any], src: int = 0, *, device: torch.device | str | None = None
+    ) -> None:
+        """Replace, in place, the items of ``object_list`` on every rank by ``src``'s items."""
+        if not isinstance(object_list, list):
+            raise InvalidArgumentError(
+                f"broadcast_object_list needs a list to fill in place, got {describe(object_list)}"
+            )
+        received = self.broadcast_object(object_list, src, device=device)
+        if received is not object_list:
+            object_list[:] = received
+
+    # ---------------------------------------------------------- async variants
+
+    def all_reduce_async(self, tensor: torch.Tensor, op: ReduceOpLike = "sum") -> Handle:
+        """Start an in-place reduction of ``tensor``; the handle's ``wait()`` returns it."""
+        self._check_open("all_reduce_async")
+        reduce_op = parse_reduce_op(op)
+        if not isinstance(tensor, torch.Tensor) or not self._accepts_device(tensor.device) or not tensor.is_contiguous():
+            return CompletedHandle(self.all_reduce(tensor, reduce_op))
+        plan = _plan_reduction(tensor, tensor, reduce_op, "all_reduce_async")
+        if plan.transport_dtype != tensor.dtype or plan.mean_dtype is not None:
+            return CompletedHandle(self.all_reduce(tensor, reduce_op))
+        return self._all_reduce_tensor_async(tensor, plan.op)
+
+    def broadcast_async(self, tensor: torch.Tensor, src: int = 0) -> Handle:
+        """Start an in-place broadcast of ``tensor`` from ``src``; ``wait()`` returns it."""
+        self._check_open("broadcast_async")
+        src = self._check_rank(src, "src", "broadcast_async")
+        if not isinstance(tensor, torch.Tensor):
+            raise InvalidArgumentError(f"broadcast_async takes a tensor, got {describe(tensor)}")
+        if not self._accepts_device(tensor.device) or not tensor.is_contiguous():
+            return CompletedHandle(self.broadcast(tensor, src))
+        return self._broadcast_tensor_async(tensor, src)
+
+
+_DTYPES: list[torch.dtype] = [
+    torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
+    torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.complex64, torch.complex128,
+]  # fmt: skip
+_DTYPE_CODES = {dtype: code for code, dtype in enumerate(_DTYPES)}
+
+
+def _dtype_code(dtype: torch.dtype) -> int:
+    try:
+        return _DTYPE_CODES[dtype]
+    except KeyError:
+        raise InvalidArgumentError(f"all_gather does not support dtype {dtype}; convert the tensor first") from None
+
+
+def _encode(obj: Any, operation: str) -> bytes:
+    try:
+        return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as error:
+        raise InvalidArgumentError(f"{operation}: the object cannot be pickled: {error}") from error
+
+
+def _decode(payload: bytes) -> Any:
+    return pickle.loads(payload)
+
+
+def _slot(payload: bytes, device: torch.device) -> torch.Tensor:
+    """A fixed-size buffer: an 8-byte length, then as much of the payload as fits."""
+    slot = np.zeros(OBJECT_SLOT_BYTES, dtype=np.uint8)
+    slot[:_HEADER_BYTES] = np.array([len(payload)], dtype="<i8").view(np.uint8)
+    head = payload[: OBJECT_SLOT_BYTES - _HEADER_BYTES]
+    slot[_HEADER_BYTES : _HEADER_BYTES + len(head)] = np.frombuffer(head, dtype=np.uint8)
+    return torch.from_numpy(slot).to(device)

@@ -1,0 +1,92 @@
+"""Conversions between the values callers pass and the tensors that travel.
+
+This is the one place that knows how a Python number or a NumPy array becomes a
+tensor, and how a result tensor is turned back into the kind of value that came in.
+The base :class:`~distcomm.Communicator` uses it for every collective, so all
+communicators, at every world size, give back the same kinds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from distcomm.errors import InvalidArgumentError
+
+_PYTHON_NUMBER_DTYPES: dict[type, torch.dtype] = {
+    bool: torch.bool,
+    int: torch.int64,
+    float: torch.float64,
+    complex: torch.complex128,
+}
+_INT64_RANGE = (-(2**63), 2**63 - 1)
+
+ACCEPTED = "a tensor, a Python number, a NumPy array or number, or a dict/list/tuple of those"
+
+
+def describe(value: Any) -> str:
+    """A short name for a value's kind, for error messages: ``float32[2, 3]``, ``int``."""
+    if isinstance(value, torch.Tensor):
+        return f"{str(value.dtype).removeprefix('torch.')}{list(value.shape)}"
+    if isinstance(value, np.ndarray):
+        return f"numpy.{value.dtype}{list(value.shape)}"
+    return type(value).__name__
+
+
+def is_python_number(value: Any) -> bool:
+    """True for ``bool``, ``int``, ``float`` and ``complex``, but not NumPy scalars."""
+    return type(value) in _PYTHON_NUMBER_DTYPES
+
+
+def to_tensor(value: Any, operation: str, where: str = "") -> torch.Tensor:
+    """Return ``value`` as a tensor: a tensor itself, a number or array as a new CPU tensor.
+
+    A NumPy array is copied, so a reduction never writes into the caller's array.
+    """
+    if isinstance(value, torch.Tensor):
+        return value
+    kind = type(value)
+    if kind in _PYTHON_NUMBER_DTYPES:
+        if kind is int and not _INT64_RANGE[0] <= value <= _INT64_RANGE[1]:
+            raise InvalidArgumentError(
+                f"{operation}: the int {value}{_at(where)} does not fit in 64 bits; "
+                "pass it as a float or split it"
+            )
+        return torch.tensor(value, dtype=_PYTHON_NUMBER_DTYPES[kind])
+    if isinstance(value, (np.ndarray, np.generic)):
+        array = np.asarray(value)
+        if array.dtype.kind not in "biufc":
+            raise InvalidArgumentError(
+                f"{operation}: a NumPy array of dtype {array.dtype}{_at(where)} cannot be "
+                "communicated as numbers; use a numeric dtype, or an object collective"
+            )
+        try:
+            return torch.from_numpy(np.array(array, copy=True, order="C"))
+        except TypeError as error:
+            raise InvalidArgumentError(
+                f"{operation}: torch has no dtype for NumPy {array.dtype}{_at(where)}: {error}"
+            ) from error
+    raise InvalidArgumentError(
+        f"{operation} cannot take a {describe(value)}{_at(where)}: pass {ACCEPTED}"
+    )
+
+
+def from_tensor(result: torch.Tensor, template: Any) -> Any:
+    """Give ``result`` the kind of ``template``, the value that came in.
+
+    A tensor stays a tensor, a NumPy array becomes a NumPy array (a NumPy scalar a
+    NumPy scalar), and a Python number becomes the Python number of the result's dtype.
+    """
+    if isinstance(template, torch.Tensor):
+        return result
+    if isinstance(template, np.ndarray):
+        return result.detach().cpu().numpy()
+    if isinstance(template, np.generic):
+        return result.detach().cpu().numpy()[()]
+    return result.item()
+
+
+def _at(where: str) -> str:
+    return f" at {where}" if where else ""

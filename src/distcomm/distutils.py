@@ -1,0 +1,192 @@
+"""The documented module-level function API, kept working for legacy callers.
+
+Every function forwards to the active communicator (see :mod:`distcomm.active`), so
+legacy code and code that injects a :class:`~distcomm.Communicator` see the same
+world. Names, parameters and defaults are exactly those of the documented API.
+
+Unlike the code these callers were written against, results never change kind with
+the world size: ``all_gather`` always returns a list, ``all_reduce`` of a list always
+returns a NumPy array (or a number, for one element).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from distcomm import devices, launch
+from distcomm.active import get_communicator
+from distcomm.communicator import Communicator, Handle
+from distcomm.conversion import describe
+from distcomm.errors import InvalidArgumentError
+from distcomm.torch_dist import TorchDistCommunicator
+
+T = TypeVar("T")
+DISTRIBUTED_PORT = launch.DISTRIBUTED_PORT
+CURRENT_DEVICE_STR = devices.CURRENT_DEVICE_STR
+
+__all__ = [
+    "T",
+    "DISTRIBUTED_PORT",
+    "CURRENT_DEVICE_STR",
+    "os_environ_get_or_throw",
+    "setup",
+    "cleanup",
+    "initialized",
+    "get_rank",
+    "get_world_size",
+    "is_master",
+    "synchronize",
+    "broadcast",
+    "broadcast_object_list",
+    "all_reduce",
+    "all_gather",
+    "gather_objects",
+    "assign_device_for_local_rank",
+    "get_device_for_local_rank",
+    "setup_env_local",
+]
+
+# The value of ``dist.group.WORLD`` when the signatures below were evaluated: the
+# "default group" marker of every ``group=`` default, even after the group changes.
+_WORLD_DEFAULT = dist.group.WORLD
+_group_communicators: dict[Any, Communicator] = {}
+_group_lock = threading.Lock()
+
+
+def _communicator_for(group: Any) -> Communicator:
+    """The active communicator for the default group; a cached one for any other group."""
+    if group is None or group is _WORLD_DEFAULT or group is dist.group.WORLD:
+        return get_communicator()
+    with _group_lock:
+        comm = _group_communicators.get(group)
+        if comm is None:
+            comm = _group_communicators[group] = TorchDistCommunicator(group=group)
+        return comm
+
+
+def _legacy_tensor(data: Any, operation: str, device: Any) -> torch.Tensor:
+    """Make non-tensor data into a tensor as the legacy functions did (``torch.tensor``)."""
+    try:
+        tensor = torch.tensor(data)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise InvalidArgumentError(
+            f"{operation} cannot take {describe(data)}: pass a tensor, a number, a list of numbers "
+            f"or a NumPy array ({error})"
+        ) from error
+    return tensor if device is None else tensor.to(device)
+
+
+def os_environ_get_or_throw(x: str) -> str:
+    """The value of environment variable ``x``; ``RuntimeError`` naming ``x`` when unset."""
+    return launch.os_environ_get_or_throw(x)
+
+
+def setup(config) -> None:  # type: ignore[no-untyped-def]
+    """Initialize the default process group from a dict-like job config (unknown keys
+    are ignored) and make its communicator the active one. SLURM (``submit``), LSF
+    (``summit``), torchrun and a lone process are supported."""
+    launch.setup(config)
+
+
+def cleanup() -> None:
+    """Destroy the default process group if there is one; harmless when repeated."""
+    with _group_lock:
+        _group_communicators.clear()
+    launch.cleanup()
+
+
+def initialized() -> bool:
+    """Whether torch.distributed is available and initialized."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    """This process's rank (0 without a process group)."""
+    return get_communicator().rank
+
+
+def get_world_size() -> int:
+    """The number of ranks (1 without a process group)."""
+    return get_communicator().world_size
+
+
+def is_master() -> bool:
+    """Whether this is rank 0."""
+    return get_communicator().rank == 0
+
+
+def synchronize() -> None:
+    """A barrier across all ranks; nothing at world size 1."""
+    comm = get_communicator()
+    if comm.world_size > 1:
+        comm.barrier()
+
+
+def broadcast(tensor: torch.Tensor, src, group=dist.group.WORLD, async_op: bool = False) -> None:  # type: ignore[no-untyped-def]
+    """Fill ``tensor`` in place with rank ``src``'s; with ``async_op`` return a handle to wait on."""
+    if not isinstance(tensor, torch.Tensor):
+        raise InvalidArgumentError(f"broadcast fills a tensor in place; got {describe(tensor)}")
+    comm = _communicator_for(group)
+    if async_op:
+        handle: Handle = comm.broadcast_async(tensor, src)
+        return handle  # type: ignore[return-value]
+    comm.broadcast(tensor, src)
+    return None
+
+
+def broadcast_object_list(object_list: list[Any], src: int, group=dist.group.WORLD, device: str | None = None) -> None:  # type: ignore[no-untyped-def]
+    """Replace, in place, the items of ``object_list`` on every rank by rank ``src``'s."""
+    _communicator_for(group).broadcast_object_list(object_list, src, device=device)
+
+
+def all_reduce(data, group=dist.group.WORLD, average: bool = False, device=None) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """Sum (or, with ``average``, mean) ``data`` over all ranks.
+
+    A tensor is reduced in place and returned. Anything else is made into a tensor
+    (on ``device`` when given), reduced, and returned as a Python number when it has
+    one element, else as a NumPy array, at every world size.
+    """
+    comm = _communicator_for(group)
+    op = "mean" if average else "sum"
+    if isinstance(data, torch.Tensor):
+        return comm.all_reduce(data, op)
+    result = comm.all_reduce(_legacy_tensor(data, "all_reduce", device), op)
+    return result.item() if result.numel() == 1 else result.cpu().numpy()  # type: ignore[no-any-return]
+
+
+def all_gather(data, group=dist.group.WORLD, device=None) -> list[torch.Tensor]:  # type: ignore[no-untyped-def]
+    """One entry per rank, in rank order: tensors for a tensor, NumPy arrays for anything else.
+
+    It is always a list, also at world size 1.
+    """
+    comm = _communicator_for(group)
+    if isinstance(data, torch.Tensor):
+        return comm.all_gather(data)
+    gathered = comm.all_gather(_legacy_tensor(data, "all_gather", device))
+    arrays: list[np.ndarray] = [t.cpu().numpy() for t in gathered]
+    return arrays  # type: ignore[return-value]
+
+
+def gather_objects(data: T, group: torch.distributed.ProcessGroup = dist.group.WORLD) -> list[T]:  # type: ignore[assignment]
+    """Gather a list of pickleable objects into rank 0 (``None`` on the other ranks)."""
+    return _communicator_for(group).gather_objects(data, dst=0)  # type: ignore[return-value]
+
+
+def assign_device_for_local_rank(cpu: bool, local_rank: int):  # type: ignore[no-untyped-def]
+    """Set ``CURRRENT_DEVICE`` and, for a GPU, ``CUDA_VISIBLE_DEVICES`` to this process's GPU."""
+    return devices.assign_device_for_local_rank(cpu, local_rank)
+
+
+def get_device_for_local_rank():  # type: ignore[no-untyped-def]
+    """The device type given to this process (``"cpu"`` or ``"cuda"``)."""
+    return devices.get_device_for_local_rank()
+
+
+def setup_env_local():  # type: ignore[no-untyped-def]
+    """Set MASTER_ADDR, MASTER_PORT (a free port), RANK and LOCAL_RANK for a lone process."""
+    return launch.setup_env_local()

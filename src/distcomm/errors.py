@@ -1,0 +1,48 @@
+"""The exceptions distcomm raises, all rooted at :class:`DistCommError`.
+
+Two families matter to callers:
+
+* :class:`InvalidArgumentError` is raised *before* any communication, on the rank
+  that got the bad input, so a symmetric program fails on every rank at once instead
+  of hanging.
+* :class:`CollectiveError` is raised when a collective that was started cannot
+  complete (a timeout, a lost peer). It is also a ``RuntimeError`` so that code
+  written against raw ``torch.distributed`` keeps catching it.
+"""
+
+from __future__ import annotations
+
+
+class DistCommError(Exception):
+    """Base class of every error raised by distcomm."""
+
+
+class InvalidArgumentError(DistCommError, ValueError):
+    """Bad input to a collective, found before any communication started."""
+
+
+class ConfigurationError(DistCommError, ValueError):
+    """A launch configuration or environment that cannot start a job."""
+
+
+class CollectiveError(DistCommError, RuntimeError):
+    """A collective that was started but could not complete.
+
+    The message names the operation, the rank and the cause; the original exception
+    is kept as ``__cause__``.
+    """
+
+    def __init__(self, operation: str, rank: int, cause: BaseException | str) -> None:
+        self.operation = operation
+        self.rank = rank
+        self.cause = cause
+        reason = cause if isinstance(cause, str) else f"{type(cause).__name__}: {cause}"
+        super().__init__(f"{operation} failed on rank {rank}: {reason}")
+
+    def __reduce__(self) -> tuple[type, tuple[str, int, str]]:
+        # Keep the error picklable (it crosses process boundaries in distcomm.testing).
+        return (type(self), (self.operation, self.rank, str(self.cause)))
+
+
+class CollectiveMismatchError(CollectiveError):
+    """Ranks entered different collectives (or the same one with different shapes)."""

@@ -1,0 +1,271 @@
+"""Launch environments: find out how this process was started, then start the job.
+
+:func:`plan_launch` reads the environment (SLURM, LSF ``jsrun``, ``torchrun``, or a
+lone process) and returns a :class:`LaunchPlan` without side effects, so it can be
+tested and shown by ``python -m distcomm info``. :func:`setup` carries a plan out.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import subprocess
+from collections.abc import Mapping, MutableMapping
+from typing import Any
+
+import attrs
+import torch
+import torch.distributed as dist
+
+from distcomm.active import set_communicator
+from distcomm.config import DistributedConfig
+from distcomm.devices import assign_device_for_local_rank
+from distcomm.errors import CollectiveError, ConfigurationError, DistCommError
+from distcomm.torch_dist import TorchDistCommunicator
+
+logger = logging.getLogger(__name__)
+
+DISTRIBUTED_PORT = 13356
+"""The TCP port of the rendezvous under SLURM."""
+LSF_MASTER_PORT = 23456
+_PORT_RETRIES = 3
+
+
+class MissingEnvironmentError(ConfigurationError, RuntimeError):
+    """A launcher variable that must be set is not."""
+
+
+def os_environ_get_or_throw(x: str, environ: Mapping[str, str] | None = None) -> str:
+    """The value of environment variable ``x``; a ``RuntimeError`` naming ``x`` if it is unset."""
+    environ = os.environ if environ is None else environ
+    if x not in environ:
+        raise MissingEnvironmentError(f"environment variable {x} is not set; the launcher should set it")
+    return environ[x]
+
+
+def find_free_port() -> int:
+    """A TCP port that is free now (another process may still take it: callers retry)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("", 0))
+        return int(sock.getsockname()[1])
+
+
+def setup_env_local() -> None:
+    """Set the rendezvous variables for a lone process on this machine."""
+    os.environ["MASTER_ADDR"] = "localhost"
+    os.environ["LOCAL_RANK"] = "0"
+    os.environ["RANK"] = "0"
+    os.environ["MASTER_PORT"] = str(find_free_port())
+
+
+@attrs.frozen
+class LaunchPlan:
+    """What this process will do to join the job."""
+
+    launcher: str
+    """``"slurm"``, ``"lsf"``, ``"torchrun"`` or ``"single"``."""
+    rank: int
+    world_size: int
+    local_rank: int
+    init_method: str
+    backend: str
+    environment: dict[str, str] = attrs.field(factory=dict)
+    """Variables to export before the process group is created."""
+
+
+def _int_variable(name: str, environ: Mapping[str, str]) -> int:
+    value = os_environ_get_or_throw(name, environ)
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigurationError(f"environment variable {name}={value!r} is not an integer") from None
+
+
+def slurm_hostnames(node_list: str, scontrol: str | None = None) -> list[str]:
+    """Expand a SLURM node list: ``scontrol`` when it is on PATH, else python-hostlist."""
+    scontrol = scontrol if scontrol is not None else shutil.which("scontrol")
+    if scontrol:
+        try:
+            output = subprocess.run(
+                [scontrol, "show", "hostnames", node_list], capture_output=True, text=True, check=True, timeout=60
+            ).stdout
+        except (OSError, subprocess.SubprocessError) as error:
+            raise ConfigurationError(f"'scontrol show hostnames {node_list}' failed: {error}") from error
+        hosts = output.split()
+    else:
+        try:
+            import hostlist
+        except ImportError:
+            raise ConfigurationError(
+                "cannot expand the SLURM node list: scontrol is not on PATH and python-hostlist is not "
+                "installed; pip install 'distcomm[slurm]'"
+            ) from None
+        try:
+            hosts = list(hostlist.expand_hostlist(node_list))
+        except hostlist.BadHostlist as error:
+            raise ConfigurationError(f"cannot expand the SLURM node list {node_list!r}: {error}") from error
+    if not hosts:
+        raise ConfigurationError(f"the SLURM node list {node_list!r} names no host")
+    return hosts
+
+
+def _plan_slurm(config: DistributedConfig, environ: Mapping[str, str], scontrol: str | None) -> LaunchPlan:
+    node_list = environ.get("SLURM_STEP_NODELIST") or environ.get("SLURM_JOB_NODELIST")
+    if not node_list:
+        raise ConfigurationError(
+            "submit is true but neither SLURM_STEP_NODELIST nor SLURM_JOB_NODELIST is set: start the job "
+            "with srun/sbatch, or set submit to false (each rank would otherwise train alone as rank 0)"
+        )
+    host = slurm_hostnames(node_list, scontrol)[0]
+    nnodes = _int_variable("SLURM_NNODES", environ)
+    if "SLURM_NTASKS_PER_NODE" in environ:
+        per_node_text = environ["SLURM_NTASKS_PER_NODE"].split("(")[0]
+        if not per_node_text.isdigit():
+            raise ConfigurationError(f"SLURM_NTASKS_PER_NODE={environ['SLURM_NTASKS_PER_NODE']!r} is not an integer")
+        tasks_per_node = int(per_node_text)
+    else:
+        ntasks = _int_variable("SLURM_NTASKS", environ)
+        if ntasks % nnodes:
+            raise ConfigurationError(f"SLURM_NTASKS={ntasks} does not divide evenly over SLURM_NNODES={nnodes}")
+        tasks_per_node = ntasks // nnodes
+    world_size = config.world_size
+    if tasks_per_node == 1:
+        if world_size % nnodes:
+            raise ConfigurationError(f"world_size={world_size} must be divisible by SLURM_NNODES={nnodes}")
+        rank = _int_variable("SLURM_NODEID", environ) * (world_size // nnodes)
+        local_rank = 0
+    else:
+        if tasks_per_node != world_size // nnodes:
+            raise ConfigurationError(
+                f"SLURM runs {tasks_per_node} tasks per node but world_size={world_size} over {nnodes} "
+                f"nodes needs {world_size // nnodes}: make world_size = tasks per node x nodes"
+            )
+        rank = _int_variable("SLURM_PROCID", environ)
+        local_rank = _int_variable("SLURM_LOCALID", environ)
+    return LaunchPlan(
+        "slurm", rank, world_size, local_rank, f"tcp://{host}:{DISTRIBUTED_PORT}", config.resolved_backend
+    )
+
+
+def read_lsf_hostfile(path: str) -> list[str]:
+    """The compute hosts of an LSF hostfile: sorted, unique, without batch or login nodes."""
+    try:
+        with open(path) as handle:
+            names = {line.strip() for line in handle if line.strip()}
+    except OSError as error:
+        raise ConfigurationError(f"cannot read the LSF hostfile {path}: {error}") from error
+    hosts = sorted(name for name in names if "batch" not in name and "login" not in name)
+    if not hosts:
+        raise ConfigurationError(f"the LSF hostfile {path} names no compute host")
+    return hosts
+
+
+def _plan_lsf(config: DistributedConfig, environ: Mapping[str, str]) -> LaunchPlan:
+    world_size = _int_variable("OMPI_COMM_WORLD_SIZE", environ)
+    rank = _int_variable("OMPI_COMM_WORLD_RANK", environ)
+    local_rank = int(environ.get("OMPI_COMM_WORLD_LOCAL_RANK", "0"))
+    master = read_lsf_hostfile(os_environ_get_or_throw("LSB_DJOB_HOSTFILE", environ))[0]
+    exports = {
+        "MASTER_ADDR": master,
+        "MASTER_PORT": str(LSF_MASTER_PORT),
+        "WORLD_SIZE": str(world_size),
+        "RANK": str(rank),
+    }
+    return LaunchPlan("lsf", rank, world_size, local_rank, "env://", config.resolved_backend, exports)
+
+
+def _plan_torchrun(config: DistributedConfig, environ: Mapping[str, str]) -> LaunchPlan:
+    if "MASTER_ADDR" not in environ:
+        if config.world_size != 1:
+            raise ConfigurationError(
+                f"world_size={config.world_size} but no launcher set MASTER_ADDR: start the job with "
+                f"'torchrun --nproc-per-node {config.world_size} ...', srun (submit: true) or jsrun "
+                "(summit: true), or set world_size to 1 for a single process"
+            )
+        return LaunchPlan("single", 0, 1, 0, "env://", config.resolved_backend)
+    rank = _int_variable("RANK", environ)
+    local_rank = _int_variable("LOCAL_RANK", environ)
+    _int_variable("MASTER_PORT", environ)
+    launched = environ.get("WORLD_SIZE")
+    if launched is not None and launched.isdigit() and int(launched) != config.world_size:
+        raise ConfigurationError(
+            f"the launcher started WORLD_SIZE={launched} processes but the config says "
+            f"world_size={config.world_size}: make them agree"
+        )
+    if rank >= config.world_size:
+        raise ConfigurationError(f"RANK={rank} is not below world_size={config.world_size}")
+    return LaunchPlan("torchrun", rank, config.world_size, local_rank, "env://", config.resolved_backend)
+
+
+def plan_launch(
+    config: Mapping[str, Any] | DistributedConfig,
+    environ: Mapping[str, str] | None = None,
+    *,
+    scontrol: str | None = None,
+) -> LaunchPlan:
+    """Decide how to join the job: SLURM if ``submit``, LSF if ``summit``, else torchrun or a lone process."""
+    settings = DistributedConfig.from_mapping(config)
+    environ = os.environ if environ is None else environ
+    if settings.submit:
+        plan = _plan_slurm(settings, environ, scontrol)
+    elif settings.summit:
+        plan = _plan_lsf(settings, environ)
+    else:
+        plan = _plan_torchrun(settings, environ)
+    if settings.init_method is not None and plan.launcher in ("torchrun", "single"):
+        plan = attrs.evolve(plan, init_method=settings.init_method)
+    return plan
+
+
+def _assign_device(settings: DistributedConfig, local_rank: int) -> None:
+    if settings.use_cuda_visible_devices:
+        assign_device_for_local_rank(settings.cpu, local_rank)
+    elif torch.cuda.is_available() and not settings.cpu:
+        torch.cuda.set_device(local_rank)
+
+
+def setup(config: MutableMapping[str, Any] | DistributedConfig) -> TorchDistCommunicator:
+    """Create the default process group as ``config`` and the environment say, and make
+    the new communicator the active one. A dict config gets ``init_method``, ``rank``
+    and ``local_rank`` written back, as legacy callers expect."""
+    settings = DistributedConfig.from_mapping(config)
+    if dist.is_initialized():
+        raise DistCommError("torch.distributed is already initialized: call cleanup() before setup() again")
+    plan = plan_launch(settings)
+    if isinstance(config, MutableMapping):
+        if plan.launcher == "slurm":
+            config["init_method"] = plan.init_method
+            config["rank"] = plan.rank
+        config["local_rank"] = plan.local_rank
+    os.environ.update(plan.environment)
+    _assign_device(settings, plan.local_rank)
+    attempts = _PORT_RETRIES if plan.launcher == "single" else 1
+    for attempt in range(1, attempts + 1):
+        if plan.launcher == "single":
+            setup_env_local()
+        try:
+            comm = TorchDistCommunicator.init(
+                plan.backend,
+                rank=plan.rank,
+                world_size=plan.world_size,
+                init_method=plan.init_method,
+                timeout=settings.timeout,
+                local_rank=plan.local_rank,
+            )
+            break
+        except CollectiveError as error:
+            if attempt == attempts or "address already in use" not in str(error).lower():
+                raise
+            logger.warning("rendezvous port %s was taken; retrying with another", os.environ["MASTER_PORT"])
+    set_communicator(comm)
+    logger.info("%s launch: rank %d of %d (local rank %d)", plan.launcher, plan.rank, plan.world_size, plan.local_rank)
+    return comm
+
+
+def cleanup() -> None:
+    """Destroy the default process group, if any, and go back to the single-process communicator."""
+    set_communicator(None)
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,81 @@
+"""Flatten nested dicts, lists and tuples into leaves, and rebuild them.
+
+Collectives on nested data (a dict of metrics, a tuple of tensors) flatten the
+structure, communicate the leaves, and rebuild the same structure around the results.
+The spec records container types, so a ``tuple`` comes back a ``tuple``, a namedtuple
+its own class, and a dict keeps its key order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import attrs
+
+@attrs.frozen
+class TreeSpec:
+    """The shape of a nested structure: its container types and keys, without the leaves."""
+
+    container: type | None
+    keys: tuple[Any, ...] = ()
+    children: tuple[TreeSpec, ...] = ()
+
+    @property
+    def is_leaf(self) -> bool:
+        return self.container is None
+
+    def build(self, leaves: Iterator[Any]) -> Any:
+        """Rebuild the structure, taking leaves in order from ``leaves``."""
+        if self.container is None:
+            return next(leaves)
+        values = [child.build(leaves) for child in self.children]
+        if issubclass(self.container, dict):
+            return _make_dict(self.container, zip(self.keys, values))
+        if issubclass(self.container, tuple) and hasattr(self.container, "_fields"):
+            return self.container(*values)  # a namedtuple
+        return self.container(values)
+
+
+def _make_dict(container: type, items: Any) -> dict[Any, Any]:
+    try:
+        return container(items)  # type: ignore[no-any-return]
+    except TypeError:  # e.g. defaultdict, whose constructor takes a factory first
+        return dict(items)
+
+
+def is_container(value: Any) -> bool:
+    """Whether ``value`` is a structure that collectives walk into."""
+    return isinstance(value, (dict, list, tuple))
+
+
+def flatten(data: Any) -> tuple[list[Any], list[str], TreeSpec]:
+    """Return the leaves of ``data`` in order, the path of each (for error messages), and its spec."""
+    leaves: list[Any] = []
+    paths: list[str] = []
+
+    def walk(value: Any, path: str) -> TreeSpec:
+        if isinstance(value, dict):
+            keys = tuple(value.keys())
+            children = tuple(walk(value[k], f"{path}[{k!r}]") for k in keys)
+            return TreeSpec(type(value), keys, children)
+        if isinstance(value, (list, tuple)):
+            children = tuple(walk(v, f"{path}[{i}]") for i, v in enumerate(value))
+            return TreeSpec(type(value), (), children)
+        leaves.append(value)
+        paths.append(path)
+        return TreeSpec(None)
+
+    spec = walk(data, "")
+    return leaves, paths, spec
+
+
+def unflatten(spec: TreeSpec, leaves: list[Any]) -> Any:
+    """Inverse of :func:`flatten`."""
+    return spec.build(iter(leaves))
+
+
+def map_leaves(fn: Callable[[Any], Any], data: Any) -> Any:
+    """Apply ``fn`` to every leaf of ``data`` and keep the structure."""
+    leaves, _, spec = flatten(data)
+    return unflatten(spec, [fn(leaf) for leaf in leaves])

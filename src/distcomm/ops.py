@@ -1,0 +1,68 @@
+"""Reduce operations: one enum, and one parser for every spelling callers use."""
+
+from __future__ import annotations
+
+import enum
+
+import torch.distributed as dist
+
+from distcomm.errors import InvalidArgumentError
+
+
+class ReduceOp(enum.Enum):
+    """The reductions every communicator supports, on every backend.
+
+    ``MEAN`` is computed as a sum followed by a division by the world size, so it
+    works on Gloo (which has no native average) and is the same at every world size.
+    """
+
+    SUM = "sum"
+    MEAN = "mean"
+    MIN = "min"
+    MAX = "max"
+    PRODUCT = "product"
+
+
+_ALIASES = {"avg": ReduceOp.MEAN, "average": ReduceOp.MEAN, "prod": ReduceOp.PRODUCT}
+
+_FROM_TORCH = {
+    dist.ReduceOp.SUM: ReduceOp.SUM,
+    dist.ReduceOp.AVG: ReduceOp.MEAN,
+    dist.ReduceOp.MIN: ReduceOp.MIN,
+    dist.ReduceOp.MAX: ReduceOp.MAX,
+    dist.ReduceOp.PRODUCT: ReduceOp.PRODUCT,
+}
+
+TO_TORCH: dict[ReduceOp, dist.ReduceOp] = {
+    ReduceOp.SUM: dist.ReduceOp.SUM,
+    ReduceOp.MIN: dist.ReduceOp.MIN,
+    ReduceOp.MAX: dist.ReduceOp.MAX,
+    ReduceOp.PRODUCT: dist.ReduceOp.PRODUCT,
+}
+"""The torch op that carries each of ours (MEAN travels as SUM)."""
+
+ReduceOpLike = ReduceOp | str | dist.ReduceOp
+
+
+def parse_reduce_op(op: ReduceOpLike) -> ReduceOp:
+    """Turn ``"sum"``, ``"MEAN"``, ``ReduceOp.MAX`` or ``dist.ReduceOp.MIN`` into a :class:`ReduceOp`."""
+    if isinstance(op, ReduceOp):
+        return op
+    if isinstance(op, str):
+        name = op.strip().lower()
+        if name in _ALIASES:
+            return _ALIASES[name]
+        try:
+            return ReduceOp(name)
+        except ValueError:
+            pass
+    else:
+        try:
+            return _FROM_TORCH[op]
+        except (KeyError, TypeError):
+            pass
+    allowed = ", ".join(repr(o.value) for o in ReduceOp)
+    raise InvalidArgumentError(
+        f"unknown reduce op {op!r}: use one of {allowed} (any case), "
+        "or torch.distributed.ReduceOp.SUM/AVG/MIN/MAX/PRODUCT"
+    )
