@@ -56,11 +56,8 @@ def parse_reduce_op(op: ReduceOpLike) -> ReduceOp:
             return ReduceOp(name)
         except ValueError:
             pass
-    else:
-        try:
-            return _FROM_TORCH[op]
-        except (KeyError, TypeError):
-            pass
+    elif isinstance(op, dist.ReduceOp.RedOpType) and op in _FROM_TORCH:
+        return _FROM_TORCH[op]
     allowed = ", ".join(repr(o.value) for o in ReduceOp)
     raise InvalidArgumentError(
         f"unknown reduce op {op!r}: use one of {allowed} (any case), "

@@ -139,6 +139,7 @@ class TorchDistCommunicator(Communicator):
             raise DistCommError(
                 "the default process group already exists: wrap it with TorchDistCommunicator() instead"
             )
+        timeout = _as_timedelta(timeout)
         local_rank = local_rank if local_rank is not None else _local_rank_from_environment(rank)
         device_id = None
         if backend == "nccl":
@@ -152,7 +153,7 @@ class TorchDistCommunicator(Communicator):
                 init_method=init_method,
                 rank=rank,
                 world_size=world_size,
-                timeout=_as_timedelta(timeout),
+                timeout=timeout,
                 device_id=device_id,
             )
         except (RuntimeError, ValueError) as error:

@@ -146,7 +146,8 @@ class World:
         self.timeout = timeout
         self.call_timeout = call_timeout
         self.start_timeout = start_timeout
-        self.restarts = 0
+        self.starts = 0
+        """How many times the ranks were started (a failed call restarts them)."""
         self._processes: list[multiprocessing.process.BaseProcess] = []
         self._connections: list[Connection] = []
         self._workdir: str | None = None
@@ -165,6 +166,7 @@ class World:
         if self.running:
             return
         context = _context()
+        self.starts += 1
         self._workdir = tempfile.mkdtemp(prefix="distcomm-world-")
         init_method = f"file://{self._workdir}/rendezvous-{next(self._generation)}"
         for rank in range(self.world_size):
@@ -194,11 +196,6 @@ class World:
         for process in self._processes:
             process.join(timeout=5)
         self._kill()
-
-    def restart(self) -> None:
-        self._kill()
-        self.restarts += 1
-        self.start()
 
     def __enter__(self) -> World:
         self.start()
@@ -279,7 +276,9 @@ class World:
         try:
             message = conn.recv()
         except (EOFError, OSError):
-            code = self._processes[rank].exitcode if rank < len(self._processes) else None
+            process = self._processes[rank]
+            process.join(timeout=2)  # the pipe closes a moment before the exit code is known
+            code = process.exitcode
             return RankOutcome(rank, error=RankDiedError(f"rank {rank} died (exit code {code})"))
         if call_id is None:
             return RankOutcome(rank, value=message)
