@@ -45,6 +45,8 @@ def _follow_default_group() -> Communicator:
     global _follower
     default_group = dist.group.WORLD if dist.is_available() else None
     if default_group is None:
+        if _follower is not None:
+            forget_default_group()
         return _local
     follower = _follower
     if follower is not None and follower.group is default_group:
@@ -53,6 +55,13 @@ def _follow_default_group() -> Communicator:
         if _follower is None or _follower.group is not default_group:
             _follower = TorchDistCommunicator()
         return _follower
+
+
+def forget_default_group() -> None:
+    """Drop the cached communicator over the default group, so a destroyed group is not kept alive."""
+    global _follower
+    with _lock:
+        _follower = None
 
 
 def set_communicator(comm: Communicator | None) -> Communicator | None:

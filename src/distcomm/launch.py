@@ -19,7 +19,7 @@ import attrs
 import torch
 import torch.distributed as dist
 
-from distcomm.active import set_communicator
+from distcomm.active import forget_default_group, set_communicator
 from distcomm.config import DistributedConfig
 from distcomm.devices import assign_device_for_local_rank
 from distcomm.errors import CollectiveError, ConfigurationError, DistCommError
@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 DISTRIBUTED_PORT = 13356
 """The TCP port of the rendezvous under SLURM."""
 LSF_MASTER_PORT = 23456
+PORT_OVERRIDE_VARIABLE = "DISTCOMM_MASTER_PORT"
+"""Set it to move the fixed SLURM and LSF rendezvous ports, where another service holds them."""
 _PORT_RETRIES = 3
 
 
@@ -83,9 +85,9 @@ def _int_variable(name: str, environ: Mapping[str, str]) -> int:
         raise ConfigurationError(f"environment variable {name}={value!r} is not an integer") from None
 
 
-def slurm_hostnames(node_list: str, scontrol: str | None = None) -> list[str]:
-    """Expand a SLURM node list: ``scontrol`` when it is on PATH, else python-hostlist."""
-    scontrol = scontrol if scontrol is not None else shutil.which("scontrol")
+def slurm_hostnames(node_list: str, path: str | None = None) -> list[str]:
+    """Expand a SLURM node list: ``scontrol`` when it is on ``path`` (PATH), else python-hostlist."""
+    scontrol = shutil.which("scontrol", path=path)
     if scontrol:
         try:
             output = subprocess.run(
@@ -111,14 +113,35 @@ def slurm_hostnames(node_list: str, scontrol: str | None = None) -> list[str]:
     return hosts
 
 
-def _plan_slurm(config: DistributedConfig, environ: Mapping[str, str], scontrol: str | None) -> LaunchPlan:
+def _fixed_port(default: int, environ: Mapping[str, str]) -> int:
+    value = environ.get(PORT_OVERRIDE_VARIABLE)
+    if value is None:
+        return default
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise ConfigurationError(f"{PORT_OVERRIDE_VARIABLE}={value!r} is not a TCP port (1-65535)")
+    return int(value)
+
+
+def detect_launcher(environ: Mapping[str, str] | None = None) -> str:
+    """Which launcher started this process, judged by its variables alone."""
+    environ = os.environ if environ is None else environ
+    if "SLURM_PROCID" in environ and ("SLURM_STEP_NODELIST" in environ or "SLURM_JOB_NODELIST" in environ):
+        return "slurm"
+    if "OMPI_COMM_WORLD_RANK" in environ and "LSB_DJOB_HOSTFILE" in environ:
+        return "lsf"
+    if "MASTER_ADDR" in environ:
+        return "torchrun"
+    return "single"
+
+
+def _plan_slurm(config: DistributedConfig, environ: Mapping[str, str]) -> LaunchPlan:
     node_list = environ.get("SLURM_STEP_NODELIST") or environ.get("SLURM_JOB_NODELIST")
     if not node_list:
         raise ConfigurationError(
             "submit is true but neither SLURM_STEP_NODELIST nor SLURM_JOB_NODELIST is set: start the job "
             "with srun/sbatch, or set submit to false (each rank would otherwise train alone as rank 0)"
         )
-    host = slurm_hostnames(node_list, scontrol)[0]
+    host = slurm_hostnames(node_list, environ.get("PATH", os.defpath))[0]
     nnodes = _int_variable("SLURM_NNODES", environ)
     if "SLURM_NTASKS_PER_NODE" in environ:
         per_node_text = environ["SLURM_NTASKS_PER_NODE"].split("(")[0]
@@ -145,7 +168,12 @@ def _plan_slurm(config: DistributedConfig, environ: Mapping[str, str], scontrol:
         rank = _int_variable("SLURM_PROCID", environ)
         local_rank = _int_variable("SLURM_LOCALID", environ)
     return LaunchPlan(
-        "slurm", rank, world_size, local_rank, f"tcp://{host}:{DISTRIBUTED_PORT}", config.resolved_backend
+        "slurm",
+        rank,
+        world_size,
+        local_rank,
+        f"tcp://{host}:{_fixed_port(DISTRIBUTED_PORT, environ)}",
+        config.resolved_backend,
     )
 
 
@@ -169,7 +197,7 @@ def _plan_lsf(config: DistributedConfig, environ: Mapping[str, str]) -> LaunchPl
     master = read_lsf_hostfile(os_environ_get_or_throw("LSB_DJOB_HOSTFILE", environ))[0]
     exports = {
         "MASTER_ADDR": master,
-        "MASTER_PORT": str(LSF_MASTER_PORT),
+        "MASTER_PORT": str(_fixed_port(LSF_MASTER_PORT, environ)),
         "WORLD_SIZE": str(world_size),
         "RANK": str(rank),
     }
@@ -202,14 +230,12 @@ def _plan_torchrun(config: DistributedConfig, environ: Mapping[str, str]) -> Lau
 def plan_launch(
     config: Mapping[str, Any] | DistributedConfig,
     environ: Mapping[str, str] | None = None,
-    *,
-    scontrol: str | None = None,
 ) -> LaunchPlan:
     """Decide how to join the job: SLURM if ``submit``, LSF if ``summit``, else torchrun or a lone process."""
     settings = DistributedConfig.from_mapping(config)
     environ = os.environ if environ is None else environ
     if settings.submit:
-        plan = _plan_slurm(settings, environ, scontrol)
+        plan = _plan_slurm(settings, environ)
     elif settings.summit:
         plan = _plan_lsf(settings, environ)
     else:
@@ -256,8 +282,16 @@ def setup(config: MutableMapping[str, Any] | DistributedConfig) -> TorchDistComm
             )
             break
         except CollectiveError as error:
-            if attempt == attempts or "address already in use" not in str(error).lower():
+            if "address already in use" not in str(error).lower():
                 raise
+            if attempt == attempts:
+                raise CollectiveError(
+                    "init_process_group",
+                    plan.rank,
+                    f"the rendezvous port of {plan.init_method} (MASTER_PORT={os.environ.get('MASTER_PORT')}) is "
+                    f"already in use by another process: choose another port ({PORT_OVERRIDE_VARIABLE} under "
+                    f"SLURM and LSF) or stop that process. {error.cause}",
+                ) from error
             logger.warning("rendezvous port %s was taken; retrying with another", os.environ["MASTER_PORT"])
     set_communicator(comm)
     logger.info("%s launch: rank %d of %d (local rank %d)", plan.launcher, plan.rank, plan.world_size, plan.local_rank)
@@ -266,6 +300,9 @@ def setup(config: MutableMapping[str, Any] | DistributedConfig) -> TorchDistComm
 
 def cleanup() -> None:
     """Destroy the default process group, if any, and go back to the single-process communicator."""
-    set_communicator(None)
+    previous = set_communicator(None)
+    forget_default_group()
+    if previous is not None:
+        previous.close()  # destroys the group when it owns it, and drops its reference
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -274,6 +274,9 @@ class TorchDistCommunicator(Communicator):
         if self._owns_group and dist.is_initialized():
             dist.destroy_process_group()
             logger.debug("destroyed the default process group")
+        # Keep no reference: a destroyed group that lives on until interpreter exit can
+        # abort the process there, when its threads are torn down out of order.
+        self._group = None  # type: ignore[assignment]
 
 
 def _local_rank_from_environment(rank: int) -> int:

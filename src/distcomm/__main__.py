@@ -1,0 +1,25 @@
+"""Command line: ``python -m distcomm info``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m distcomm", description="distcomm command line tools")
+    commands = parser.add_subparsers(dest="command", required=True)
+    info = commands.add_parser("info", help="report the environment: versions, backends, devices, launcher")
+    info.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = parser.parse_args(argv)
+    if args.command == "info":
+        from distcomm.info import collect, render
+
+        report = collect()
+        print(json.dumps(report, indent=2) if args.json else render(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""NCCL and CUDA: these run where CUDA is available and skip cleanly elsewhere."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from distcomm.testing import World
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+needs_two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs (NCCL puts one rank on each)")
+
+
+def nccl_collectives(comm):
+    """Numbers, lists, objects and cuda tensors on NCCL, with no device set by the caller."""
+    r, n = comm.rank, comm.world_size
+    assert comm.backend == "nccl" and comm.device.type == "cuda"
+    t = torch.full((4,), float(r + 1), device="cuda")
+    assert comm.all_reduce(t) is t and t.device.type == "cuda" and t[0].item() == n * (n + 1) / 2
+    cpu = torch.ones(2)
+    assert comm.all_reduce(cpu) is cpu and cpu.device.type == "cpu" and cpu[0].item() == n
+    comm.barrier()
+    return (
+        comm.all_reduce(r + 1),
+        comm.all_reduce([1, 2.5], "max"),
+        comm.all_gather_objects({"rank": r}),
+        comm.broadcast_object("config" if r == 0 else None),
+        [tuple(g.shape) for g in comm.all_gather(torch.zeros(r + 1, 2, device="cuda"))],
+    )
+
+
+@needs_cuda
+def test_nccl_world_of_one_rank() -> None:
+    with World(1, backend="nccl", timeout=30) as world:
+        assert world.run(nccl_collectives) == [(1, [1, 2.5], [{"rank": 0}], "config", [(1, 2)])]
+
+
+@needs_two_gpus
+def test_nccl_two_ranks_with_native_uneven_gather() -> None:
+    with World(2, backend="nccl", timeout=30) as world:
+        for rank, result in enumerate(world.run(nccl_collectives)):
+            assert result == (3, [1, 2.5], [{"rank": 0}, {"rank": 1}], "config", [(1, 2), (2, 2)])
+
+
+def gloo_on_cuda(comm):
+    t = torch.full((3,), float(comm.rank + 1), device="cuda")
+    comm.all_reduce(t)
+    b = torch.full((2,), float(comm.rank), device="cuda")
+    comm.broadcast(b, src=1)
+    gathered = comm.all_gather(torch.full((comm.rank + 1,), 1.0, device="cuda"))
+    return t.device.type, t.tolist(), b.tolist(), [(g.device.type, g.numel()) for g in gathered]
+
+
+@needs_cuda
+def test_gloo_with_two_ranks_on_cuda_tensors() -> None:
+    with World(2, backend="gloo", timeout=30) as world:
+        assert world.run(gloo_on_cuda) == [("cuda", [3.0] * 3, [1.0, 1.0], [("cuda", 1), ("cuda", 2)])] * 2
+
+
+@needs_cuda
+def test_assign_device_for_local_rank_with_cuda_visible_devices() -> None:
+    last = torch.cuda.device_count() - 1
+    code = (
+        "import torch, os; from distcomm import distutils; "
+        f"distutils.assign_device_for_local_rank(False, {last}); "
+        "print(os.environ['CUDA_VISIBLE_DEVICES'], torch.cuda.device_count(), distutils.get_device_for_local_rank())"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(last), "1", "cuda"]

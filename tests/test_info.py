@@ -1,0 +1,35 @@
+"""``python -m distcomm info``: the report, in a real subprocess, for each launcher."""
+
+import json
+import subprocess
+import sys
+
+from launchers import base_environment
+
+
+def info(extra: dict[str, str], *flags: str) -> subprocess.CompletedProcess[str]:
+    env = {**base_environment(), **extra}
+    return subprocess.run([sys.executable, "-m", "distcomm", "info", *flags], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_text_report_of_a_lone_process() -> None:
+    done = info({})
+    assert done.returncode == 0, done.stderr
+    for expected in ("torch", "gloo: yes", "CURRRENT_DEVICE  (not set)", "launcher         single", "world_size     1"):
+        assert expected in done.stdout
+
+
+def test_json_report_under_torchrun_variables() -> None:
+    env = {"MASTER_ADDR": "node7", "MASTER_PORT": "29500", "RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4", "CURRRENT_DEVICE": "cpu"}
+    report = json.loads(info(env, "--json").stdout)
+    assert report["launcher"] == "torchrun" and report["CURRRENT_DEVICE"] == "cpu"
+    assert report["plan"] | {"backend": None} == {
+        "rank": 3, "world_size": 4, "local_rank": 1, "backend": None, "init_method": "env://",
+        "master_addr": "node7", "master_port": "29500",
+    }  # fmt: skip
+    assert report["environment"]["MASTER_ADDR"] == "node7" and set(report["backends"]) == {"gloo", "nccl", "mpi"}
+
+
+def test_a_broken_launch_environment_is_explained() -> None:
+    report = json.loads(info({"SLURM_PROCID": "0", "SLURM_JOB_NODELIST": "n1", "PATH": "/nonexistent"}, "--json").stdout)
+    assert report["launcher"] == "slurm" and "SLURM_NNODES is not set" in report["plan"]["error"]
