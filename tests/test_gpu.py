@@ -71,3 +71,17 @@ def test_assign_device_for_local_rank_with_cuda_visible_devices() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [str(last), "1", "cuda"]
+
+
+@needs_cuda
+def test_nccl_group_created_directly_without_a_device_set(tmp_path) -> None:
+    code = (
+        "import torch, torch.distributed as dist; from distcomm import TorchDistCommunicator; "
+        f"dist.init_process_group('nccl', init_method='file://{tmp_path}/rdv', rank=0, world_size=1); "
+        "comm = TorchDistCommunicator(); comm.barrier(); "
+        "print(comm.device, comm.all_gather_objects({'a': 1}), comm.all_reduce(2.5), comm.broadcast_object('x')); "
+        "dist.destroy_process_group()"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["cuda:0", "[{'a':", "1}]", "2.5", "x"]

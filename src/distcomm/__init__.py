@@ -15,9 +15,11 @@ from distcomm.errors import (
     DistCommError,
     InvalidArgumentError,
 )
+from distcomm.helpers import all_ranks, any_rank, main_process_first, rank_zero_only, split_between_ranks
 from distcomm.launch import LaunchPlan, cleanup, plan_launch, setup
 from distcomm.local import LocalCommunicator
 from distcomm.ops import ReduceOp
+from distcomm.serialization import PickleCodec, RestrictedCodec, UnsafeObjectError, register_safe_class
 from distcomm.torch_dist import TorchDistCommunicator
 
 __version__ = "0.1.0"
@@ -34,11 +36,20 @@ __all__ = [
     "LaunchPlan",
     "LocalCommunicator",
     "ReduceOp",
+    "PickleCodec",
+    "RestrictedCodec",
     "TorchDistCommunicator",
+    "UnsafeObjectError",
+    "all_ranks",
+    "any_rank",
     "cleanup",
     "get_communicator",
+    "main_process_first",
     "plan_launch",
+    "rank_zero_only",
+    "register_safe_class",
     "set_communicator",
     "setup",
+    "split_between_ranks",
     "use_communicator",
 ]

@@ -11,7 +11,7 @@ the results back into the kind that came in. Because that logic is shared, a
 from __future__ import annotations
 
 import abc
-import pickle
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -23,6 +23,7 @@ from distcomm.conversion import describe, from_tensor, is_python_number, to_tens
 from distcomm.errors import DistCommError, InvalidArgumentError
 from distcomm.nested import flatten, is_container, unflatten
 from distcomm.ops import ReduceOp, ReduceOpLike, parse_reduce_op
+from distcomm.serialization import ObjectCodec, default_codec
 
 T = TypeVar("T")
 C = TypeVar("C", bound="Communicator")
@@ -56,6 +57,13 @@ class CompletedHandle(Handle):
 
     def is_completed(self) -> bool:
         return True
+
+
+@attrs.frozen
+class _Refused:
+    """Sent in place of data when the source rank found its input invalid, so every rank raises."""
+
+    message: str
 
 
 @attrs.frozen
@@ -179,6 +187,31 @@ class Communicator(abc.ABC):
         gathered = self._all_gather_tensor(padded)
         return [g[: shape.numel()].reshape(shape) for g, shape in zip(gathered, shapes)]
 
+    # ---------------------------------------------------------- object codec
+
+    @property
+    def object_codec(self) -> ObjectCodec:
+        """How object collectives serialize: plain pickle, or a :class:`~distcomm.serialization.RestrictedCodec`."""
+        codec = getattr(self, "_object_codec", None)
+        if codec is None:
+            codec = self._object_codec = default_codec()
+        return codec
+
+    @object_codec.setter
+    def object_codec(self, codec: ObjectCodec) -> None:
+        if not (callable(getattr(codec, "encode", None)) and callable(getattr(codec, "decode", None))):
+            raise InvalidArgumentError(f"an object codec needs encode() and decode(), got {codec!r}")
+        self._object_codec = codec
+
+    def _encode(self, obj: Any, operation: str) -> bytes:
+        try:
+            return self.object_codec.encode(obj)
+        except Exception as error:
+            raise InvalidArgumentError(f"{operation}: the object cannot be pickled: {error}") from error
+
+    def _decode(self, payload: bytes) -> Any:
+        return self.object_codec.decode(payload)
+
     # -------------------------------------------------------------- life cycle
 
     @property
@@ -293,19 +326,46 @@ class Communicator(abc.ABC):
         return tensor
 
     def _all_reduce_leaves(self, leaves: list[Any], paths: list[str], op: ReduceOp) -> list[Any]:
-        """Reduce many leaves with one collective per transport dtype and device."""
-        tensors = [to_tensor(leaf, "all_reduce", path) for leaf, path in zip(leaves, paths)]
-        plans = [_plan_reduction(leaf, t, op, "all_reduce") for leaf, t in zip(leaves, tensors)]
+        """Reduce many leaves with one collective per transport dtype and device.
+
+        Python numbers skip per-leaf tensors: each group of them becomes one tensor in
+        one call, which is what makes a dict of fifty metrics cost one collective.
+        """
+        tensors: list[torch.Tensor | None] = []
+        plans: list[_ReducePlan] = []
         groups: dict[tuple[torch.dtype, ReduceOp, torch.device], list[int]] = {}
-        for i, (t, plan) in enumerate(zip(tensors, plans)):
-            device = t.device if self._accepts_device(t.device) else self.device
+        for i, (leaf, path) in enumerate(zip(leaves, paths)):
+            if type(leaf) in _PYTHON_PROTOTYPES:
+                tensor, prototype = None, _PYTHON_PROTOTYPES[type(leaf)]
+                device = self.device
+            else:
+                tensor = prototype = to_tensor(leaf, "all_reduce", path)
+                device = tensor.device if self._accepts_device(tensor.device) else self.device
+            plan = _plan_reduction(leaf, prototype, op, "all_reduce")
+            tensors.append(tensor)
+            plans.append(plan)
             groups.setdefault((plan.transport_dtype, plan.op, device), []).append(i)
         results: list[Any] = [None] * len(leaves)
         for (dtype, group_op, device), members in groups.items():
-            flat = torch.cat([tensors[i].reshape(-1).to(device=device, dtype=dtype) for i in members])
+            if all(tensors[i] is None for i in members):  # Python numbers only
+                try:
+                    flat = torch.tensor([leaves[i] for i in members], dtype=dtype, device=device)
+                except (RuntimeError, OverflowError):  # an int beyond 64 bits: name it
+                    for i in members:
+                        to_tensor(leaves[i], "all_reduce", paths[i])
+                    raise
+                self._all_reduce_tensor(flat, group_op)
+                mean_dtype = plans[members[0]].mean_dtype
+                if mean_dtype is not None:
+                    flat = flat.to(mean_dtype).div_(self.world_size)
+                for i, value in zip(members, flat.tolist()):
+                    results[i] = value
+                continue
+            parts = [_as_tensor(leaves[i], tensors[i]) for i in members]
+            flat = torch.cat([t.reshape(-1).to(device=device, dtype=dtype) for t in parts])
             self._all_reduce_tensor(flat, group_op)
-            for i, part in zip(members, flat.split([tensors[i].numel() for i in members])):
-                results[i] = self._finish_leaf(leaves[i], part.view(tensors[i].shape), plans[i])
+            for i, t, part in zip(members, parts, flat.split([t.numel() for t in parts])):
+                results[i] = self._finish_leaf(leaves[i], part.view(t.shape), plans[i])
         return results
 
     def _finish_leaf(self, leaf: Any, reduced: torch.Tensor, plan: _ReducePlan) -> Any:
@@ -317,6 +377,21 @@ class Communicator(abc.ABC):
             leaf.copy_(reduced)
             return leaf
         return from_tensor(reduced, leaf)
+
+    def reduce_dict(self, mapping: Mapping[str, Any], op: ReduceOpLike = "sum") -> dict[str, Any]:
+        """Reduce a (nested) dict of metrics in one collective per dtype; return a new dict.
+
+        Unlike :meth:`all_reduce`, tensors in ``mapping`` are left untouched (metrics are
+        often tensors still attached to the autograd graph): the result holds new,
+        detached tensors.
+        """
+        self._check_open("reduce_dict")
+        if not isinstance(mapping, Mapping):
+            raise InvalidArgumentError(f"reduce_dict takes a dict of metrics, got {describe(mapping)}")
+        reduce_op = parse_reduce_op(op)
+        leaves, paths, spec = flatten(dict(mapping) if not isinstance(mapping, dict) else mapping)
+        detached = [leaf.detach().clone() if isinstance(leaf, torch.Tensor) else leaf for leaf in leaves]
+        return unflatten(spec, self._all_reduce_leaves(detached, paths, reduce_op))  # type: ignore[no-any-return]
 
     def all_gather(self, data: Any) -> list[Any]:
         """Return a list with every rank's ``data``, in rank order, on every rank.
@@ -346,9 +421,22 @@ class Communicator(abc.ABC):
         return out
 
     def _all_gather_any_shape(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        shapes = self._exchange_shapes(tensor)
+        carrier = self._transport(tensor)
+        if all(s == shapes[0] for s in shapes):
+            gathered = self._all_gather_tensor(carrier)
+        else:
+            gathered = self._all_gather_uneven(carrier, shapes)
+        return self._finish_gather(gathered, carrier, tensor)
+
+    @staticmethod
+    def _finish_gather(gathered: list[torch.Tensor], carrier: torch.Tensor, tensor: torch.Tensor) -> list[torch.Tensor]:
+        return gathered if carrier is tensor else [g.to(tensor.device) for g in gathered]
+
+    def _exchange_shapes(self, tensor: torch.Tensor) -> list[torch.Size]:
+        """Every rank's shape; a clear error on every rank when dtypes or dimensions differ."""
         if tensor.dim() > _MAX_GATHER_DIMS:
             raise InvalidArgumentError(f"all_gather: at most {_MAX_GATHER_DIMS} dimensions, got {tensor.dim()}")
-        carrier = self._transport(tensor)
         header = torch.full((2 + _MAX_GATHER_DIMS,), -1, dtype=torch.int64)
         header[0] = tensor.dim()
         header[1] = _dtype_code(tensor.dtype)
@@ -364,13 +452,7 @@ class Communicator(abc.ABC):
                 f"all_gather: every rank must pass the same dtype and number of dimensions ({listing}); "
                 "convert with .to(dtype) or reshape before gathering"
             )
-        if all(s == shapes[0] for s in shapes):
-            gathered = self._all_gather_tensor(carrier)
-        else:
-            gathered = self._all_gather_uneven(carrier, shapes)
-        if carrier is not tensor:
-            gathered = [g.to(tensor.device) for g in gathered]
-        return gathered
+        return shapes
 
     # ------------------------------------------------------- object collectives
 
@@ -383,17 +465,17 @@ class Communicator(abc.ABC):
         Small payloads (under about 4 KB) take one collective; larger ones two.
         """
         self._check_open("all_gather_objects")
-        return [_decode(p) for p in self._exchange_objects(obj, "all_gather_objects", device)]
+        return [self._decode(p) for p in self._exchange_objects(obj, "all_gather_objects", device)]
 
     def gather_objects(self, obj: T, dst: int = 0, *, device: torch.device | str | None = None) -> list[T] | None:
         """Every rank's picklable ``obj`` as a list on rank ``dst``; ``None`` on the others."""
         self._check_open("gather_objects")
         dst = self._check_rank(dst, "dst", "gather_objects")
         payloads = self._exchange_objects(obj, "gather_objects", device)
-        return [_decode(p) for p in payloads] if self.rank == dst else None
+        return [self._decode(p) for p in payloads] if self.rank == dst else None
 
     def _exchange_objects(self, obj: Any, operation: str, device: torch.device | str | None) -> list[bytes]:
-        payload = _encode(obj, operation)
+        payload = self._encode(obj, operation)
         target = self._object_device(device)
         slots = self._all_gather_tensor(_slot(payload, target))
         arrays = [s.cpu().numpy() for s in slots]
@@ -410,7 +492,7 @@ class Communicator(abc.ABC):
         self._check_open("broadcast_object")
         src = self._check_rank(src, "src", "broadcast_object")
         target = self._object_device(device)
-        payload = _encode(obj, "broadcast_object") if self.rank == src else b""
+        payload = self._encode(obj, "broadcast_object") if self.rank == src else b""
         slot = _slot(payload, target)
         self._broadcast_tensor(slot, src)
         if self.rank == src:
@@ -425,7 +507,7 @@ class Communicator(abc.ABC):
             rest = torch.empty(length - len(data), dtype=torch.uint8, device=target)
             self._broadcast_tensor(rest, src)
             data += rest.cpu().numpy().tobytes()
-        return _decode(data)  # type: ignore[no-any-return]
+        return self._decode(data)  # type: ignore[no-any-return]
 
     def broadcast_object_list(
         self, object_list: list[Any], src: int = 0, *, device: torch.device | str | None = None
@@ -438,6 +520,49 @@ class Communicator(abc.ABC):
         received = self.broadcast_object(object_list, src, device=device)
         if received is not object_list:
             object_list[:] = received
+
+    def scatter_objects(self, objects: Sequence[T] | None, src: int = 0) -> T:
+        """Give rank ``i`` the item ``objects[i]`` of ``src``'s sequence (others pass ``None``).
+
+        A ``src`` sequence of the wrong length fails on every rank, not only on ``src``.
+        """
+        self._check_open("scatter_objects")
+        src = self._check_rank(src, "src", "scatter_objects")
+        message = None
+        if self.rank == src:
+            if isinstance(objects, (str, bytes)) or not isinstance(objects, Sequence):
+                message = f"scatter_objects: src rank {src} must pass a sequence, got {describe(objects)}"
+            elif len(objects) != self.world_size:
+                message = (
+                    f"scatter_objects: src rank {src} passed {len(objects)} objects for "
+                    f"{self.world_size} ranks; pass exactly one per rank"
+                )
+        received = self.broadcast_object(_Refused(message) if message else list(objects or []), src)
+        if isinstance(received, _Refused):
+            raise InvalidArgumentError(received.message)
+        return received[self.rank]  # type: ignore[no-any-return]
+
+    # --------------------------------------------------------- sub-communicators
+
+    def split(self, ranks: Sequence[int]) -> Communicator | None:
+        """Make a communicator over ``ranks`` (this communicator's numbering); call it on every rank.
+
+        Members get a communicator whose ranks are renumbered 0.. in the order of
+        ``sorted(ranks)``; the other ranks get ``None``.
+        """
+        self._check_open("split")
+        if isinstance(ranks, (str, bytes)) or not isinstance(ranks, Sequence):
+            raise InvalidArgumentError(f"split takes a sequence of ranks, got {describe(ranks)}")
+        members = sorted({self._check_rank(r, "a rank", "split") for r in ranks})
+        if len(members) != len(ranks):
+            raise InvalidArgumentError(f"split: ranks {list(ranks)} name a rank twice")
+        if not members:
+            raise InvalidArgumentError("split: give at least one rank")
+        return self._split(members)
+
+    @abc.abstractmethod
+    def _split(self, members: list[int]) -> Communicator | None:
+        """A communicator over ``members`` (sorted, valid) for members, ``None`` for others."""
 
     # ---------------------------------------------------------- async variants
 
@@ -462,6 +587,36 @@ class Communicator(abc.ABC):
             return CompletedHandle(self.broadcast(tensor, src))
         return self._broadcast_tensor_async(tensor, src)
 
+    def all_gather_async(self, tensor: torch.Tensor) -> Handle:
+        """Start gathering ``tensor`` from every rank; ``wait()`` returns the list.
+
+        Shapes may differ across ranks; they are exchanged first (a small synchronous
+        step), then the data moves asynchronously.
+        """
+        self._check_open("all_gather_async")
+        if not isinstance(tensor, torch.Tensor):
+            raise InvalidArgumentError(f"all_gather_async takes a tensor, got {describe(tensor)}")
+        shapes = self._exchange_shapes(tensor)
+        carrier = self._transport(tensor)
+        if all(s == shapes[0] for s in shapes):
+            return self._all_gather_tensor_async(carrier, tensor.device)
+        return CompletedHandle(self._finish_gather(self._all_gather_uneven(carrier, shapes), carrier, tensor))
+
+    def _all_gather_tensor_async(self, tensor: torch.Tensor, home: torch.device) -> Handle:
+        """Start an equal-shape gather; subclasses with a real async path override this."""
+        return CompletedHandle([g.to(home) for g in self._all_gather_tensor(tensor)])
+
+
+_PYTHON_PROTOTYPES: dict[type, torch.Tensor] = {
+    bool: torch.tensor(False), int: torch.tensor(0), float: torch.tensor(0.0, dtype=torch.float64),
+    complex: torch.tensor(0j, dtype=torch.complex128),
+}  # fmt: skip
+"""A 0-d tensor of the dtype each Python number type travels as (only its dtype is read)."""
+
+
+def _as_tensor(leaf: Any, tensor: torch.Tensor | None) -> torch.Tensor:
+    return tensor if tensor is not None else to_tensor(leaf, "all_reduce")
+
 
 _DTYPES: list[torch.dtype] = [
     torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
@@ -475,17 +630,6 @@ def _dtype_code(dtype: torch.dtype) -> int:
         return _DTYPE_CODES[dtype]
     except KeyError:
         raise InvalidArgumentError(f"all_gather does not support dtype {dtype}; convert the tensor first") from None
-
-
-def _encode(obj: Any, operation: str) -> bytes:
-    try:
-        return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception as error:
-        raise InvalidArgumentError(f"{operation}: the object cannot be pickled: {error}") from error
-
-
-def _decode(payload: bytes) -> Any:
-    return pickle.loads(payload)
 
 
 def _slot(payload: bytes, device: torch.device) -> torch.Tensor:

@@ -56,5 +56,10 @@ class LocalCommunicator(Communicator):
     def _accepts_device(self, device: torch.device) -> bool:
         return True
 
+    def _split(self, members: list[int]) -> Communicator | None:
+        child = LocalCommunicator(self._device)
+        child.object_codec = self.object_codec
+        return child
+
     def _close(self) -> None:
         pass

@@ -46,6 +46,14 @@ def _as_timedelta(timeout: datetime.timedelta | float) -> datetime.timedelta:
     return datetime.timedelta(seconds=seconds)
 
 
+class _MovedOnWait(list):  # type: ignore[type-arg]
+    """Gathered tensors that go back to the input's device once the work is done."""
+
+    def __init__(self, tensors: list[torch.Tensor], home: torch.device) -> None:
+        super().__init__(tensors)
+        self.home = home
+
+
 class _WorkHandle(Handle):
     """A torch ``Work`` whose failure becomes a :class:`CollectiveError`."""
 
@@ -62,6 +70,8 @@ class _WorkHandle(Handle):
             raise
         except RuntimeError as error:
             raise CollectiveError(self._operation, self._rank, error) from error
+        if isinstance(self._result, _MovedOnWait):
+            return [t.to(self._result.home) for t in self._result]
         return self._result
 
     def is_completed(self) -> bool:
@@ -178,8 +188,17 @@ class TorchDistCommunicator(Communicator):
     @property
     def device(self) -> torch.device:
         if self._cuda:
-            return torch.device("cuda", torch.cuda.current_device())
+            return self._cuda_device()
         return torch.device("cpu")
+
+    def _cuda_device(self) -> torch.device:
+        """The group's bound GPU, else this process's GPU by local rank (never a guess of cuda:0)."""
+        device = getattr(self, "_bound_device", None)
+        if device is None:
+            bound = getattr(self._group, "bound_device_id", None)
+            device = bound if bound is not None else torch.device("cuda", self._local_rank % torch.cuda.device_count())
+            self._bound_device = device
+        return device
 
     @property
     def backend(self) -> str:
@@ -205,7 +224,7 @@ class TorchDistCommunicator(Communicator):
     def _barrier(self) -> None:
         try:
             if self._cuda:
-                dist.barrier(group=self._group, device_ids=[torch.cuda.current_device()])
+                dist.barrier(group=self._group, device_ids=[self._cuda_device().index])
             else:
                 dist.barrier(group=self._group)
         except RuntimeError as error:
@@ -269,6 +288,32 @@ class TorchDistCommunicator(Communicator):
         except RuntimeError as error:
             raise self._failure("broadcast", error) from error
         return _WorkHandle(work, tensor, "broadcast", self._rank)
+
+    def _all_gather_tensor_async(self, tensor: torch.Tensor, home: torch.device) -> Handle:
+        if self._backend == "gloo" and tensor.dtype in _GLOO_WIDER:
+            return super()._all_gather_tensor_async(tensor, home)
+        out = [torch.empty_like(tensor) for _ in range(self._world_size)]
+        try:
+            work = dist.all_gather(out, tensor, group=self._group, async_op=True)
+        except RuntimeError as error:
+            raise self._failure("all_gather", error) from error
+        result = out if tensor.device == home else _MovedOnWait(out, home)
+        return _WorkHandle(work, result, "all_gather", self._rank)
+
+    def _split(self, members: list[int]) -> Communicator | None:
+        global_ranks = [self._global_ranks[m] for m in members]
+        # From the default group every rank calls new_group; from a subgroup only its
+        # ranks do, which needs torch's group-local synchronization.
+        local_sync = self._group is not dist.group.WORLD
+        try:
+            group = dist.new_group(global_ranks, use_local_synchronization=local_sync)
+        except RuntimeError as error:
+            raise self._failure("split", error) from error
+        if self._rank not in members:
+            return None
+        child = TorchDistCommunicator(group=group, local_rank=self._local_rank)
+        child.object_codec = self.object_codec
+        return child
 
     def _close(self) -> None:
         if self._owns_group and dist.is_initialized():

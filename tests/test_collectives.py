@@ -1,0 +1,261 @@
+"""Collectives beyond the basics, over 2 to 4 real Gloo ranks and on LocalCommunicator:
+reduce ops, reduce_dict, scatter_objects, safe object mode, split, async gathers, helpers."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+
+import distcomm
+from distcomm import (
+    InvalidArgumentError,
+    LocalCommunicator,
+    RestrictedCodec,
+    TorchDistCommunicator,
+    UnsafeObjectError,
+    distutils,
+    register_safe_class,
+)
+
+
+class CountingCommunicator(TorchDistCommunicator):
+    """Counts the reductions that reach the process group."""
+
+    reductions = 0
+
+    def _all_reduce_tensor(self, tensor, op):
+        self.reductions += 1
+        super()._all_reduce_tensor(tensor, op)
+
+
+# ----------------------------------------------------------------- reduce ops
+
+
+def reduce_ops(comm):
+    r, n = comm.rank, comm.world_size
+    values = torch.tensor([r + 1.0, -r])
+    return {
+        op: comm.all_reduce(values.clone(), op).tolist()
+        for op in ("sum", "MEAN", "Min", "max", "product", dist.ReduceOp.PRODUCT, distcomm.ReduceOp.MAX)
+    } | {"int product": comm.all_reduce(r + 1, "product"), "n": n}
+
+
+def test_reduce_ops_in_any_spelling(dist_world) -> None:
+    for result in dist_world(3).run(reduce_ops):
+        assert result["sum"] == [6.0, -3.0] and result["MEAN"] == [2.0, -1.0]
+        assert result["Min"] == [1.0, -2.0] and result["max"] == [3.0, 0.0]
+        assert result["product"] == [6.0, 0.0] == result[dist.ReduceOp.PRODUCT]
+        assert result[distcomm.ReduceOp.MAX] == [3.0, 0.0] and result["int product"] == 6
+
+
+# ---------------------------------------------------------------- reduce_dict
+
+
+def metrics_in_one_collective_per_dtype(comm):
+    counting = CountingCommunicator()
+    r = comm.rank
+    loss = torch.tensor(float(r + 1), requires_grad=True) * 2  # attached to the graph
+    metrics = {f"m{i}": float(i + r) for i in range(50)}
+    metrics |= {"loss": loss, "nested": {"correct": r + 1, "seen": [10, 20]}}
+    reduced = counting.reduce_dict(metrics, op="sum")
+    untouched = loss.item() == 2.0 * (r + 1) and loss.requires_grad
+    return counting.reductions, reduced["m0"], reduced["loss"].item(), reduced["loss"].requires_grad, reduced["nested"], untouched
+
+
+def test_reduce_dict_takes_one_collective_per_dtype_and_leaves_inputs_alone(dist_world) -> None:
+    for result in dist_world(2).run(metrics_in_one_collective_per_dtype):
+        # float64 (the fifty floats), float32 (the loss tensor), int64 (the counts)
+        assert result == (3, 1.0, 6.0, False, {"correct": 3, "seen": [20, 40]}, True)
+
+
+def test_reduce_dict_needs_a_dict(local_comm) -> None:
+    with pytest.raises(InvalidArgumentError, match="reduce_dict takes a dict of metrics, got list"):
+        local_comm.reduce_dict([1.0])
+    assert local_comm.reduce_dict({"a": {"b": 1}}, "mean") == {"a": {"b": 1.0}}
+
+
+# ------------------------------------------------------------ scatter_objects
+
+
+def scatter(comm, length):
+    items = [{"shard": i} for i in range(length)] if comm.rank == 1 else None
+    return comm.scatter_objects(items, src=1)
+
+
+def test_scatter_objects_gives_each_rank_its_item(dist_world) -> None:
+    assert dist_world(3).run(scatter, 3) == [{"shard": 0}, {"shard": 1}, {"shard": 2}]
+
+
+def test_scatter_objects_of_the_wrong_length_fails_on_every_rank(dist_world) -> None:
+    outcomes = dist_world(3).run_outcomes(scatter, 2)
+    assert all(isinstance(o.error, InvalidArgumentError) for o in outcomes)
+    assert "src rank 1 passed 2 objects for 3 ranks" in str(outcomes[0].error)
+
+
+# ---------------------------------------------------------------- safe objects
+
+
+class Exploit:
+    """Unpickling this runs a shell command (the classic malicious payload)."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@register_safe_class
+class Point:
+    def __init__(self, x: int, y: int) -> None:
+        self.x, self.y = x, y
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Point) and (self.x, self.y) == (other.x, other.y)
+
+
+def test_restricted_codec_refuses_a_malicious_payload(tmp_path: Path) -> None:
+    import pickle
+
+    marker = tmp_path / "pwned"
+    with pytest.raises(UnsafeObjectError, match="refusing to unpickle posix.system"):
+        RestrictedCodec().decode(pickle.dumps(Exploit(str(marker))))
+    comm = LocalCommunicator()
+    comm.object_codec = RestrictedCodec()
+    with pytest.raises(UnsafeObjectError):
+        comm.all_gather_objects(Exploit(str(marker)))
+    assert not marker.exists()
+    with pytest.raises(UnsafeObjectError, match="not a valid restricted pickle"):
+        RestrictedCodec().decode(b"garbage")
+
+
+def safe_exchange(comm, marker):
+    comm.object_codec = RestrictedCodec()
+    payload = {
+        "tensor": torch.arange(4, dtype=torch.bfloat16).reshape(2, 2) + comm.rank,
+        "empty": torch.empty(0, 3),
+        "array": np.arange(3) * comm.rank,
+        "point": Point(comm.rank, 1),
+        "builtins": (1, 2.5, "s", b"b", {1, 2}, frozenset({3}), None, range(2)),
+    }
+    gathered = comm.all_gather_objects(payload)
+    try:
+        comm.all_gather_objects(Exploit(marker) if comm.rank == 1 else "harmless")
+    except UnsafeObjectError as error:
+        refused = str(error)
+    return [(g["tensor"].dtype, g["tensor"].tolist(), g["empty"].shape, g["array"].tolist(), g["point"], g["builtins"])
+            for g in gathered], refused  # fmt: skip
+
+
+def test_safe_mode_across_ranks(dist_world, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    for gathered, refused in dist_world(2).run(safe_exchange, str(marker)):
+        assert "refusing to unpickle posix.system" in refused
+        assert gathered[1][0] == torch.bfloat16 and gathered[1][1] == [[1.0, 2.0], [3.0, 4.0]]
+        assert gathered[1][2] == torch.Size([0, 3]) and gathered[1][3] == [0, 1, 2] and gathered[1][4] == Point(1, 1)
+        assert gathered[0][5] == (1, 2.5, "s", b"b", {1, 2}, frozenset({3}), None, range(2))
+    assert not marker.exists()
+
+
+def test_safe_mode_from_the_environment(monkeypatch) -> None:
+    monkeypatch.setenv("DISTCOMM_SAFE_OBJECTS", "1")
+    assert isinstance(LocalCommunicator().object_codec, RestrictedCodec)
+    with pytest.raises(InvalidArgumentError, match="needs encode"):
+        LocalCommunicator().object_codec = object()  # type: ignore[assignment]
+
+
+# ----------------------------------------------------------------------- split
+
+
+def split_and_use(comm):
+    sub = comm.split([3, 1])
+    if sub is None:
+        return None
+    facade_sum = distutils.all_reduce(comm.rank, group=sub.group)
+    inner = sub.split([1])  # nested: called by the members of sub only
+    return sub.rank, sub.world_size, sub.all_reduce(comm.rank), sub.all_gather_objects(comm.rank), facade_sum, (
+        inner.rank if inner else None
+    )
+
+
+def test_split_renumbers_members_and_gives_others_none(dist_world) -> None:
+    assert dist_world(4).run(split_and_use) == [None, (0, 2, 4, [1, 3], 4, None), None, (1, 2, 4, [1, 3], 4, 0)]
+
+
+def bad_split(comm, ranks):
+    return comm.split(ranks)
+
+
+@pytest.mark.parametrize(("ranks", "message"), [([0, 0], "twice"), ([2], "outside the group"), ([], "at least one"), ("01", "sequence")])
+def test_bad_splits_fail_on_every_rank(dist_world, ranks, message) -> None:
+    outcomes = dist_world(2).run_outcomes(bad_split, ranks)
+    assert all(isinstance(o.error, InvalidArgumentError) and message in str(o.error) for o in outcomes)
+
+
+def test_local_split() -> None:
+    assert isinstance(LocalCommunicator().split([0]), LocalCommunicator)
+
+
+# ------------------------------------------------------------------------ async
+
+
+def gather_async(comm):
+    even = comm.all_gather_async(torch.full((2,), float(comm.rank)))
+    uneven = comm.all_gather_async(torch.ones(comm.rank + 1, dtype=torch.int16))
+    return [t.tolist() for t in even.wait()], [t.shape[0] for t in uneven.wait()]
+
+
+def test_all_gather_async(dist_world) -> None:
+    assert dist_world(3).run(gather_async) == [([[0.0] * 2, [1.0] * 2, [2.0] * 2], [1, 2, 3])] * 3
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+@distcomm.rank_zero_only
+def report(value):
+    return f"logged {value}"
+
+
+def helpers(comm, marker_dir):
+    marker = Path(marker_dir) / "ready"
+    with distcomm.main_process_first():
+        if comm.rank == 0:
+            time.sleep(0.2)
+            marker.write_text("cached")
+        seen_cache = marker.exists()
+    share = distcomm.split_between_ranks(list(range(10)))
+    return (
+        report(comm.rank),
+        seen_cache,
+        share,
+        distcomm.any_rank(comm.rank == 2),
+        distcomm.all_ranks(comm.rank < 4),
+        distcomm.all_ranks(comm.rank < 2),
+        distcomm.split_between_ranks(torch.arange(3)).tolist(),
+    )
+
+
+def test_helpers_on_four_ranks(dist_world, tmp_path: Path) -> None:
+    results = dist_world(4).run(helpers, str(tmp_path))
+    assert [r[0] for r in results] == ["logged 0", None, None, None]
+    assert all(r[1] for r in results), "every rank sees what rank 0 made first"
+    assert [r[2] for r in results] == [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9]]
+    assert all(r[3:6] == (True, True, False) for r in results)
+    assert [r[6] for r in results] == [[0], [1], [2], []]
+
+
+def test_helpers_single_process(local_comm) -> None:
+    assert report(1) == "logged 1"
+    with distcomm.main_process_first(local_comm):
+        pass
+    assert distcomm.split_between_ranks((1, 2, 3), local_comm) == (1, 2, 3)
+    assert distcomm.any_rank(True, local_comm) and not distcomm.all_ranks(False, local_comm)
+    with pytest.raises(InvalidArgumentError, match="sliceable sequence"):
+        distcomm.split_between_ranks({1, 2}, local_comm)  # type: ignore[arg-type]
