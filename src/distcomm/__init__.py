@@ -6,6 +6,7 @@ tests. Every result's kind depends on the input, never on the world size.
 """
 
 from distcomm.active import get_communicator, set_communicator, use_communicator
+from distcomm.checked import CheckedCommunicator
 from distcomm.communicator import Communicator, Handle
 from distcomm.config import DistributedConfig
 from distcomm.errors import (
@@ -19,12 +20,14 @@ from distcomm.helpers import all_ranks, any_rank, main_process_first, rank_zero_
 from distcomm.launch import LaunchPlan, cleanup, plan_launch, setup
 from distcomm.local import LocalCommunicator
 from distcomm.ops import ReduceOp
+from distcomm.profiled import ProfiledCommunicator
 from distcomm.serialization import PickleCodec, RestrictedCodec, UnsafeObjectError, register_safe_class
 from distcomm.torch_dist import TorchDistCommunicator
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CheckedCommunicator",
     "CollectiveError",
     "CollectiveMismatchError",
     "Communicator",
@@ -37,6 +40,7 @@ __all__ = [
     "LocalCommunicator",
     "ReduceOp",
     "PickleCodec",
+    "ProfiledCommunicator",
     "RestrictedCodec",
     "TorchDistCommunicator",
     "UnsafeObjectError",

@@ -8,26 +8,33 @@ Resolution order for :func:`get_communicator`:
 3. a :class:`TorchDistCommunicator` over torch.distributed's default group whenever one
    is initialized, even one the caller created directly with ``init_process_group``;
 4. otherwise a :class:`LocalCommunicator`.
+
+``DISTCOMM_DEBUG=1`` and ``DISTCOMM_PROFILE=1`` wrap the communicators of 2 and 3 in
+a :class:`CheckedCommunicator` and a :class:`ProfiledCommunicator`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import os
 import threading
 from collections.abc import Iterator
 
 import torch.distributed as dist
 
+from distcomm.checked import CheckedCommunicator
 from distcomm.communicator import Communicator
 from distcomm.errors import InvalidArgumentError
 from distcomm.local import LocalCommunicator
+from distcomm.profiled import ProfiledCommunicator
 from distcomm.torch_dist import TorchDistCommunicator
 
 _scoped: contextvars.ContextVar[Communicator | None] = contextvars.ContextVar("distcomm_scoped", default=None)
 _lock = threading.Lock()
 _process_wide: Communicator | None = None
-_follower: TorchDistCommunicator | None = None  # wraps whatever default group exists now
+_follower: Communicator | None = None  # wraps whatever default group exists now
+_followed_group: object = None
 _local = LocalCommunicator()
 
 
@@ -42,26 +49,48 @@ def get_communicator() -> Communicator:
 
 
 def _follow_default_group() -> Communicator:
-    global _follower
+    global _follower, _followed_group
     default_group = dist.group.WORLD if dist.is_available() else None
     if default_group is None:
         if _follower is not None:
             forget_default_group()
         return _local
     follower = _follower
-    if follower is not None and follower.group is default_group:
+    if follower is not None and _followed_group is default_group:
         return follower
     with _lock:
-        if _follower is None or _follower.group is not default_group:
-            _follower = TorchDistCommunicator()
+        if _follower is None or _followed_group is not default_group:
+            _follower, _followed_group = instrument(TorchDistCommunicator()), default_group
         return _follower
+
+
+def _environment_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _wrapped_by(comm: Communicator, kind: type) -> bool:
+    while comm is not None:
+        if isinstance(comm, kind):
+            return True
+        comm = getattr(comm, "inner", None)  # type: ignore[assignment]
+    return False
+
+
+def instrument(comm: Communicator) -> Communicator:
+    """Wrap ``comm`` as the environment asks: ``DISTCOMM_DEBUG=1`` checks every collective
+    (:class:`CheckedCommunicator`), ``DISTCOMM_PROFILE=1`` times it (:class:`ProfiledCommunicator`)."""
+    if _environment_flag("DISTCOMM_DEBUG") and not _wrapped_by(comm, CheckedCommunicator):
+        comm = CheckedCommunicator(comm)
+    if _environment_flag("DISTCOMM_PROFILE") and not _wrapped_by(comm, ProfiledCommunicator):
+        comm = ProfiledCommunicator(comm)
+    return comm
 
 
 def forget_default_group() -> None:
     """Drop the cached communicator over the default group, so a destroyed group is not kept alive."""
-    global _follower
+    global _follower, _followed_group
     with _lock:
-        _follower = None
+        _follower, _followed_group = None, None
 
 
 def set_communicator(comm: Communicator | None) -> Communicator | None:
@@ -69,6 +98,8 @@ def set_communicator(comm: Communicator | None) -> Communicator | None:
     to following torch.distributed. Returns the one set before."""
     global _process_wide
     _check(comm, allow_none=True)
+    if comm is not None:
+        comm = instrument(comm)
     with _lock:
         previous, _process_wide = _process_wide, comm
     return previous

@@ -56,6 +56,9 @@ _SAFE_GLOBALS: set[tuple[str, str]] = {
     ("collections", "defaultdict"),
     ("collections", "Counter"),
     ("collections", "deque"),
+    # distcomm's own metadata, sent by nested all_gather and scatter_objects
+    ("distcomm.nested", "TreeSpec"),
+    ("distcomm.communicator", "_Refused"),
 }
 _TORCH_DTYPES = {str(d): d for d in (
     torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,

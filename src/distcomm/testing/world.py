@@ -90,7 +90,7 @@ def _serve(rank: int, world_size: int, backend: str, init_method: str, timeout: 
     faulthandler.register(signal.SIGUSR1, file=stack_file, all_threads=True)
     import torch
 
-    from distcomm.active import set_communicator, use_communicator
+    from distcomm.active import set_communicator
     from distcomm.torch_dist import TorchDistCommunicator
 
     torch.set_num_threads(1)
@@ -104,13 +104,15 @@ def _serve(rank: int, world_size: int, backend: str, init_method: str, timeout: 
         for entry in reversed(path):
             if entry not in sys.path:
                 sys.path.insert(0, entry)
+        codec = comm.object_codec
         try:
             fn, args, kwargs = pickle.loads(payload)
-            with use_communicator(comm):
-                reply: tuple[Any, ...] = (call_id, True, fn(comm, *args, **kwargs), "")
+            reply: tuple[Any, ...] = (call_id, True, fn(comm, *args, **kwargs), "")
         except BaseException as error:  # noqa: BLE001 (every failure goes back to the caller)
             reply = (call_id, False, error, traceback.format_exc())
-        set_communicator(None)
+        set_communicator(None)  # leave no state behind for the next call
+        if not comm.closed:
+            comm.object_codec = codec
         healthy = torch.distributed.is_initialized() and torch.distributed.group.WORLD is comm.group
         try:
             conn.send((*reply, healthy))
@@ -125,9 +127,10 @@ class World:
     """``world_size`` real rank processes over a ``backend`` process group (Gloo by default).
 
     ``run(fn, *args)`` calls ``fn(comm, *args)`` on every rank, where ``comm`` is that
-    rank's :class:`~distcomm.TorchDistCommunicator` (also the active communicator during
-    the call), and returns the values in rank order. ``fn`` must be importable: a
-    module-level function.
+    rank's :class:`~distcomm.TorchDistCommunicator`, and returns the values in rank
+    order. As under torchrun, the active communicator (``get_communicator()``, the
+    ``distutils`` functions) follows the same default group. ``fn`` must be
+    importable: a module-level function.
     """
 
     def __init__(

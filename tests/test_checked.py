@@ -1,0 +1,110 @@
+"""CheckedCommunicator: mismatched or missing collectives become named errors on every rank."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+import torch
+
+from distcomm import (
+    CheckedCommunicator,
+    CollectiveError,
+    CollectiveMismatchError,
+    LocalCommunicator,
+    get_communicator,
+    set_communicator,
+)
+from distcomm.active import forget_default_group
+from distcomm.testing import World
+from test_invariance import describe_all
+
+
+@pytest.fixture(scope="module")
+def world():
+    with World(2, timeout=10.0, call_timeout=30.0) as w:
+        yield w
+
+
+def mismatched_ops(comm):
+    checked = CheckedCommunicator(comm, timeout=5)
+    if comm.rank == 0:
+        checked.all_reduce(torch.ones(3))
+    else:
+        checked.barrier()
+
+
+def mismatched_shapes(comm):
+    CheckedCommunicator(comm, timeout=5).all_reduce(torch.ones(3 + comm.rank))
+
+
+def test_a_mismatch_raises_a_named_error_on_every_rank(world) -> None:
+    outcomes = world.run_outcomes(mismatched_ops)
+    for outcome in outcomes:
+        assert isinstance(outcome.error, CollectiveMismatchError), outcome
+        message = str(outcome.error)
+        assert "rank 0: all_reduce float32[3] op=sum" in message and "rank 1: barrier" in message
+        assert "call #1" in message
+    outcomes = world.run_outcomes(mismatched_shapes)
+    assert all("rank 0: all_reduce float32[3] op=sum; rank 1: all_reduce float32[4] op=sum" in str(o.error) for o in outcomes)
+
+
+def rank_1_skips(comm):
+    checked = CheckedCommunicator(comm, timeout=2)
+    checked.barrier()
+    started = time.monotonic()
+    if comm.rank == 0:
+        try:
+            checked.all_reduce(1.0)
+        except CollectiveError as error:
+            return str(error), time.monotonic() - started
+    return None
+
+
+def test_a_rank_that_never_arrives_is_named_within_the_timeout(world) -> None:
+    message, elapsed = world.run(rank_1_skips)[0]
+    assert "all_reduce failed on rank 0: rank(s) 1 did not reach call #2 (all_reduce float op=sum) within 2 s" in message
+    assert elapsed < 2 + 3
+
+
+def transparent(comm):
+    checked = CheckedCommunicator(comm, timeout=10)
+    kinds = describe_all(checked)  # every collective, with rank-dependent shapes where allowed
+    sub = checked.split([1])
+    return kinds, type(sub).__name__ if sub else None, checked.group is comm.group
+
+
+def test_matching_calls_pass_and_results_are_unchanged(world) -> None:
+    expected = describe_all(LocalCommunicator())
+    results = world.run(transparent)
+    for rank, (kinds, sub, same_group) in enumerate(results):
+        if rank:
+            kinds.pop("gather_objects"), expected.pop("gather_objects", None)
+        assert kinds == {k: v for k, v in expected.items() if k in kinds} and len(kinds) == len(expected)
+        assert sub == ("CheckedCommunicator" if rank == 1 else None) and same_group
+
+
+def debug_environment(comm):
+    os.environ["DISTCOMM_DEBUG"] = "1"
+    try:
+        set_communicator(None)
+        forget_default_group()
+        active = get_communicator()
+        name = type(active).__name__
+        active.all_reduce(1)
+        return name
+    finally:
+        del os.environ["DISTCOMM_DEBUG"]
+        forget_default_group()
+
+
+def test_distcomm_debug_checks_the_active_communicator(world) -> None:
+    assert world.run(debug_environment) == ["CheckedCommunicator"] * 2
+
+
+def test_a_world_of_one_needs_no_check() -> None:
+    checked = CheckedCommunicator(LocalCommunicator())
+    assert checked.all_reduce([1, 2]) == [1, 2] and checked.world_size == 1
+    with pytest.raises(TypeError, match="wraps a Communicator"):
+        CheckedCommunicator("gloo")  # type: ignore[arg-type]
