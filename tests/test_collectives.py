@@ -259,3 +259,17 @@ def test_helpers_single_process(local_comm) -> None:
     assert distcomm.any_rank(True, local_comm) and not distcomm.all_ranks(False, local_comm)
     with pytest.raises(InvalidArgumentError, match="sliceable sequence"):
         distcomm.split_between_ranks({1, 2}, local_comm)  # type: ignore[arg-type]
+
+
+def mixed_small_and_large(comm, large_rank):
+    n = 3000 if comm.rank == large_rank else comm.rank + 1  # 12 KB: too large to travel inline
+    gathered = comm.all_gather(torch.arange(n, dtype=torch.float32))
+    equal = comm.all_gather(torch.full((3000,), float(comm.rank)))
+    return [g.numel() for g in gathered], [g.sum().item() for g in gathered], [g[0].item() for g in equal]
+
+
+@pytest.mark.parametrize("large_rank", [0, 2])
+def test_all_gather_with_inline_and_large_tensors(dist_world, large_rank: int) -> None:
+    sizes = [3000 if r == large_rank else r + 1 for r in range(3)]
+    expected = (sizes, [float(s * (s - 1) / 2) for s in sizes], [0.0, 1.0, 2.0])
+    assert dist_world(3).run(mixed_small_and_large, large_rank) == [expected] * 3

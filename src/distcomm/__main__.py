@@ -1,4 +1,4 @@
-"""Command line: ``python -m distcomm info``."""
+"""Command line: ``python -m distcomm info`` and ``python -m distcomm bench``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,14 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     info = commands.add_parser("info", help="report the environment: versions, backends, devices, launcher")
     info.add_argument("--json", action="store_true", help="print the report as JSON")
-    args = parser.parse_args(argv)
+    commands.add_parser("bench", help="time collectives against raw torch.distributed (bench --help)", add_help=False)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "bench":
+        from distcomm.bench import main as bench
+
+        return bench(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "info":
         from distcomm.info import collect, render
 

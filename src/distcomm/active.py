@@ -38,26 +38,28 @@ _followed_group: object = None
 _local = LocalCommunicator()
 
 
+_group = dist.group if dist.is_available() else None  # ``_group.WORLD``: the default group or None
+
+
 def get_communicator() -> Communicator:
-    """The communicator that code without one injected should use now."""
+    """The communicator that code without one injected should use now (called on hot paths: kept lean)."""
     scoped = _scoped.get()
     if scoped is not None:
         return scoped
     if _process_wide is not None:
         return _process_wide
-    return _follow_default_group()
-
-
-def _follow_default_group() -> Communicator:
-    global _follower, _followed_group
-    default_group = dist.group.WORLD if dist.is_available() else None
+    default_group = _group.WORLD if _group is not None else None
     if default_group is None:
         if _follower is not None:
             forget_default_group()
         return _local
-    follower = _follower
-    if follower is not None and _followed_group is default_group:
-        return follower
+    if _followed_group is default_group:
+        return _follower  # type: ignore[return-value]
+    return _follow_default_group(default_group)
+
+
+def _follow_default_group(default_group: object) -> Communicator:
+    global _follower, _followed_group
     with _lock:
         if _follower is None or _followed_group is not default_group:
             _follower, _followed_group = instrument(TorchDistCommunicator()), default_group

@@ -32,6 +32,8 @@ OBJECT_SLOT_BYTES = 4096
 """Object collectives send payloads up to this size (header included) in one collective."""
 _HEADER_BYTES = 8
 _MAX_GATHER_DIMS = 16
+_GATHER_HEADER_WORDS = 2 + _MAX_GATHER_DIMS
+_GATHER_INLINE_BYTES = OBJECT_SLOT_BYTES - 8 * _GATHER_HEADER_WORDS
 
 
 class Handle(abc.ABC):
@@ -86,7 +88,7 @@ def _plan_reduction(template: Any, tensor: torch.Tensor, op: ReduceOp, operation
     """
     dtype = tensor.dtype
     if dtype.is_complex and op in (ReduceOp.MIN, ReduceOp.MAX):
-        raise InvalidArgumentError(f"{operation}: op {op.value!r} is not defined for complex {describe(template)}")
+        raise InvalidArgumentError(f"{operation}: op {op.value!r} is not defined for complex values ({describe(template)})")
     exact = dtype.is_floating_point or dtype.is_complex
     if op is ReduceOp.MEAN:
         if exact:
@@ -182,8 +184,12 @@ class Communicator(abc.ABC):
     def _all_gather_uneven(self, tensor: torch.Tensor, shapes: list[torch.Size]) -> list[torch.Tensor]:
         """Gather tensors whose shapes differ across ranks: pad, gather, then trim."""
         longest = max(shape.numel() for shape in shapes)
-        padded = torch.zeros(longest, dtype=tensor.dtype, device=tensor.device)
-        padded[: tensor.numel()] = tensor.reshape(-1)
+        if tensor.numel() == longest:  # the longest rank sends its tensor as it is
+            padded = tensor.reshape(-1)
+        else:
+            padded = torch.empty(longest, dtype=tensor.dtype, device=tensor.device)
+            padded[: tensor.numel()] = tensor.reshape(-1)
+            padded[tensor.numel() :] = 0
         gathered = self._all_gather_tensor(padded)
         return [g[: shape.numel()].reshape(shape) for g, shape in zip(gathered, shapes)]
 
@@ -214,9 +220,11 @@ class Communicator(abc.ABC):
 
     # -------------------------------------------------------------- life cycle
 
+    _closed = False
+
     @property
     def closed(self) -> bool:
-        return getattr(self, "_closed", False)
+        return self._closed
 
     def close(self) -> None:
         """Release the communicator; calling it again is harmless."""
@@ -236,7 +244,7 @@ class Communicator(abc.ABC):
         self.close()
 
     def _check_open(self, operation: str) -> None:
-        if self.closed:
+        if self._closed:
             raise DistCommError(f"{operation} on a closed {type(self).__name__}: create a new communicator")
 
     def _check_rank(self, value: Any, name: str, operation: str) -> int:
@@ -303,8 +311,12 @@ class Communicator(abc.ABC):
         containers come back as new values of the same kind and structure. The mean
         of integers is a float, computed exactly from an integer sum.
         """
-        self._check_open("all_reduce")
+        if self._closed:
+            self._check_open("all_reduce")
         reduce_op = parse_reduce_op(op)
+        kind = type(data)
+        if kind in _PYTHON_PROTOTYPES and self.world_size == 1 and (kind is not int or INT64_MIN <= data <= INT64_MAX):
+            return reduce_alone(data, reduce_op)  # type: ignore[no-any-return]
         if isinstance(data, torch.Tensor):
             return self._all_reduce_one_tensor(data, reduce_op)  # type: ignore[return-value]
         if not is_container(data):
@@ -421,8 +433,12 @@ class Communicator(abc.ABC):
         return out
 
     def _all_gather_any_shape(self, tensor: torch.Tensor) -> list[torch.Tensor]:
-        shapes = self._exchange_shapes(tensor)
+        """Gather tensors of any shapes: one collective when every rank's tensor is small
+        (it travels inline with its shape header), else the headers then the data."""
         carrier = self._transport(tensor)
+        inline, shapes = self._exchange_headers(carrier)
+        if inline is not None:
+            return [t.to(tensor.device) for t in inline]
         if all(s == shapes[0] for s in shapes):
             gathered = self._all_gather_tensor(carrier)
         else:
@@ -433,15 +449,25 @@ class Communicator(abc.ABC):
     def _finish_gather(gathered: list[torch.Tensor], carrier: torch.Tensor, tensor: torch.Tensor) -> list[torch.Tensor]:
         return gathered if carrier is tensor else [g.to(tensor.device) for g in gathered]
 
-    def _exchange_shapes(self, tensor: torch.Tensor) -> list[torch.Size]:
-        """Every rank's shape; a clear error on every rank when dtypes or dimensions differ."""
+    def _exchange_headers(self, tensor: torch.Tensor) -> tuple[list[torch.Tensor] | None, list[torch.Size]]:
+        """Every rank's shape, and every rank's tensor too when all of them fit in a slot.
+
+        Each rank sends a fixed-size slot: its dtype, shape and (when it fits) its
+        bytes. Different dtypes or numbers of dimensions raise the same clear error on
+        every rank, since every rank sees every header.
+        """
         if tensor.dim() > _MAX_GATHER_DIMS:
             raise InvalidArgumentError(f"all_gather: at most {_MAX_GATHER_DIMS} dimensions, got {tensor.dim()}")
-        header = torch.full((2 + _MAX_GATHER_DIMS,), -1, dtype=torch.int64)
-        header[0] = tensor.dim()
-        header[1] = _dtype_code(tensor.dtype)
-        header[2 : 2 + tensor.dim()] = torch.tensor(tensor.shape, dtype=torch.int64)
-        headers = [h.cpu() for h in self._all_gather_tensor(header.to(self.device))]
+        header = np.full(_GATHER_HEADER_WORDS, -1, dtype="<i8")
+        header[0], header[1] = tensor.dim(), _dtype_code(tensor.dtype)
+        header[2 : 2 + tensor.dim()] = tensor.shape
+        nbytes = tensor.numel() * tensor.element_size()
+        slot = torch.zeros(OBJECT_SLOT_BYTES, dtype=torch.uint8, device=tensor.device)
+        slot[: header.nbytes] = torch.from_numpy(header.view(np.uint8)).to(tensor.device)
+        if nbytes <= _GATHER_INLINE_BYTES:
+            slot[header.nbytes : header.nbytes + nbytes] = tensor.reshape(-1).view(torch.uint8)
+        slots = self._all_gather_tensor(slot)
+        headers = [s[: header.nbytes].cpu().numpy().view("<i8") for s in slots]
         shapes = [torch.Size(h[2 : 2 + int(h[0])].tolist()) for h in headers]
         dtypes = [_DTYPES[int(h[1])] for h in headers]
         if len(set(dtypes)) > 1 or len({len(s) for s in shapes}) > 1:
@@ -452,7 +478,12 @@ class Communicator(abc.ABC):
                 f"all_gather: every rank must pass the same dtype and number of dimensions ({listing}); "
                 "convert with .to(dtype) or reshape before gathering"
             )
-        return shapes
+        sizes = [shape.numel() * tensor.element_size() for shape in shapes]
+        if max(sizes) > _GATHER_INLINE_BYTES:
+            return None, shapes
+        start = header.nbytes
+        inline = [s[start : start + n].view(tensor.dtype).reshape(shape).clone() for s, n, shape in zip(slots, sizes, shapes)]
+        return inline, shapes
 
     # ------------------------------------------------------- object collectives
 
@@ -596,8 +627,10 @@ class Communicator(abc.ABC):
         self._check_open("all_gather_async")
         if not isinstance(tensor, torch.Tensor):
             raise InvalidArgumentError(f"all_gather_async takes a tensor, got {describe(tensor)}")
-        shapes = self._exchange_shapes(tensor)
         carrier = self._transport(tensor)
+        inline, shapes = self._exchange_headers(carrier)
+        if inline is not None:
+            return CompletedHandle([t.to(tensor.device) for t in inline])
         if all(s == shapes[0] for s in shapes):
             return self._all_gather_tensor_async(carrier, tensor.device)
         return CompletedHandle(self._finish_gather(self._all_gather_uneven(carrier, shapes), carrier, tensor))
@@ -612,6 +645,20 @@ _PYTHON_PROTOTYPES: dict[type, torch.Tensor] = {
     complex: torch.tensor(0j, dtype=torch.complex128),
 }  # fmt: skip
 """A 0-d tensor of the dtype each Python number type travels as (only its dtype is read)."""
+
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def reduce_alone(value: Any, op: ReduceOp) -> Any:
+    """What reducing one Python number over a world of one gives: exactly the general path's result."""
+    if op is ReduceOp.MEAN:
+        return complex(value) if type(value) is complex else float(value)
+    if type(value) is bool and op in (ReduceOp.SUM, ReduceOp.PRODUCT):
+        return int(value)
+    if type(value) is complex and op in (ReduceOp.MIN, ReduceOp.MAX):
+        raise InvalidArgumentError(f"all_reduce: op {op.value!r} is not defined for complex values (complex)")
+    return value
 
 
 def _as_tensor(leaf: Any, tensor: torch.Tensor | None) -> torch.Tensor:

@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 from distcomm import devices, launch
 from distcomm.active import get_communicator
-from distcomm.communicator import Communicator, Handle
+from distcomm.communicator import INT64_MAX, INT64_MIN, Communicator, Handle
 from distcomm.conversion import describe
 from distcomm.errors import InvalidArgumentError
 from distcomm.torch_dist import TorchDistCommunicator
@@ -151,7 +151,14 @@ def all_reduce(data, group=dist.group.WORLD, average: bool = False, device=None)
     (on ``device`` when given), reduced, and returned as a Python number when it has
     one element, else as a NumPy array, at every world size.
     """
-    comm = _communicator_for(group)
+    comm = get_communicator() if group is None or group is _WORLD_DEFAULT else _communicator_for(group)
+    if type(data) is float or (type(data) is int and INT64_MIN <= data <= INT64_MAX):
+        if comm.world_size == 1 and device is None:
+            # The hot path of single-process runs: over one rank the sum of a number is
+            # itself and the mean is it as a float, exactly what the collective returns.
+            return float(data) if average else data  # type: ignore[no-any-return]
+        if device is None:  # a number stays a number, in double precision
+            return comm.all_reduce(data, "mean" if average else "sum")  # type: ignore[return-value]
     op = "mean" if average else "sum"
     if isinstance(data, torch.Tensor):
         return comm.all_reduce(data, op)

@@ -18,20 +18,13 @@ class LocalCommunicator(Communicator):
     too, not first on the cluster.
     """
 
+    # Plain class attributes rather than properties: read on every hot-path call.
+    rank = 0  # type: ignore[assignment]
+    world_size = 1  # type: ignore[assignment]
+    local_rank = 0  # type: ignore[assignment]
+
     def __init__(self, device: torch.device | str = "cpu") -> None:
         self._device = torch.device(device)
-
-    @property
-    def rank(self) -> int:
-        return 0
-
-    @property
-    def world_size(self) -> int:
-        return 1
-
-    @property
-    def local_rank(self) -> int:
-        return 0
 
     @property
     def device(self) -> torch.device:

@@ -44,10 +44,15 @@ TO_TORCH: dict[ReduceOp, dist.ReduceOp] = {
 ReduceOpLike = ReduceOp | str | dist.ReduceOp
 
 
+_EXACT: dict[object, ReduceOp] = {**{o.value: o for o in ReduceOp}, **{o: o for o in ReduceOp}}
+
+
 def parse_reduce_op(op: ReduceOpLike) -> ReduceOp:
     """Turn ``"sum"``, ``"MEAN"``, ``ReduceOp.MAX`` or ``dist.ReduceOp.MIN`` into a :class:`ReduceOp`."""
-    if isinstance(op, ReduceOp):
-        return op
+    if type(op) is str or type(op) is ReduceOp:  # the common spellings, in one dict lookup
+        found = _EXACT.get(op)
+        if found is not None:
+            return found
     if isinstance(op, str):
         name = op.strip().lower()
         if name in _ALIASES:

@@ -23,6 +23,12 @@ _LOCAL_RANK_VARIABLES = ("LOCAL_RANK", "SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_R
 _GLOO_WIDER = {torch.int16: torch.int32, torch.uint16: torch.int32, torch.uint32: torch.int64}
 
 
+def _all_gather_single(output: torch.Tensor, tensor: torch.Tensor, group: dist.ProcessGroup) -> None:
+    """Gather into one flat tensor (``all_gather_single`` in new torch, ``all_gather_into_tensor`` before)."""
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    gather(output, tensor, group=group)
+
+
 def default_backend() -> str:
     """NCCL where CUDA is available, Gloo otherwise."""
     return "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
@@ -253,12 +259,15 @@ class TorchDistCommunicator(Communicator):
     def _all_gather_tensor(self, tensor: torch.Tensor) -> list[torch.Tensor]:
         wider = _GLOO_WIDER.get(tensor.dtype) if self._backend == "gloo" else None
         carrier = tensor if wider is None else tensor.to(wider)
-        out = [torch.empty_like(carrier) for _ in range(self._world_size)]
+        # One output buffer for all ranks (one allocation, not one per rank); the
+        # entries are views of it.
+        out = torch.empty((self._world_size, *carrier.shape), dtype=carrier.dtype, device=carrier.device)
         try:
-            dist.all_gather(out, carrier, group=self._group)
+            _all_gather_single(out.view(-1) if carrier.dim() else out, carrier.reshape(-1) if carrier.dim() else carrier.reshape(1), self._group)
         except RuntimeError as error:
             raise self._failure("all_gather", error) from error
-        return out if wider is None else [o.to(tensor.dtype) for o in out]
+        entries = list(out.unbind(0))
+        return entries if wider is None else [o.to(tensor.dtype) for o in entries]
 
     def _all_gather_uneven(self, tensor: torch.Tensor, shapes: list[torch.Size]) -> list[torch.Tensor]:
         if not self._cuda:

@@ -1,0 +1,142 @@
+"""What each rank runs for benchmarks/goals.py (importable, so a World can run it)."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from distcomm import Communicator, distutils
+from distcomm.bench import bench_case, interleaved
+
+
+def all_reduce_overhead(comm: Communicator, size: int, calls: int) -> dict[str, float]:
+    return bench_case(comm, "all_reduce", size, calls, "cpu")
+
+
+def reduce_dict_vs_calls(comm: Communicator, calls: int) -> dict[str, float]:
+    metrics = {f"metric_{i}": float(i + comm.rank) for i in range(50)}
+    return interleaved(
+        {
+            "reduce_dict": lambda: comm.reduce_dict(metrics),
+            "50 all_reduce": lambda: {k: comm.all_reduce(v) for k, v in metrics.items()},
+            "50 raw all_reduce": lambda: {k: _raw_scalar(v) for k, v in metrics.items()},
+        },
+        calls,
+        comm.barrier,
+    )
+
+
+def _raw_scalar(value: float) -> float:
+    tensor = torch.tensor(value)
+    dist.all_reduce(tensor)
+    return tensor.item()
+
+
+def uneven_gather_vs_object(comm: Communicator, calls: int) -> dict[str, float]:
+    tensor = torch.randn(750_000 + 1000 * comm.rank)  # about 3 MB, a different length on each rank
+    outputs: list[Any] = [None] * comm.world_size
+    equal = torch.randn(751_000)
+    equal_outputs = [torch.empty_like(equal) for _ in range(comm.world_size)]
+    return interleaved(
+        {
+            "distcomm all_gather": lambda: comm.all_gather(tensor),
+            "torch all_gather_object": lambda: dist.all_gather_object(outputs, tensor),
+            # the floor: moving the same bytes with sizes known in advance and buffers reused
+            "raw equal-size all_gather": lambda: dist.all_gather(equal_outputs, equal),
+        },
+        calls,
+        comm.barrier,
+    )
+
+
+def small_objects(comm: Communicator, calls: int) -> dict[str, float]:
+    metrics = {"epoch": 3, "loss": 0.25 + comm.rank, "names": [f"layer{i}" for i in range(40)], "lr": 1e-3}
+    config = {"model": "resnet", "layers": list(range(100)), "dropout": 0.1} if comm.rank == 0 else None
+    gathered: list[Any] = [None] * comm.world_size
+    boxed = [config]
+    return interleaved(
+        {
+            "distcomm all_gather_objects": lambda: comm.all_gather_objects(metrics),
+            "torch all_gather_object": lambda: dist.all_gather_object(gathered, metrics),
+            "distcomm broadcast_object": lambda: comm.broadcast_object(config, src=0),
+            "torch broadcast_object_list": lambda: dist.broadcast_object_list(boxed, src=0),
+        },
+        calls,
+        comm.barrier,
+    )
+
+
+# ----------------------------------------------------------- single process
+
+
+def old_get_rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def old_get_world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def old_all_reduce(data: Any, average: bool = False) -> Any:
+    """The legacy function at world size 1: return the input as it is."""
+    if old_get_world_size() == 1:
+        return data
+    raise AssertionError("single-process benchmark")
+
+
+def hot_path(calls: int) -> dict[str, float]:
+    """get_rank() plus all_reduce(float), old style against the facade; medians of batches."""
+    batch = 200
+
+    def old() -> None:
+        for _ in range(batch):
+            old_get_rank()
+            old_all_reduce(1.5)
+
+    def new() -> None:
+        for _ in range(batch):
+            distutils.get_rank()
+            distutils.all_reduce(1.5)
+
+    seconds = interleaved({"old style": old, "distutils": new}, calls, lambda: None)
+    return {name: value / batch for name, value in seconds.items()}
+
+
+def setup_cleanup(rounds: int) -> dict[str, float]:
+    """setup()+cleanup() of one rank against raw init_process_group+destroy_process_group."""
+    from distcomm.launch import find_free_port
+
+    for name in ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        os.environ.pop(name, None)
+    config = {"world_size": 1, "distributed_backend": "gloo", "cpu": True}
+
+    def ours() -> None:
+        distutils.setup(dict(config))
+        distutils.cleanup()
+        for name in ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK"):
+            os.environ.pop(name, None)
+
+    def raw() -> None:
+        os.environ.update(MASTER_ADDR="localhost", MASTER_PORT=str(find_free_port()))
+        dist.init_process_group("gloo", init_method="env://", rank=0, world_size=1)
+        dist.destroy_process_group()
+        for name in ("MASTER_ADDR", "MASTER_PORT"):
+            os.environ.pop(name, None)
+
+    return interleaved({"distcomm setup+cleanup": ours, "raw init+destroy": raw}, rounds, lambda: None)
+
+
+def median_of(runs: list[dict[str, float]], key: str) -> float:
+    return statistics.median(run[key] for run in runs)
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start

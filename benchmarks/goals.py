@@ -1,0 +1,104 @@
+"""Measure distcomm's performance goals, each as a ratio taken side by side in one run.
+
+    python benchmarks/goals.py            # about two minutes on 2 cores
+    python benchmarks/goals.py --suite    # also time the whole test suite (pytest -n auto)
+
+Every goal compares two ways of doing the same thing, alternating call by call on the
+same ranks at the same moment, and reports medians: the machine's noise falls on both
+sides alike. Multi-rank goals run on 2 local Gloo ranks. Each ratio is the median of
+three repetitions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cases
+
+from distcomm.testing import World
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def repeat(world: World, fn, *args, times: int = 3) -> list[dict[str, float]]:  # type: ignore[no-untyped-def]
+    return [world.run(fn, *args, timeout=600)[0] for _ in range(times)]
+
+
+def ratio(runs: list[dict[str, float]], numerator: str, denominator: str) -> float:
+    return statistics.median(run[numerator] / run[denominator] for run in runs)
+
+
+def line(goal: str, measured: float, target: str, ok: bool, detail: str) -> str:
+    return f"| {goal} | {measured:.2f}x | {target} | {'met' if ok else 'NOT met'} | {detail} |"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suite", action="store_true", help="also time the whole test suite")
+    args = parser.parse_args()
+    rows: list[str] = []
+
+    def report(row: str) -> None:
+        rows.append(row)
+        print(row, flush=True)
+
+    print("| goal | measured | target | status | medians |")
+    print("| --- | --- | --- | --- | --- |")
+    with World(2, timeout=120, call_timeout=900) as world:
+        for size, limit, calls in ((2**20, 1.05, 400), (4, 1.10, 3000)):
+            runs = repeat(world, cases.all_reduce_overhead, size, calls)
+            label = "1 MiB" if size > 4 else "4 B"
+            for variant in ("distcomm", "facade"):
+                r = ratio(runs, variant, "raw")
+                detail = f"{cases.median_of(runs, variant) * 1e6:.1f} us vs raw {cases.median_of(runs, 'raw') * 1e6:.1f} us"
+                name = "object API" if variant == "distcomm" else "facade"
+                report(line(f"all_reduce {label}, {name} / raw torch.distributed", r, f"<= {limit}", r <= limit, detail))
+
+        runs = repeat(world, cases.reduce_dict_vs_calls, 200)
+        r = ratio(runs, "50 all_reduce", "reduce_dict")
+        raw = ratio(runs, "50 raw all_reduce", "reduce_dict")
+        detail = f"{cases.median_of(runs, 'reduce_dict') * 1e6:.0f} us vs {cases.median_of(runs, '50 all_reduce') * 1e6:.0f} us ({raw:.1f}x vs 50 raw calls)"
+        report(line("reduce_dict of 50 scalars, speed-up over 50 all_reduce", r, ">= 10", r >= 10, detail))
+
+        runs = repeat(world, cases.uneven_gather_vs_object, 30)
+        r = ratio(runs, "torch all_gather_object", "distcomm all_gather")
+        ceiling = ratio(runs, "torch all_gather_object", "raw equal-size all_gather")
+        detail = (
+            f"{cases.median_of(runs, 'distcomm all_gather') * 1e3:.2f} ms vs {cases.median_of(runs, 'torch all_gather_object') * 1e3:.2f} ms; "
+            f"raw equal-size all_gather alone takes {cases.median_of(runs, 'raw equal-size all_gather') * 1e3:.2f} ms (ceiling {ceiling:.2f}x)"
+        )
+        report(line("uneven all_gather of ~3 MB, speed-up over all_gather_object", r, ">= 3", r >= 3, detail))
+
+        runs = repeat(world, cases.small_objects, 1000)
+        for ours, theirs in (("distcomm all_gather_objects", "torch all_gather_object"), ("distcomm broadcast_object", "torch broadcast_object_list")):
+            r = ratio(runs, theirs, ours)
+            detail = f"{cases.median_of(runs, ours) * 1e6:.0f} us vs {cases.median_of(runs, theirs) * 1e6:.0f} us"
+            report(line(f"{ours.split()[1]} of a small object, speed-up over torch {theirs.split()[1]}", r, ">= 1.5", r >= 1.5, detail))
+
+    runs = [cases.hot_path(2000) for _ in range(3)]
+    r = ratio(runs, "distutils", "old style")
+    detail = f"{cases.median_of(runs, 'distutils') * 1e9:.0f} ns vs {cases.median_of(runs, 'old style') * 1e9:.0f} ns per get_rank()+all_reduce(float)"
+    report(line("single process: facade / old style of asking torch.distributed", r, "<= 1.0", r <= 1.0, detail))
+
+    runs = [cases.setup_cleanup(30) for _ in range(3)]
+    r = ratio(runs, "distcomm setup+cleanup", "raw init+destroy")
+    detail = f"{cases.median_of(runs, 'distcomm setup+cleanup') * 1e3:.2f} ms vs {cases.median_of(runs, 'raw init+destroy') * 1e3:.2f} ms"
+    report(line("setup()+cleanup() of one rank / raw init+destroy", r, "<= 1.5", r <= 1.5, detail))
+
+    if args.suite:
+        start = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "pytest", "-n", "auto", "-q", "-p", "no:cacheprovider"], cwd=ROOT, capture_output=True, text=True)
+        seconds = time.perf_counter() - start
+        last = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else "no output"
+        report(f"| whole test suite, wall time | {seconds:.0f} s | <= 90 s | {'met' if seconds <= 90 and done.returncode == 0 else 'NOT met'} | {last} |")
+    print(f"\n# {os.cpu_count()} cores; torch {__import__('torch').__version__}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""``python -m distcomm bench``: collective timings in the style of nccl-tests, side by side
+with raw ``torch.distributed`` in the same run.
+
+Each (operation, size) is timed on a local world of real ranks: raw torch.distributed,
+the object API and the ``distutils`` facade alternate call by call, in a rotating
+order, so that a noisy machine slows all three alike; the median call is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from distcomm import distutils
+from distcomm.communicator import Communicator
+from distcomm.errors import InvalidArgumentError
+from distcomm.profiled import algorithm_bytes, bus_factor
+
+OPERATIONS = ("all_reduce", "all_gather", "broadcast")
+VARIANTS = ("raw", "distcomm", "facade")
+_UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "KIB": 2**10, "M": 2**20, "MB": 2**20, "MIB": 2**20, "G": 2**30, "GB": 2**30}
+
+
+def parse_size(text: str) -> int:
+    """``"4"``, ``"64K"``, ``"1MiB"`` -> bytes."""
+    match = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", text)
+    unit = match.group(2).upper() if match else None
+    if match is None or unit not in _UNITS:
+        raise InvalidArgumentError(f"cannot read the size {text!r}: use bytes with an optional K, M or G (e.g. 4, 64K, 1M)")
+    return int(match.group(1)) * _UNITS[unit]
+
+
+def format_size(size: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale and size % scale == 0:
+            return f"{size // scale} {unit}"
+    return f"{size} B"
+
+
+def _runners(comm: Communicator, operation: str, tensor: torch.Tensor) -> dict[str, Callable[[], Any]]:
+    group = getattr(comm, "group", None)
+    outputs = [torch.empty_like(tensor) for _ in range(comm.world_size)]
+    if operation == "all_reduce":
+        return {
+            "raw": lambda: dist.all_reduce(tensor, group=group),
+            "distcomm": lambda: comm.all_reduce(tensor),
+            "facade": lambda: distutils.all_reduce(tensor),
+        }
+    if operation == "all_gather":
+        return {
+            "raw": lambda: dist.all_gather(outputs, tensor, group=group),
+            "distcomm": lambda: comm.all_gather(tensor),
+            "facade": lambda: distutils.all_gather(tensor),
+        }
+    if operation == "broadcast":
+        return {
+            "raw": lambda: dist.broadcast(tensor, 0, group=group),
+            "distcomm": lambda: comm.broadcast(tensor, 0),
+            "facade": lambda: distutils.broadcast(tensor, 0),
+        }
+    raise InvalidArgumentError(f"unknown operation {operation!r}: use one of {', '.join(OPERATIONS)}")
+
+
+def interleaved(runners: dict[str, Callable[[], Any]], calls: int, sync: Callable[[], None]) -> dict[str, float]:
+    """Median seconds per call of each runner. The runners alternate call by call, in a
+    rotating order, so drift and noise fall on all of them alike; medians ignore the
+    long tail of a shared machine's wake-up latencies."""
+    names = list(runners)
+    for run in runners.values():  # warm-up
+        for _ in range(max(3, calls // 20)):
+            run()
+    sync()
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    clock = time.perf_counter
+    for index in range(calls):
+        shift = index % len(names)
+        for name in names[shift:] + names[:shift]:
+            run = runners[name]
+            start = clock()
+            run()
+            samples[name].append(clock() - start)
+    sync()
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def bench_case(comm: Communicator, operation: str, size: int, calls: int, device: str) -> dict[str, float]:
+    """Run on every rank of a world: time one operation at one size, three ways."""
+    target = torch.device("cuda", torch.cuda.current_device()) if device == "cuda" else torch.device("cpu")
+    tensor = torch.ones(max(1, size // 4), dtype=torch.float32, device=target)
+
+    runners = _runners(comm, operation, tensor)
+    if target.type == "cuda":  # time the device's work, not the launch
+        runners = {name: _synchronized(run) for name, run in runners.items()}
+
+    def sync() -> None:
+        if target.type == "cuda":
+            torch.cuda.synchronize()
+        comm.barrier()
+
+    return interleaved(runners, calls, sync)
+
+
+def _synchronized(run: Callable[[], Any]) -> Callable[[], Any]:
+    def call() -> Any:
+        result = run()
+        torch.cuda.synchronize()
+        return result
+
+    return call
+
+
+def calls_for(size: int) -> int:
+    """Calls of each variant: many for small messages, fewer for large ones."""
+    return max(50, min(2000, (256 * 2**20) // max(size, 1)))
+
+
+def table_row(operation: str, size: int, world_size: int, seconds: dict[str, float]) -> str:
+    moved = algorithm_bytes(operation, max(4, size // 4 * 4), world_size)
+    algbw = moved / seconds["distcomm"] / 1e9
+    busbw = algbw * bus_factor(operation, world_size)
+    return (
+        f"{operation:>11} {format_size(size):>10} {seconds['distcomm'] * 1e6:>11.1f} {algbw:>9.3f} {busbw:>9.3f} "
+        f"{seconds['raw'] * 1e6:>9.1f} {seconds['distcomm'] / seconds['raw']:>7.3f} "
+        f"{seconds['facade'] * 1e6:>10.1f} {seconds['facade'] / seconds['raw']:>7.3f}"
+    )
+
+
+HEADER = (
+    f"{'op':>11} {'size':>10} {'time us':>11} {'algbw':>9} {'busbw':>9} {'raw us':>9} {'ratio':>7} {'facade us':>10} {'ratio':>7}\n"
+    f"{'':>11} {'':>10} {'':>11} {'GB/s':>9} {'GB/s':>9} {'':>9} {'vs raw':>7} {'':>10} {'vs raw':>7}"
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m distcomm bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ranks", type=int, default=2, help="local processes (default 2)")
+    parser.add_argument("--backend", default="gloo", choices=("gloo", "nccl", "mpi"))
+    parser.add_argument("--device", default=None, choices=("cpu", "cuda"), help="where tensors live (default: cuda for nccl)")
+    parser.add_argument("--ops", default=",".join(OPERATIONS), help="comma-separated: all_reduce,all_gather,broadcast")
+    parser.add_argument("--sizes", default="4,1K,64K,1M,4M", help="comma-separated message sizes, e.g. 4,1K,1M")
+    parser.add_argument("--calls", type=int, default=None, help="timed calls of each variant per case (default: by size)")
+    args = parser.parse_args(argv)
+    operations = [op.strip() for op in args.ops.split(",") if op.strip()]
+    for op in operations:
+        if op not in OPERATIONS:
+            parser.error(f"unknown op {op!r}: choose from {', '.join(OPERATIONS)}")
+    sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
+    device = args.device or ("cuda" if args.backend == "nccl" else "cpu")
+    from distcomm.testing.world import World
+
+    cases = [(op, size) for op in operations for size in sizes]
+    print(f"# distcomm bench: {args.ranks} ranks, backend {args.backend}, {device} tensors, torch {torch.__version__}")
+    print("# each case: raw torch.distributed, distcomm and distutils alternate call by call; median per call")
+    print(HEADER, flush=True)
+    with World(args.ranks, backend=args.backend, timeout=120, call_timeout=1800) as world:
+        for index, (op, size) in enumerate(cases, 1):
+            calls = args.calls or calls_for(size)
+            print(f"[{index}/{len(cases)}] {op} {format_size(size)} x {calls} ...", file=sys.stderr, flush=True)
+            seconds = world.run(bench_case, op, size, calls, device)[0]
+            print(table_row(op, size, args.ranks, seconds), flush=True)
+    return 0

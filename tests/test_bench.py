@@ -1,0 +1,40 @@
+"""``python -m distcomm bench``: options, sizes, and a real (tiny) run."""
+
+import subprocess
+import sys
+
+import pytest
+
+from distcomm import InvalidArgumentError
+from distcomm.bench import calls_for, format_size, parse_size
+
+
+@pytest.mark.parametrize(("text", "size"), [("4", 4), ("64K", 65536), ("1M", 2**20), ("1MiB", 2**20), ("2 gb", 2 * 2**30)])
+def test_sizes(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+def test_bad_size_and_formatting() -> None:
+    with pytest.raises(InvalidArgumentError, match="cannot read the size"):
+        parse_size("lots")
+    assert [format_size(s) for s in (4, 1024, 2**20, 3000)] == ["4 B", "1 KiB", "1 MiB", "3000 B"]
+    assert calls_for(4) == 2000 and calls_for(2**30) == 50
+
+
+def test_a_real_run_prints_a_table_and_progress() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "distcomm", "bench", "--ranks", "2", "--ops", "all_reduce,broadcast", "--sizes", "4,1K", "--calls", "20"],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert any("algbw" in line and "ratio" in line for line in lines)
+    rows = [line.split() for line in lines if line.strip().startswith(("all_reduce", "broadcast"))]
+    assert [(r[0], r[1] + r[2]) for r in rows] == [("all_reduce", "4B"), ("all_reduce", "1KiB"), ("broadcast", "4B"), ("broadcast", "1KiB")]
+    assert all(float(r[-1]) > 0 and float(r[-3]) > 0 for r in rows)
+    assert "[4/4] broadcast 1 KiB x 20" in done.stderr
+
+
+def test_unknown_op_is_refused() -> None:
+    done = subprocess.run([sys.executable, "-m", "distcomm", "bench", "--ops", "all_to_all"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "unknown op 'all_to_all'" in done.stderr
