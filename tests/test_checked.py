@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
 import torch
 
-from distcomm import (
-    CheckedCommunicator,
-    CollectiveError,
-    CollectiveMismatchError,
-    LocalCommunicator,
-    get_communicator,
-    set_communicator,
-)
-from distcomm.active import forget_default_group
+from distcomm import CheckedCommunicator, CollectiveError, CollectiveMismatchError, LocalCommunicator
 from distcomm.testing import World
+from environment import active_with_flag
 from test_invariance import describe_all
 
 
@@ -86,17 +78,9 @@ def test_matching_calls_pass_and_results_are_unchanged(world) -> None:
 
 
 def debug_environment(comm):
-    os.environ["DISTCOMM_DEBUG"] = "1"
-    try:
-        set_communicator(None)
-        forget_default_group()
-        active = get_communicator()
-        name = type(active).__name__
+    with active_with_flag("DISTCOMM_DEBUG") as active:
         active.all_reduce(1)
-        return name
-    finally:
-        del os.environ["DISTCOMM_DEBUG"]
-        forget_default_group()
+        return type(active).__name__
 
 
 def test_distcomm_debug_checks_the_active_communicator(world) -> None:

@@ -41,7 +41,7 @@ def test_nccl_world_of_one_rank() -> None:
 @needs_two_gpus
 def test_nccl_two_ranks_with_native_uneven_gather() -> None:
     with World(2, backend="nccl", timeout=30) as world:
-        for rank, result in enumerate(world.run(nccl_collectives)):
+        for result in world.run(nccl_collectives):
             assert result == (3, [1, 2.5], [{"rank": 0}, {"rank": 1}], "config", [(1, 2), (2, 2)])
 
 

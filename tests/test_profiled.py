@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
 import torch
 
-from distcomm import LocalCommunicator, ProfiledCommunicator, get_communicator, set_communicator
-from distcomm.active import forget_default_group
+from distcomm import LocalCommunicator, ProfiledCommunicator
 from distcomm.profiled import algorithm_bytes, bus_factor
+from environment import active_with_flag
 
 
 def test_summary_per_operation_and_size() -> None:
@@ -55,16 +54,9 @@ def test_stragglers_point_at_the_late_rank(dist_world) -> None:
 
 
 def profile_environment(comm):
-    os.environ["DISTCOMM_PROFILE"] = "1"
-    try:
-        set_communicator(None)
-        forget_default_group()
-        active = get_communicator()
+    with active_with_flag("DISTCOMM_PROFILE") as active:
         active.all_reduce(torch.ones(8))
         return type(active).__name__, [(r["op"], r["bytes"], r["count"]) for r in active.summary()]
-    finally:
-        del os.environ["DISTCOMM_PROFILE"]
-        forget_default_group()
 
 
 def test_distcomm_profile_times_the_active_communicator(dist_world) -> None:

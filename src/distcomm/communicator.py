@@ -13,7 +13,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import attrs
 import numpy as np
@@ -315,7 +315,7 @@ class Communicator(abc.ABC):
             self._check_open("all_reduce")
         reduce_op = parse_reduce_op(op)
         kind = type(data)
-        if kind in _PYTHON_PROTOTYPES and self.world_size == 1 and (kind is not int or INT64_MIN <= data <= INT64_MAX):
+        if kind in _PYTHON_PROTOTYPES and self.world_size == 1 and (kind is not int or INT64_MIN <= cast(int, data) <= INT64_MAX):
             return reduce_alone(data, reduce_op)  # type: ignore[no-any-return]
         if isinstance(data, torch.Tensor):
             return self._all_reduce_one_tensor(data, reduce_op)  # type: ignore[return-value]
@@ -376,7 +376,7 @@ class Communicator(abc.ABC):
             parts = [_as_tensor(leaves[i], tensors[i]) for i in members]
             flat = torch.cat([t.reshape(-1).to(device=device, dtype=dtype) for t in parts])
             self._all_reduce_tensor(flat, group_op)
-            for i, t, part in zip(members, parts, flat.split([t.numel() for t in parts])):
+            for i, t, part in zip(members, parts, flat.split([t.numel() for t in parts])):  # type: ignore[no-untyped-call]
                 results[i] = self._finish_leaf(leaves[i], part.view(t.shape), plans[i])
         return results
 
@@ -571,7 +571,7 @@ class Communicator(abc.ABC):
         received = self.broadcast_object(_Refused(message) if message else list(objects or []), src)
         if isinstance(received, _Refused):
             raise InvalidArgumentError(received.message)
-        return received[self.rank]  # type: ignore[no-any-return]
+        return received[self.rank]
 
     # --------------------------------------------------------- sub-communicators
 

@@ -24,7 +24,7 @@ def assign_device_for_local_rank(cpu: bool, local_rank: int) -> None:
         os.environ[CURRENT_DEVICE_STR] = "cpu"
         return
     os.environ[CURRENT_DEVICE_STR] = "cuda"
-    if torch.cuda.is_initialized():
+    if torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
         logger.warning(
             "CUDA is already initialized in this process, so CUDA_VISIBLE_DEVICES=%d has no effect "
             "here; using torch.cuda.set_device(%d) instead (GPU %d is cuda:%d, not cuda:0)",

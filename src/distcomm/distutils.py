@@ -156,14 +156,14 @@ def all_reduce(data, group=dist.group.WORLD, average: bool = False, device=None)
         if comm.world_size == 1 and device is None:
             # The hot path of single-process runs: over one rank the sum of a number is
             # itself and the mean is it as a float, exactly what the collective returns.
-            return float(data) if average else data  # type: ignore[no-any-return]
+            return float(data) if average else data  # type: ignore[return-value]
         if device is None:  # a number stays a number, in double precision
             return comm.all_reduce(data, "mean" if average else "sum")  # type: ignore[return-value]
     op = "mean" if average else "sum"
     if isinstance(data, torch.Tensor):
         return comm.all_reduce(data, op)
     result = comm.all_reduce(_legacy_tensor(data, "all_reduce", device), op)
-    return result.item() if result.numel() == 1 else result.cpu().numpy()  # type: ignore[no-any-return]
+    return result.item() if result.numel() == 1 else result.cpu().numpy()  # type: ignore[return-value]
 
 
 def all_gather(data, group=dist.group.WORLD, device=None) -> list[torch.Tensor]:  # type: ignore[no-untyped-def]

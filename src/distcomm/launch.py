@@ -98,7 +98,7 @@ def slurm_hostnames(node_list: str, path: str | None = None) -> list[str]:
         hosts = output.split()
     else:
         try:
-            import hostlist
+            import hostlist  # type: ignore[import-untyped]
         except ImportError:
             raise ConfigurationError(
                 "cannot expand the SLURM node list: scontrol is not on PATH and python-hostlist is not "

@@ -19,9 +19,9 @@ class LocalCommunicator(Communicator):
     """
 
     # Plain class attributes rather than properties: read on every hot-path call.
-    rank = 0  # type: ignore[assignment]
-    world_size = 1  # type: ignore[assignment]
-    local_rank = 0  # type: ignore[assignment]
+    rank = 0
+    world_size = 1
+    local_rank = 0
 
     def __init__(self, device: torch.device | str = "cpu") -> None:
         self._device = torch.device(device)

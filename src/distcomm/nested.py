@@ -9,7 +9,7 @@ its own class, and a dict keeps its key order.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import attrs
 
@@ -34,7 +34,7 @@ class TreeSpec:
             return _make_dict(self.container, zip(self.keys, values))
         if issubclass(self.container, tuple) and hasattr(self.container, "_fields"):
             return self.container(*values)  # a namedtuple
-        return self.container(values)
+        return cast(Any, self.container)(values)
 
 
 def _make_dict(container: type, items: Any) -> dict[Any, Any]:

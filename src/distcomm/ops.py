@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from typing import Any
 
 import torch.distributed as dist
 
@@ -25,7 +26,7 @@ class ReduceOp(enum.Enum):
 
 _ALIASES = {"avg": ReduceOp.MEAN, "average": ReduceOp.MEAN, "prod": ReduceOp.PRODUCT}
 
-_FROM_TORCH = {
+_FROM_TORCH: dict[Any, ReduceOp] = {
     dist.ReduceOp.SUM: ReduceOp.SUM,
     dist.ReduceOp.AVG: ReduceOp.MEAN,
     dist.ReduceOp.MIN: ReduceOp.MIN,
@@ -33,7 +34,7 @@ _FROM_TORCH = {
     dist.ReduceOp.PRODUCT: ReduceOp.PRODUCT,
 }
 
-TO_TORCH: dict[ReduceOp, dist.ReduceOp] = {
+TO_TORCH: dict[ReduceOp, Any] = {
     ReduceOp.SUM: dist.ReduceOp.SUM,
     ReduceOp.MIN: dist.ReduceOp.MIN,
     ReduceOp.MAX: dist.ReduceOp.MAX,

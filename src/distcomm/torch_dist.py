@@ -23,7 +23,7 @@ _LOCAL_RANK_VARIABLES = ("LOCAL_RANK", "SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_R
 _GLOO_WIDER = {torch.int16: torch.int32, torch.uint16: torch.int32, torch.uint32: torch.int64}
 
 
-def _all_gather_single(output: torch.Tensor, tensor: torch.Tensor, group: dist.ProcessGroup) -> None:
+def _all_gather_single(output: torch.Tensor, tensor: torch.Tensor, group: dist.ProcessGroup | None) -> None:
     """Gather into one flat tensor (``all_gather_single`` in new torch, ``all_gather_into_tensor`` before)."""
     gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
     gather(output, tensor, group=group)
@@ -108,7 +108,7 @@ class TorchDistCommunicator(Communicator):
                 "TorchDistCommunicator.init(...) or torch.distributed.init_process_group(...), "
                 "or use LocalCommunicator() for a single process"
             )
-        self._group = group if group is not None else dist.group.WORLD
+        self._group: dist.ProcessGroup | None = group if group is not None else dist.group.WORLD
         rank = dist.get_rank(self._group)
         if rank < 0:
             raise InvalidArgumentError(
@@ -211,8 +211,8 @@ class TorchDistCommunicator(Communicator):
         return self._backend
 
     @property
-    def group(self) -> dist.ProcessGroup:
-        """The process group this communicator talks over."""
+    def group(self) -> dist.ProcessGroup | None:
+        """The process group this communicator talks over (``None`` once closed)."""
         return self._group
 
     # ---------------------------------------------------------------- primitives
@@ -330,7 +330,7 @@ class TorchDistCommunicator(Communicator):
             logger.debug("destroyed the default process group")
         # Keep no reference: a destroyed group that lives on until interpreter exit can
         # abort the process there, when its threads are torn down out of order.
-        self._group = None  # type: ignore[assignment]
+        self._group = None
 
 
 def _local_rank_from_environment(rank: int) -> int:

@@ -21,7 +21,7 @@ def resident_bytes() -> int:
         with open("/proc/self/statm") as handle:
             return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except OSError:
-        import psutil
+        import psutil  # type: ignore[import-untyped]
 
         return int(psutil.Process().memory_info().rss)
 

@@ -12,6 +12,7 @@ next.
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import itertools
 import logging
@@ -28,7 +29,7 @@ import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import attrs
 
@@ -192,10 +193,8 @@ class World:
     def close(self) -> None:
         """Stop the rank processes and remove the rendezvous directory."""
         for conn in self._connections:
-            try:
+            with contextlib.suppress(OSError):
                 conn.send(None)
-            except OSError:
-                pass
         for process in self._processes:
             process.join(timeout=5)
         self._kill()
@@ -264,7 +263,7 @@ class World:
                 break
             for conn in multiprocessing.connection.wait(list(pending), remaining):
                 rank = pending.pop(conn)  # type: ignore[call-overload]
-                results[rank] = self._receive(conn, rank, call_id)
+                results[rank] = self._receive(cast(Connection, conn), rank, call_id)
         if pending:
             stacks = self._stacks(list(pending.values()))
             for rank in pending.values():
@@ -317,7 +316,7 @@ def _clean(outcomes: list[RankOutcome]) -> bool:
 _preloaded = False
 
 
-def _context() -> multiprocessing.context.BaseContext:
+def _context() -> Any:
     """A fork server with torch and distcomm already imported: new ranks start in milliseconds."""
     global _preloaded
     if sys.platform == "win32" or "forkserver" not in multiprocessing.get_all_start_methods():
