@@ -209,3 +209,31 @@ def test_a_lost_peer_raises_collective_error(fast_failing_world) -> None:
     outcomes = fast_failing_world.run_outcomes(rank1_dies)
     assert outcomes[0].value == ("all_reduce", 0)
     assert isinstance(outcomes[1].error, RankDiedError) and "exit code 3" in str(outcomes[1].error)
+
+
+PINNING_CHECK = """
+import gc, importlib, sys, tempfile, weakref
+import distcomm
+import torch.distributed as dist
+from distcomm import TorchDistCommunicator
+
+comm = TorchDistCommunicator.init("gloo", rank=0, world_size=1, init_method=f"file://{tempfile.mkdtemp()}/r")
+group = weakref.ref(comm.group)
+for name in ("distcomm.distutils", "torch.distributed.nn.functional"):  # imported while the group exists
+    importlib.import_module(name)
+comm.close()
+gc.collect()
+print("freed" if group() is None else "alive")
+"""
+
+
+def test_a_closed_group_is_not_kept_alive_to_abort_the_interpreter_at_exit() -> None:
+    # A Gloo group that survives destroy_process_group is torn down during interpreter
+    # exit, where its threads abort the process. Modules whose default arguments capture
+    # dist.group.WORLD at import time used to keep it alive.
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", PINNING_CHECK], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "freed"

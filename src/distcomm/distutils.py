@@ -51,16 +51,19 @@ __all__ = [
     "setup_env_local",
 ]
 
-# The value of ``dist.group.WORLD`` when the signatures below were evaluated: the
-# "default group" marker of every ``group=`` default, even after the group changes.
-_WORLD_DEFAULT = dist.group.WORLD
+# The documented default of every ``group=`` parameter is ``dist.group.WORLD``, which
+# is None whenever no group exists yet, as at any normal import. It is written as None
+# here on purpose: a default evaluated while a group exists would hold that group for
+# the life of the process, so that a destroyed Gloo group outlives it and aborts the
+# interpreter at exit (torch.distributed.nn.functional has exactly that problem).
+_DEFAULT_GROUP = None
 _group_communicators: dict[Any, Communicator] = {}
 _group_lock = threading.Lock()
 
 
 def _communicator_for(group: Any) -> Communicator:
     """The active communicator for the default group; a cached one for any other group."""
-    if group is None or group is _WORLD_DEFAULT or group is dist.group.WORLD:
+    if group is None or group is dist.group.WORLD:
         return get_communicator()
     with _group_lock:
         comm = _group_communicators.get(group)
@@ -127,7 +130,7 @@ def synchronize() -> None:
         comm.barrier()
 
 
-def broadcast(tensor: torch.Tensor, src, group=dist.group.WORLD, async_op: bool = False) -> None:  # type: ignore[no-untyped-def]
+def broadcast(tensor: torch.Tensor, src, group=_DEFAULT_GROUP, async_op: bool = False) -> None:  # type: ignore[no-untyped-def]
     """Fill ``tensor`` in place with rank ``src``'s; with ``async_op`` return a handle to wait on."""
     if not isinstance(tensor, torch.Tensor):
         raise InvalidArgumentError(f"broadcast fills a tensor in place; got {describe(tensor)}")
@@ -139,19 +142,19 @@ def broadcast(tensor: torch.Tensor, src, group=dist.group.WORLD, async_op: bool 
     return None
 
 
-def broadcast_object_list(object_list: list[Any], src: int, group=dist.group.WORLD, device: str | None = None) -> None:  # type: ignore[no-untyped-def]
+def broadcast_object_list(object_list: list[Any], src: int, group=_DEFAULT_GROUP, device: str | None = None) -> None:  # type: ignore[no-untyped-def]
     """Replace, in place, the items of ``object_list`` on every rank by rank ``src``'s."""
     _communicator_for(group).broadcast_object_list(object_list, src, device=device)
 
 
-def all_reduce(data, group=dist.group.WORLD, average: bool = False, device=None) -> torch.Tensor:  # type: ignore[no-untyped-def]
+def all_reduce(data, group=_DEFAULT_GROUP, average: bool = False, device=None) -> torch.Tensor:  # type: ignore[no-untyped-def]
     """Sum (or, with ``average``, mean) ``data`` over all ranks.
 
     A tensor is reduced in place and returned. Anything else is made into a tensor
     (on ``device`` when given), reduced, and returned as a Python number when it has
     one element, else as a NumPy array, at every world size.
     """
-    comm = get_communicator() if group is None or group is _WORLD_DEFAULT else _communicator_for(group)
+    comm = get_communicator() if group is None else _communicator_for(group)
     if type(data) is float or (type(data) is int and INT64_MIN <= data <= INT64_MAX):
         if comm.world_size == 1 and device is None:
             # The hot path of single-process runs: over one rank the sum of a number is
@@ -166,7 +169,7 @@ def all_reduce(data, group=dist.group.WORLD, average: bool = False, device=None)
     return result.item() if result.numel() == 1 else result.cpu().numpy()  # type: ignore[return-value]
 
 
-def all_gather(data, group=dist.group.WORLD, device=None) -> list[torch.Tensor]:  # type: ignore[no-untyped-def]
+def all_gather(data, group=_DEFAULT_GROUP, device=None) -> list[torch.Tensor]:  # type: ignore[no-untyped-def]
     """One entry per rank, in rank order: tensors for a tensor, NumPy arrays for anything else.
 
     It is always a list, also at world size 1.
@@ -179,7 +182,7 @@ def all_gather(data, group=dist.group.WORLD, device=None) -> list[torch.Tensor]:
     return arrays  # type: ignore[return-value]
 
 
-def gather_objects(data: T, group: torch.distributed.ProcessGroup = dist.group.WORLD) -> list[T]:  # type: ignore[assignment]
+def gather_objects(data: T, group: torch.distributed.ProcessGroup = _DEFAULT_GROUP) -> list[T]:  # type: ignore[assignment]
     """Gather a list of pickleable objects into rank 0 (``None`` on the other ranks)."""
     return _communicator_for(group).gather_objects(data, dst=0)  # type: ignore[return-value]
 

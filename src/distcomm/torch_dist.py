@@ -16,6 +16,14 @@ from distcomm.ops import TO_TORCH, ReduceOp
 
 logger = logging.getLogger(__name__)
 
+if dist.is_available() and not dist.is_initialized():
+    # torch.distributed.nn.functional evaluates ``group=group.WORLD`` defaults when first
+    # imported (torch._dynamo and FSDP import it, e.g. when an optimizer is created). Done
+    # while a group exists, that pins the group past destroy_process_group, and Gloo then
+    # aborts the process at exit ("terminate called without an active exception").
+    # Importing it now, before any group exists, makes those defaults None.
+    import torch.distributed.nn.functional  # noqa: F401
+
 BACKENDS = ("gloo", "nccl", "mpi")
 _LOCAL_RANK_VARIABLES = ("LOCAL_RANK", "SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK")
 
