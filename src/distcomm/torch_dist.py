@@ -228,6 +228,10 @@ class TorchDistCommunicator(Communicator):
     def _failure(self, operation: str, error: BaseException) -> CollectiveError:
         return CollectiveError(operation, self._rank, error)
 
+    def _wider_dtype(self, dtype: torch.dtype) -> torch.dtype | None:
+        """The dtype that ``dtype`` travels as on this backend, when the backend lacks it."""
+        return _GLOO_WIDER.get(dtype) if self._backend == "gloo" else None
+
     def _accepts_device(self, device: torch.device) -> bool:
         if self._backend == "gloo":
             return device.type in ("cpu", "cuda")
@@ -245,7 +249,7 @@ class TorchDistCommunicator(Communicator):
             raise self._failure("barrier", error) from error
 
     def _broadcast_tensor(self, tensor: torch.Tensor, src: int) -> None:
-        wider = _GLOO_WIDER.get(tensor.dtype) if self._backend == "gloo" else None
+        wider = self._wider_dtype(tensor.dtype)
         carrier = tensor if wider is None else tensor.to(wider)
         try:
             dist.broadcast(carrier, self._global_ranks[src], group=self._group)
@@ -255,7 +259,7 @@ class TorchDistCommunicator(Communicator):
             tensor.copy_(carrier)
 
     def _all_reduce_tensor(self, tensor: torch.Tensor, op: ReduceOp) -> None:
-        wider = _GLOO_WIDER.get(tensor.dtype) if self._backend == "gloo" else None
+        wider = self._wider_dtype(tensor.dtype)
         carrier = tensor if wider is None else tensor.to(wider)
         try:
             dist.all_reduce(carrier, TO_TORCH[op], group=self._group)
@@ -265,7 +269,7 @@ class TorchDistCommunicator(Communicator):
             tensor.copy_(carrier)
 
     def _all_gather_tensor(self, tensor: torch.Tensor) -> list[torch.Tensor]:
-        wider = _GLOO_WIDER.get(tensor.dtype) if self._backend == "gloo" else None
+        wider = self._wider_dtype(tensor.dtype)
         carrier = tensor if wider is None else tensor.to(wider)
         # One output buffer for all ranks (one allocation, not one per rank); the
         # entries are views of it.
@@ -289,7 +293,7 @@ class TorchDistCommunicator(Communicator):
         return out
 
     def _all_reduce_tensor_async(self, tensor: torch.Tensor, op: ReduceOp) -> Handle:
-        if self._backend == "gloo" and tensor.dtype in _GLOO_WIDER:
+        if self._wider_dtype(tensor.dtype) is not None:
             return super()._all_reduce_tensor_async(tensor, op)
         try:
             work = dist.all_reduce(tensor, TO_TORCH[op], group=self._group, async_op=True)
@@ -298,7 +302,7 @@ class TorchDistCommunicator(Communicator):
         return _WorkHandle(work, tensor, "all_reduce", self._rank)
 
     def _broadcast_tensor_async(self, tensor: torch.Tensor, src: int) -> Handle:
-        if self._backend == "gloo" and tensor.dtype in _GLOO_WIDER:
+        if self._wider_dtype(tensor.dtype) is not None:
             return super()._broadcast_tensor_async(tensor, src)
         try:
             work = dist.broadcast(tensor, self._global_ranks[src], group=self._group, async_op=True)
@@ -307,7 +311,7 @@ class TorchDistCommunicator(Communicator):
         return _WorkHandle(work, tensor, "broadcast", self._rank)
 
     def _all_gather_tensor_async(self, tensor: torch.Tensor, home: torch.device) -> Handle:
-        if self._backend == "gloo" and tensor.dtype in _GLOO_WIDER:
+        if self._wider_dtype(tensor.dtype) is not None:
             return super()._all_gather_tensor_async(tensor, home)
         out = [torch.empty_like(tensor) for _ in range(self._world_size)]
         try:
