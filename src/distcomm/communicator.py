@@ -433,21 +433,23 @@ class Communicator(abc.ABC):
         return out
 
     def _all_gather_any_shape(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        return self._gather_any_shape(tensor, asynchronous=False).wait()  # type: ignore[no-any-return]
+
+    def _gather_any_shape(self, tensor: torch.Tensor, *, asynchronous: bool) -> Handle:
         """Gather tensors of any shapes: one collective when every rank's tensor is small
-        (it travels inline with its shape header), else the headers then the data."""
+        (it travels inline with its shape header), else the headers then the data, which
+        moves asynchronously when asked and the shapes are equal."""
         carrier = self._transport(tensor)
         inline, shapes = self._exchange_headers(carrier)
         if inline is not None:
-            return [t.to(tensor.device) for t in inline]
+            return CompletedHandle([t.to(tensor.device) for t in inline])
         if all(s == shapes[0] for s in shapes):
+            if asynchronous:
+                return self._all_gather_tensor_async(carrier, tensor.device)
             gathered = self._all_gather_tensor(carrier)
         else:
             gathered = self._all_gather_uneven(carrier, shapes)
-        return self._finish_gather(gathered, carrier, tensor)
-
-    @staticmethod
-    def _finish_gather(gathered: list[torch.Tensor], carrier: torch.Tensor, tensor: torch.Tensor) -> list[torch.Tensor]:
-        return gathered if carrier is tensor else [g.to(tensor.device) for g in gathered]
+        return CompletedHandle(gathered if carrier is tensor else [g.to(tensor.device) for g in gathered])
 
     def _exchange_headers(self, tensor: torch.Tensor) -> tuple[list[torch.Tensor] | None, list[torch.Size]]:
         """Every rank's shape, and every rank's tensor too when all of them fit in a slot.
@@ -627,13 +629,7 @@ class Communicator(abc.ABC):
         self._check_open("all_gather_async")
         if not isinstance(tensor, torch.Tensor):
             raise InvalidArgumentError(f"all_gather_async takes a tensor, got {describe(tensor)}")
-        carrier = self._transport(tensor)
-        inline, shapes = self._exchange_headers(carrier)
-        if inline is not None:
-            return CompletedHandle([t.to(tensor.device) for t in inline])
-        if all(s == shapes[0] for s in shapes):
-            return self._all_gather_tensor_async(carrier, tensor.device)
-        return CompletedHandle(self._finish_gather(self._all_gather_uneven(carrier, shapes), carrier, tensor))
+        return self._gather_any_shape(tensor, asynchronous=True)
 
     def _all_gather_tensor_async(self, tensor: torch.Tensor, home: torch.device) -> Handle:
         """Start an equal-shape gather; subclasses with a real async path override this."""
@@ -651,13 +647,14 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 def reduce_alone(value: Any, op: ReduceOp) -> Any:
-    """What reducing one Python number over a world of one gives: exactly the general path's result."""
-    if op is ReduceOp.MEAN:
-        return complex(value) if type(value) is complex else float(value)
-    if type(value) is bool and op in (ReduceOp.SUM, ReduceOp.PRODUCT):
+    """What reducing one Python number over a world of one gives: exactly the general
+    path's result, decided by the same rules (:func:`_plan_reduction`)."""
+    prototype = _PYTHON_PROTOTYPES[type(value)]
+    plan = _plan_reduction(value, prototype, op, "all_reduce")
+    if plan.mean_dtype is not None:
+        return complex(value) if plan.mean_dtype.is_complex else float(value)
+    if plan.transport_dtype != prototype.dtype:  # a bool summed or multiplied counts as an int
         return int(value)
-    if type(value) is complex and op in (ReduceOp.MIN, ReduceOp.MAX):
-        raise InvalidArgumentError(f"all_reduce: op {op.value!r} is not defined for complex values (complex)")
     return value
 
 
