@@ -14,6 +14,7 @@ from distcomm.errors import (
     CollectiveMismatchError,
     ConfigurationError,
     DistCommError,
+    InconsistentInputError,
     InvalidArgumentError,
 )
 from distcomm.helpers import all_ranks, any_rank, main_process_first, rank_zero_only, split_between_ranks
@@ -35,6 +36,7 @@ __all__ = [
     "DistCommError",
     "DistributedConfig",
     "Handle",
+    "InconsistentInputError",
     "InvalidArgumentError",
     "LaunchPlan",
     "LocalCommunicator",

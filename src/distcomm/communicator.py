@@ -19,11 +19,26 @@ import attrs
 import numpy as np
 import torch
 
-from distcomm.conversion import describe, from_tensor, is_python_number, to_tensor
-from distcomm.errors import DistCommError, InvalidArgumentError
+from distcomm.agreement import Claim, agree, digest64, explain
+from distcomm.conversion import check_transportable, describe, from_tensor, to_tensor
+from distcomm.errors import DistCommError, InconsistentInputError, InvalidArgumentError, renamed_failures
 from distcomm.nested import flatten, is_container, unflatten
 from distcomm.ops import ReduceOp, ReduceOpLike, parse_reduce_op
-from distcomm.serialization import ObjectCodec, default_codec
+from distcomm.reduction import (
+    INT64_MAX,
+    INT64_MIN,
+    KIND_CODES,
+    PYTHON_KINDS,
+    PYTHON_PROTOTYPES,
+    ReducePlan,
+    int_bits,
+    needs_exact,
+    plan_reduction,
+    promote,
+    reduce_alone,
+    reduce_exactly,
+)
+from distcomm.serialization import ObjectCodec, UnsafeObjectError, default_codec, max_payload_bytes
 
 T = TypeVar("T")
 C = TypeVar("C", bound="Communicator")
@@ -59,48 +74,6 @@ class CompletedHandle(Handle):
 
     def is_completed(self) -> bool:
         return True
-
-
-@attrs.frozen
-class _Refused:
-    """Sent in place of data when the source rank found its input invalid, so every rank raises."""
-
-    message: str
-
-
-@attrs.frozen
-class _ReducePlan:
-    """How one leaf travels through a reduction: the dtype it travels as, the op, and
-    for a mean the dtype its result is divided in."""
-
-    transport_dtype: torch.dtype
-    op: ReduceOp
-    mean_dtype: torch.dtype | None = None
-
-
-def _plan_reduction(template: Any, tensor: torch.Tensor, op: ReduceOp, operation: str) -> _ReducePlan:
-    """Decide how a leaf is reduced, so that the result kind depends only on the input.
-
-    * A mean of integers or bools is exact: summed as int64, then divided as floats.
-    * Bool tensors and arrays keep torch's and NumPy's logic: sum is "any", product
-      "all", min "all", max "any", and they stay bool. A Python ``bool`` counts as an
-      ``int`` for sum and product, as it does in Python.
-    """
-    dtype = tensor.dtype
-    if dtype.is_complex and op in (ReduceOp.MIN, ReduceOp.MAX):
-        raise InvalidArgumentError(f"{operation}: op {op.value!r} is not defined for complex values ({describe(template)})")
-    exact = dtype.is_floating_point or dtype.is_complex
-    if op is ReduceOp.MEAN:
-        if exact:
-            return _ReducePlan(dtype, ReduceOp.SUM, dtype)
-        to = torch.get_default_dtype() if isinstance(template, torch.Tensor) else torch.float64
-        return _ReducePlan(torch.int64, ReduceOp.SUM, to)
-    if dtype == torch.bool:
-        if is_python_number(template) and op in (ReduceOp.SUM, ReduceOp.PRODUCT):
-            return _ReducePlan(torch.int64, op)
-        logical = {ReduceOp.SUM: ReduceOp.MAX, ReduceOp.PRODUCT: ReduceOp.MIN}
-        return _ReducePlan(torch.bool, logical.get(op, op))
-    return _ReducePlan(dtype, op)
 
 
 class Communicator(abc.ABC):
@@ -260,6 +233,7 @@ class Communicator(abc.ABC):
         """``tensor`` itself when the backend takes it where it is, else a contiguous copy on ``device``."""
         if self._accepts_device(tensor.device) and tensor.is_contiguous():
             return tensor
+        check_transportable(tensor, "collective")
         return tensor.to(self.device, memory_format=torch.contiguous_format, copy=True)
 
     # -------------------------------------------------------------- collectives
@@ -274,35 +248,38 @@ class Communicator(abc.ABC):
 
         A tensor is filled in place and returned (every rank passes a tensor of the
         same shape and dtype). Tensors inside dicts, lists and tuples are filled in
-        place too. Anything else is returned as ``src``'s value: non-source ranks may
-        pass a placeholder such as ``None``.
+        place too, and every rank gets ``src``'s structure around them. Anything else
+        is returned as ``src``'s value: non-source ranks may pass a placeholder such as
+        ``None``. Ranks first agree on which tensors take part (one small collective),
+        so a rank that passes a tensor where ``src`` does not, or another shape or
+        dtype, makes every rank raise :class:`~distcomm.InconsistentInputError`.
         """
         self._check_open("broadcast")
         src = self._check_rank(src, "src", "broadcast")
-        if isinstance(data, torch.Tensor):
-            self._broadcast_tensor_into(data, src)
-            return data
-        leaves, _, spec = flatten(data)
-        tensor_positions = [i for i, leaf in enumerate(leaves) if isinstance(leaf, torch.Tensor)]
-        if not tensor_positions:
-            return self.broadcast_object(data, src)
-        others = [None if isinstance(leaf, torch.Tensor) else leaf for leaf in leaves]
-        others = self.broadcast_object(others, src)
-        if len(others) != len(leaves):
-            raise InvalidArgumentError(
-                f"broadcast: rank {self.rank} passed a structure with {len(leaves)} leaves, "
-                f"but src rank {src} passed {len(others)}"
-            )
-        for i in tensor_positions:
-            self._broadcast_tensor_into(leaves[i], src)
-            others[i] = leaves[i]
-        return unflatten(spec, others)  # type: ignore[no-any-return]
+        with renamed_failures("broadcast", self.rank):
+            leaves, paths, spec = flatten(data)
+            tensors = sorted((path, i) for i, (path, leaf) in enumerate(zip(paths, leaves)) if isinstance(leaf, torch.Tensor))
+            if self.world_size > 1:
+                agree(self, "broadcast", Claim(tuple((path, describe(leaves[i])) for path, i in tensors)))
+            if not tensors:
+                return self.broadcast_object(data, src)
+            if isinstance(data, torch.Tensor):
+                self._broadcast_tensor_into(data, src)
+                return data
+            own = {path: leaves[i] for path, i in tensors}
+            skeleton = [None if isinstance(leaf, torch.Tensor) else leaf for leaf in leaves]
+            src_spec, others = self.broadcast_object((spec, skeleton), src)
+            src_paths = flatten(unflatten(src_spec, others))[1]
+            for path, i in tensors:
+                self._broadcast_tensor_into(leaves[i], src)
+            return unflatten(src_spec, [own.get(path, leaf) for path, leaf in zip(src_paths, others)])  # type: ignore[no-any-return]
 
     def _broadcast_tensor_into(self, tensor: torch.Tensor, src: int) -> None:
         carrier = self._transport(tensor)
         self._broadcast_tensor(carrier, src)
         if carrier is not tensor:
-            tensor.copy_(carrier)
+            with torch.no_grad():
+                tensor.copy_(carrier)
 
     def all_reduce(self, data: T, op: ReduceOpLike = "sum") -> T:
         """Reduce ``data`` over all ranks with ``op`` (sum, mean, min, max, product).
@@ -310,62 +287,147 @@ class Communicator(abc.ABC):
         Tensors are reduced in place and returned; numbers, NumPy arrays and
         containers come back as new values of the same kind and structure. The mean
         of integers is a float, computed exactly from an integer sum.
+
+        For anything but a lone tensor, ranks first agree on the layout (one small
+        collective): dicts are matched by key, Python numbers of different kinds
+        combine as Python would (an int and a float give a float), Python ints whose
+        sum could leave int64 are summed exactly, and any other difference raises
+        :class:`~distcomm.InconsistentInputError` on every rank.
         """
         if self._closed:
             self._check_open("all_reduce")
         reduce_op = parse_reduce_op(op)
         kind = type(data)
-        if kind in _PYTHON_PROTOTYPES and self.world_size == 1 and (kind is not int or INT64_MIN <= cast(int, data) <= INT64_MAX):
+        if kind in PYTHON_PROTOTYPES and self.world_size == 1 and (kind is not int or INT64_MIN <= cast(int, data) <= INT64_MAX):
             return reduce_alone(data, reduce_op)  # type: ignore[no-any-return]
         if isinstance(data, torch.Tensor):
             return self._all_reduce_one_tensor(data, reduce_op)  # type: ignore[return-value]
-        if not is_container(data):
-            return self._all_reduce_leaves([data], [""], reduce_op)[0]  # type: ignore[no-any-return]
-        leaves, paths, spec = flatten(data)
-        return unflatten(spec, self._all_reduce_leaves(leaves, paths, reduce_op))  # type: ignore[no-any-return]
+        return self._reduce_structure(data, reduce_op, "all_reduce")  # type: ignore[no-any-return]
 
     def _all_reduce_one_tensor(self, tensor: torch.Tensor, op: ReduceOp) -> torch.Tensor:
         """The hot path: one tensor, no flattening."""
-        plan = _plan_reduction(tensor, tensor, op, "all_reduce")
+        plan = plan_reduction(tensor, tensor, op, "all_reduce")
         if plan.transport_dtype != tensor.dtype or plan.mean_dtype not in (None, tensor.dtype):
             return self._all_reduce_leaves([tensor], [""], op)[0]  # type: ignore[no-any-return]
         carrier = self._transport(tensor)
         self._all_reduce_tensor(carrier, plan.op)
-        if plan.mean_dtype is not None:
-            carrier.div_(self.world_size)
-        if carrier is not tensor:
-            tensor.copy_(carrier)
+        if plan.mean_dtype is not None or carrier is not tensor:
+            with torch.no_grad():  # in place even on a tensor that requires grad, as torch's collectives are
+                if plan.mean_dtype is not None:
+                    carrier.div_(self.world_size)
+                if carrier is not tensor:
+                    tensor.copy_(carrier)
         return tensor
 
-    def _all_reduce_leaves(self, leaves: list[Any], paths: list[str], op: ReduceOp) -> list[Any]:
+    def reduce_dict(self, mapping: Mapping[str, Any], op: ReduceOpLike = "sum") -> dict[str, Any]:
+        """Reduce a (nested) dict of metrics in one collective per dtype; return a new dict.
+
+        Unlike :meth:`all_reduce`, tensors in ``mapping`` are left untouched (metrics are
+        often tensors still attached to the autograd graph): the result holds new,
+        detached tensors. Keys are matched by name across ranks, as in :meth:`all_reduce`.
+        """
+        self._check_open("reduce_dict")
+        if not isinstance(mapping, Mapping):
+            raise InvalidArgumentError(f"reduce_dict takes a dict of metrics, got {describe(mapping)}")
+        reduce_op = parse_reduce_op(op)
+        with renamed_failures("reduce_dict", self.rank):
+            data = dict(mapping) if not isinstance(mapping, dict) else mapping
+            return self._reduce_structure(data, reduce_op, "reduce_dict", detach=True)  # type: ignore[no-any-return]
+
+    def _reduce_structure(self, data: Any, op: ReduceOp, operation: str, *, detach: bool = False) -> Any:
+        """Reduce numbers, arrays and nested data: agree on the layout, then reduce the leaves
+        in an order every rank shares (sorted by key path), and rebuild the caller's structure."""
+        leaves, paths, spec = flatten(data)
+        order = sorted(range(len(leaves)), key=paths.__getitem__)
+        leaves, paths = [leaves[i] for i in order], [paths[i] for i in order]
+        if detach:
+            leaves = [leaf.detach().clone() if isinstance(leaf, torch.Tensor) else leaf for leaf in leaves]
+        leaves, exact = self._agree_on_leaves(leaves, paths, op, operation)
+        reduced = self._all_reduce_leaves(leaves, paths, op, exact=exact, operation=operation)
+        results: list[Any] = [None] * len(order)
+        for position, value in zip(order, reduced):
+            results[position] = value
+        return unflatten(spec, results)
+
+    def _agree_on_leaves(self, leaves: list[Any], paths: list[str], op: ReduceOp, operation: str) -> tuple[list[Any], bool]:
+        """Check the leaves, agree on their layout with the other ranks, and widen Python
+        numbers to the kind every rank can share. Returns the leaves and whether Python
+        numbers must be reduced exactly (an int result could leave int64)."""
+        layout = [("(op)", f"{operation} {op.value}")]
+        kinds = bytearray()
+        bits = 0
+        problem: InvalidArgumentError | None = None
+        for leaf, path in zip(leaves, paths):
+            code = KIND_CODES.get(type(leaf))
+            if code is not None:
+                kinds.append(code)
+                layout.append((path, "number"))
+                if code == 1:
+                    bits = max(bits, int_bits(leaf))
+                continue
+            try:
+                tensor = to_tensor(leaf, operation, path)
+                if isinstance(leaf, torch.Tensor):
+                    check_transportable(tensor, operation, path)
+            except InvalidArgumentError as error:
+                problem = problem or error
+                layout.append((path, "invalid"))
+                continue
+            layout.append((path, self._leaf_layout(leaf, tensor)))
+        if self.world_size == 1:
+            if problem is not None:
+                raise problem
+            return leaves, needs_exact(op, [bits], 1)
+        claim = Claim(tuple(layout), (digest64(bytes(kinds)), bits), str(problem) if problem else None)
+        table = agree(self, operation, claim)
+        if (table[:, 0] != table[0, 0]).any():
+            widest = [max(column) for column in zip(*self.all_gather_objects(bytes(kinds)))]
+            wider = iter(PYTHON_KINDS[code] for code in widest)
+            leaves = [promote(leaf, next(wider)) if type(leaf) in KIND_CODES else leaf for leaf in leaves]
+        return leaves, needs_exact(op, table[:, 1].tolist(), self.world_size)
+
+    def _leaf_layout(self, leaf: Any, tensor: torch.Tensor) -> str:
+        """What must match across ranks for one non-number leaf: its kind, dtype, shape and transport device."""
+        if isinstance(leaf, torch.Tensor):
+            device = tensor.device if self._accepts_device(tensor.device) else self.device
+            return f"tensor {describe(tensor)} on {device.type}"
+        return f"numpy {'scalar ' if isinstance(leaf, np.generic) else ''}{describe(tensor)}"
+
+    def _all_reduce_leaves(
+        self, leaves: list[Any], paths: list[str], op: ReduceOp, *, exact: bool = False, operation: str = "all_reduce"
+    ) -> list[Any]:
         """Reduce many leaves with one collective per transport dtype and device.
 
         Python numbers skip per-leaf tensors: each group of them becomes one tensor in
-        one call, which is what makes a dict of fifty metrics cost one collective.
+        one call, which is what makes a dict of fifty metrics cost one collective. With
+        ``exact``, Python numbers are instead gathered and reduced as Python numbers.
         """
         tensors: list[torch.Tensor | None] = []
-        plans: list[_ReducePlan] = []
+        plans: list[ReducePlan] = []
         groups: dict[tuple[torch.dtype, ReduceOp, torch.device], list[int]] = {}
+        numbers: list[int] = []
         for i, (leaf, path) in enumerate(zip(leaves, paths)):
-            if type(leaf) in _PYTHON_PROTOTYPES:
-                tensor, prototype = None, _PYTHON_PROTOTYPES[type(leaf)]
+            if type(leaf) in PYTHON_PROTOTYPES:
+                tensor, prototype = None, PYTHON_PROTOTYPES[type(leaf)]
                 device = self.device
             else:
-                tensor = prototype = to_tensor(leaf, "all_reduce", path)
+                tensor = prototype = to_tensor(leaf, operation, path)
                 device = tensor.device if self._accepts_device(tensor.device) else self.device
-            plan = _plan_reduction(leaf, prototype, op, "all_reduce")
+            plan = plan_reduction(leaf, prototype, op, operation)
             tensors.append(tensor)
             plans.append(plan)
-            groups.setdefault((plan.transport_dtype, plan.op, device), []).append(i)
+            if exact and tensor is None:
+                numbers.append(i)
+            else:
+                groups.setdefault((plan.transport_dtype, plan.op, device), []).append(i)
         results: list[Any] = [None] * len(leaves)
+        if numbers:
+            columns = list(zip(*self.all_gather_objects([leaves[i] for i in numbers])))
+            for i, value in zip(numbers, reduce_exactly(columns, op, self.world_size)):
+                results[i] = value
         for (dtype, group_op, device), members in groups.items():
             if all(tensors[i] is None for i in members):  # Python numbers only
-                try:
-                    flat = torch.tensor([leaves[i] for i in members], dtype=dtype, device=device)
-                except (RuntimeError, OverflowError):  # an int beyond 64 bits: name it
-                    for i in members:
-                        to_tensor(leaves[i], "all_reduce", paths[i])
-                    raise
+                flat = torch.tensor([leaves[i] for i in members], dtype=dtype, device=device)
                 self._all_reduce_tensor(flat, group_op)
                 mean_dtype = plans[members[0]].mean_dtype
                 if mean_dtype is not None:
@@ -380,30 +442,16 @@ class Communicator(abc.ABC):
                 results[i] = self._finish_leaf(leaves[i], part.view(t.shape), plans[i])
         return results
 
-    def _finish_leaf(self, leaf: Any, reduced: torch.Tensor, plan: _ReducePlan) -> Any:
+    def _finish_leaf(self, leaf: Any, reduced: torch.Tensor, plan: ReducePlan) -> Any:
         if plan.mean_dtype is not None:
             reduced = reduced.to(plan.mean_dtype).div_(self.world_size)
             if isinstance(leaf, torch.Tensor) and reduced.dtype != leaf.dtype:
                 return reduced.to(leaf.device)  # a mean of integers: a new float tensor
         if isinstance(leaf, torch.Tensor):
-            leaf.copy_(reduced)
+            with torch.no_grad():
+                leaf.copy_(reduced)
             return leaf
         return from_tensor(reduced, leaf)
-
-    def reduce_dict(self, mapping: Mapping[str, Any], op: ReduceOpLike = "sum") -> dict[str, Any]:
-        """Reduce a (nested) dict of metrics in one collective per dtype; return a new dict.
-
-        Unlike :meth:`all_reduce`, tensors in ``mapping`` are left untouched (metrics are
-        often tensors still attached to the autograd graph): the result holds new,
-        detached tensors.
-        """
-        self._check_open("reduce_dict")
-        if not isinstance(mapping, Mapping):
-            raise InvalidArgumentError(f"reduce_dict takes a dict of metrics, got {describe(mapping)}")
-        reduce_op = parse_reduce_op(op)
-        leaves, paths, spec = flatten(dict(mapping) if not isinstance(mapping, dict) else mapping)
-        detached = [leaf.detach().clone() if isinstance(leaf, torch.Tensor) else leaf for leaf in leaves]
-        return unflatten(spec, self._all_reduce_leaves(detached, paths, reduce_op))  # type: ignore[no-any-return]
 
     def all_gather(self, data: Any) -> list[Any]:
         """Return a list with every rank's ``data``, in rank order, on every rank.
@@ -414,23 +462,24 @@ class Communicator(abc.ABC):
         containers as one structure per rank.
         """
         self._check_open("all_gather")
-        if isinstance(data, torch.Tensor):
-            return self._all_gather_any_shape(data)
-        if not is_container(data):
-            return self.all_gather_objects(data)
-        leaves, _, spec = flatten(data)
-        skeleton = [None if isinstance(leaf, torch.Tensor) else leaf for leaf in leaves]
-        per_rank = self.all_gather_objects((spec, skeleton))
-        if any(rank_spec != spec for rank_spec, _ in per_rank):
-            raise InvalidArgumentError(
-                "all_gather: ranks passed differently shaped structures: "
-                + "; ".join(f"rank {r}: {s}" for r, (s, _) in enumerate(per_rank))
-            )
-        columns = {i: self._all_gather_any_shape(leaf) for i, leaf in enumerate(leaves) if isinstance(leaf, torch.Tensor)}
-        out = []
-        for r, (_, rank_leaves) in enumerate(per_rank):
-            out.append(unflatten(spec, [columns[i][r] if i in columns else v for i, v in enumerate(rank_leaves)]))
-        return out
+        with renamed_failures("all_gather", self.rank):
+            if isinstance(data, torch.Tensor):
+                return self._all_gather_any_shape(data)
+            if not is_container(data):
+                return self.all_gather_objects(data)
+            leaves, _, spec = flatten(data)
+            skeleton = [None if isinstance(leaf, torch.Tensor) else leaf for leaf in leaves]
+            per_rank = self.all_gather_objects((spec, skeleton))
+            if any(rank_spec != spec for rank_spec, _ in per_rank):
+                raise InconsistentInputError(
+                    "all_gather: ranks passed differently shaped structures: "
+                    + "; ".join(f"rank {r}: {s}" for r, (s, _) in enumerate(per_rank))
+                )
+            columns = {i: self._all_gather_any_shape(leaf) for i, leaf in enumerate(leaves) if isinstance(leaf, torch.Tensor)}
+            out = []
+            for r, (_, rank_leaves) in enumerate(per_rank):
+                out.append(unflatten(spec, [columns[i][r] if i in columns else v for i, v in enumerate(rank_leaves)]))
+            return out
 
     def _all_gather_any_shape(self, tensor: torch.Tensor) -> list[torch.Tensor]:
         return self._gather_any_shape(tensor, asynchronous=False).wait()  # type: ignore[no-any-return]
@@ -439,6 +488,7 @@ class Communicator(abc.ABC):
         """Gather tensors of any shapes: one collective when every rank's tensor is small
         (it travels inline with its shape header), else the headers then the data, which
         moves asynchronously when asked and the shapes are equal."""
+        check_transportable(tensor, "all_gather")
         carrier = self._transport(tensor)
         inline, shapes = self._exchange_headers(carrier)
         if inline is not None:
@@ -455,28 +505,38 @@ class Communicator(abc.ABC):
         """Every rank's shape, and every rank's tensor too when all of them fit in a slot.
 
         Each rank sends a fixed-size slot: its dtype, shape and (when it fits) its
-        bytes. Different dtypes or numbers of dimensions raise the same clear error on
-        every rank, since every rank sees every header.
+        bytes. A rank that cannot take part (a dtype or number of dimensions no slot
+        can describe) says so in its slot. Different dtypes or numbers of dimensions,
+        or a refusal, raise the same clear error on every rank, since every rank sees
+        every header.
         """
-        if tensor.dim() > _MAX_GATHER_DIMS:
-            raise InvalidArgumentError(f"all_gather: at most {_MAX_GATHER_DIMS} dimensions, got {tensor.dim()}")
+        problem = None
+        code = _DTYPE_CODES.get(tensor.dtype)
+        if code is None:
+            problem = f"all_gather does not support dtype {tensor.dtype}; convert the tensor first"
+        elif tensor.dim() > _MAX_GATHER_DIMS:
+            problem = f"all_gather takes at most {_MAX_GATHER_DIMS} dimensions, got {tensor.dim()}"
         header = np.full(_GATHER_HEADER_WORDS, -1, dtype="<i8")
-        header[0], header[1] = tensor.dim(), _dtype_code(tensor.dtype)
-        header[2 : 2 + tensor.dim()] = tensor.shape
         nbytes = tensor.numel() * tensor.element_size()
         slot = torch.zeros(OBJECT_SLOT_BYTES, dtype=torch.uint8, device=tensor.device)
+        if problem is None:
+            header[0], header[1] = tensor.dim(), code
+            header[2 : 2 + tensor.dim()] = tensor.shape
+            if nbytes <= _GATHER_INLINE_BYTES:
+                slot[header.nbytes : header.nbytes + nbytes] = tensor.reshape(-1).view(torch.uint8)
         slot[: header.nbytes] = torch.from_numpy(header.view(np.uint8)).to(tensor.device)
-        if nbytes <= _GATHER_INLINE_BYTES:
-            slot[header.nbytes : header.nbytes + nbytes] = tensor.reshape(-1).view(torch.uint8)
         slots = self._all_gather_tensor(slot)
         headers = [s[: header.nbytes].cpu().numpy().view("<i8") for s in slots]
+        if any(h[0] < 0 or not 0 <= h[1] < len(_DTYPES) or h[0] > _MAX_GATHER_DIMS for h in headers):
+            claims = self.all_gather_objects((problem, ()))
+            raise InconsistentInputError(explain("all_gather", claims))
         shapes = [torch.Size(h[2 : 2 + int(h[0])].tolist()) for h in headers]
         dtypes = [_DTYPES[int(h[1])] for h in headers]
         if len(set(dtypes)) > 1 or len({len(s) for s in shapes}) > 1:
             listing = "; ".join(
                 f"rank {r}: {str(d).removeprefix('torch.')}{list(s)}" for r, (d, s) in enumerate(zip(dtypes, shapes))
             )
-            raise InvalidArgumentError(
+            raise InconsistentInputError(
                 f"all_gather: every rank must pass the same dtype and number of dimensions ({listing}); "
                 "convert with .to(dtype) or reshape before gathering"
             )
@@ -495,24 +555,46 @@ class Communicator(abc.ABC):
     def all_gather_objects(self, obj: T, *, device: torch.device | str | None = None) -> list[T]:
         """Every rank's picklable ``obj``, in rank order, on every rank.
 
-        Small payloads (under about 4 KB) take one collective; larger ones two.
+        Small payloads (under about 4 KB) take one collective; larger ones two. An
+        object that cannot be pickled on one rank raises on every rank.
         """
         self._check_open("all_gather_objects")
-        return [self._decode(p) for p in self._exchange_objects(obj, "all_gather_objects", device)]
+        with renamed_failures("all_gather_objects", self.rank):
+            return [self._decode(p) for p in self._exchange_objects(obj, "all_gather_objects", device)]
 
     def gather_objects(self, obj: T, dst: int = 0, *, device: torch.device | str | None = None) -> list[T] | None:
         """Every rank's picklable ``obj`` as a list on rank ``dst``; ``None`` on the others."""
         self._check_open("gather_objects")
         dst = self._check_rank(dst, "dst", "gather_objects")
-        payloads = self._exchange_objects(obj, "gather_objects", device)
-        return [self._decode(p) for p in payloads] if self.rank == dst else None
+        with renamed_failures("gather_objects", self.rank):
+            payloads = self._exchange_objects(obj, "gather_objects", device)
+            return [self._decode(p) for p in payloads] if self.rank == dst else None
+
+    def _object_payload(self, obj: Any, operation: str) -> tuple[bytes, InvalidArgumentError | None]:
+        """``obj``'s bytes, or, when it cannot be sent, the message to send instead and the error."""
+        try:
+            payload = self._encode(obj, operation)
+        except InvalidArgumentError as error:
+            return str(error).encode(), error
+        limit = max_payload_bytes(self.object_codec)
+        if len(payload) > limit:
+            error = InvalidArgumentError(
+                f"{operation}: the object encodes to {len(payload)} bytes, over the codec's limit of {limit} "
+                "bytes; raise it with the codec's max_bytes, or send the data as tensors"
+            )
+            return str(error).encode(), error
+        return payload, None
 
     def _exchange_objects(self, obj: Any, operation: str, device: torch.device | str | None) -> list[bytes]:
-        payload = self._encode(obj, operation)
+        payload, refusal = self._object_payload(obj, operation)
         target = self._object_device(device)
-        slots = self._all_gather_tensor(_slot(payload, target))
+        slots = self._all_gather_tensor(_slot(payload, target, refused=refusal is not None))
         arrays = [s.cpu().numpy() for s in slots]
         lengths = [int(a[:_HEADER_BYTES].view("<i8")[0]) for a in arrays]
+        if min(lengths) < 0:
+            problems = [_refusal_text(a, n) if n < 0 else None for a, n in zip(arrays, lengths)]
+            raise InconsistentInputError(explain(operation, [(p, ()) for p in problems])) from refusal
+        self._check_lengths(operation, lengths)
         if max(lengths) <= OBJECT_SLOT_BYTES - _HEADER_BYTES:
             return [a[_HEADER_BYTES : _HEADER_BYTES + n].tobytes() for a, n in zip(arrays, lengths)]
         padded = torch.zeros(max(lengths), dtype=torch.uint8)
@@ -520,37 +602,79 @@ class Communicator(abc.ABC):
         full = [g.cpu().numpy() for g in self._all_gather_tensor(padded.to(target))]
         return [a[:n].tobytes() for a, n in zip(full, lengths)]
 
+    def _check_lengths(self, operation: str, lengths: list[int]) -> None:
+        """Refuse announced payload sizes over the codec's limit before allocating for them."""
+        limit = max_payload_bytes(self.object_codec)
+        over = [(rank, n) for rank, n in enumerate(lengths) if n > limit]
+        if over:
+            rank, n = over[0]
+            raise UnsafeObjectError(
+                f"{operation}: rank {rank} announced a payload of {n} bytes, over the codec's limit of "
+                f"{limit} bytes; nothing was allocated for it (raise the codec's max_bytes if it is genuine)"
+            )
+
     def broadcast_object(self, obj: T, src: int = 0, *, device: torch.device | str | None = None) -> T:
-        """Return ``src``'s picklable ``obj`` on every rank (``src`` gets its own object back)."""
+        """Return ``src``'s picklable ``obj`` on every rank (``src`` gets its own object back).
+
+        An object that cannot be pickled on ``src`` raises on every rank.
+        """
         self._check_open("broadcast_object")
         src = self._check_rank(src, "src", "broadcast_object")
+        with renamed_failures("broadcast_object", self.rank):
+            return self._broadcast_object(obj, src, device, "broadcast_object")  # type: ignore[no-any-return]
+
+    def _broadcast_object(
+        self, obj: Any, src: int, device: torch.device | str | None, operation: str, problem: str | None = None
+    ) -> Any:
+        """The body of object broadcasts; ``src`` sends ``problem`` instead of ``obj`` when it has one."""
         target = self._object_device(device)
-        payload = self._encode(obj, "broadcast_object") if self.rank == src else b""
-        slot = _slot(payload, target)
+        refusal: InvalidArgumentError | None = None
+        payload = b""
+        if self.rank == src:
+            if problem is not None:
+                payload, refusal = problem.encode(), InvalidArgumentError(problem)
+            else:
+                payload, refusal = self._object_payload(obj, operation)
+        slot = _slot(payload, target, refused=refusal is not None)
         self._broadcast_tensor(slot, src)
+        head = slot.cpu().numpy() if self.rank != src else None
+        length = -len(payload) if refusal is not None else (len(payload) if head is None else int(head[:_HEADER_BYTES].view("<i8")[0]))
+        if length < 0:
+            message = payload.decode() if head is None else _refusal_text(head, length)
+            claims = [(message if rank == src else None, ()) for rank in range(self.world_size)]
+            raise InconsistentInputError(explain(operation, claims)) from refusal
         if self.rank == src:
             if len(payload) > OBJECT_SLOT_BYTES - _HEADER_BYTES:
                 rest = torch.frombuffer(bytearray(payload[OBJECT_SLOT_BYTES - _HEADER_BYTES :]), dtype=torch.uint8)
                 self._broadcast_tensor(rest.to(target), src)
             return obj
-        head = slot.cpu().numpy()
-        length = int(head[:_HEADER_BYTES].view("<i8")[0])
+        assert head is not None
+        self._check_lengths(operation, [0] * src + [length])
         data = head[_HEADER_BYTES : _HEADER_BYTES + length].tobytes()
         if length > len(data):
             rest = torch.empty(length - len(data), dtype=torch.uint8, device=target)
             self._broadcast_tensor(rest, src)
             data += rest.cpu().numpy().tobytes()
-        return self._decode(data)  # type: ignore[no-any-return]
+        return self._decode(data)
 
     def broadcast_object_list(
         self, object_list: list[Any], src: int = 0, *, device: torch.device | str | None = None
     ) -> None:
-        """Replace, in place, the items of ``object_list`` on every rank by ``src``'s items."""
+        """Replace, in place, the items of ``object_list`` on every rank by ``src``'s items.
+
+        Every rank must pass a list; a rank that does not makes every rank raise.
+        """
+        self._check_open("broadcast_object_list")
+        src = self._check_rank(src, "src", "broadcast_object_list")
+        problem = None
         if not isinstance(object_list, list):
-            raise InvalidArgumentError(
-                f"broadcast_object_list needs a list to fill in place, got {describe(object_list)}"
-            )
-        received = self.broadcast_object(object_list, src, device=device)
+            problem = f"broadcast_object_list needs a list to fill in place, got {describe(object_list)}"
+        with renamed_failures("broadcast_object_list", self.rank):
+            if self.world_size > 1:
+                agree(self, "broadcast_object_list", Claim((), problem=problem))
+            elif problem is not None:
+                raise InvalidArgumentError(problem)
+            received = self._broadcast_object(object_list, src, device, "broadcast_object_list")
         if received is not object_list:
             object_list[:] = received
 
@@ -564,16 +688,13 @@ class Communicator(abc.ABC):
         message = None
         if self.rank == src:
             if isinstance(objects, (str, bytes)) or not isinstance(objects, Sequence):
-                message = f"scatter_objects: src rank {src} must pass a sequence, got {describe(objects)}"
+                message = f"src rank {src} must pass a sequence, got {describe(objects)}"
             elif len(objects) != self.world_size:
-                message = (
-                    f"scatter_objects: src rank {src} passed {len(objects)} objects for "
-                    f"{self.world_size} ranks; pass exactly one per rank"
-                )
-        received = self.broadcast_object(_Refused(message) if message else list(objects or []), src)
-        if isinstance(received, _Refused):
-            raise InvalidArgumentError(received.message)
-        return received[self.rank]
+                message = f"src rank {src} passed {len(objects)} objects for {self.world_size} ranks; pass exactly one per rank"
+        with renamed_failures("scatter_objects", self.rank):
+            payload = list(objects or []) if message is None else None
+            received = self._broadcast_object(payload, src, None, "scatter_objects", problem=message)
+        return received[self.rank]  # type: ignore[no-any-return]
 
     # --------------------------------------------------------- sub-communicators
 
@@ -581,9 +702,24 @@ class Communicator(abc.ABC):
         """Make a communicator over ``ranks`` (this communicator's numbering); call it on every rank.
 
         Members get a communicator whose ranks are renumbered 0.. in the order of
-        ``sorted(ranks)``; the other ranks get ``None``.
+        ``sorted(ranks)``; the other ranks get ``None``. Every rank must pass the same
+        ranks: ranks first agree on them, and a difference raises on every rank.
         """
         self._check_open("split")
+        members: list[int] = []
+        problem: InvalidArgumentError | None = None
+        try:
+            members = self._split_members(ranks)
+        except InvalidArgumentError as error:
+            problem = error
+        with renamed_failures("split", self.rank):
+            if self.world_size > 1:
+                agree(self, "split", Claim((("ranks", repr(members)),), problem=str(problem) if problem else None))
+            elif problem is not None:
+                raise problem
+            return self._split(members)
+
+    def _split_members(self, ranks: Sequence[int]) -> list[int]:
         if isinstance(ranks, (str, bytes)) or not isinstance(ranks, Sequence):
             raise InvalidArgumentError(f"split takes a sequence of ranks, got {describe(ranks)}")
         members = sorted({self._check_rank(r, "a rank", "split") for r in ranks})
@@ -591,7 +727,7 @@ class Communicator(abc.ABC):
             raise InvalidArgumentError(f"split: ranks {list(ranks)} name a rank twice")
         if not members:
             raise InvalidArgumentError("split: give at least one rank")
-        return self._split(members)
+        return members
 
     @abc.abstractmethod
     def _split(self, members: list[int]) -> Communicator | None:
@@ -605,7 +741,7 @@ class Communicator(abc.ABC):
         reduce_op = parse_reduce_op(op)
         if not isinstance(tensor, torch.Tensor) or not self._accepts_device(tensor.device) or not tensor.is_contiguous():
             return CompletedHandle(self.all_reduce(tensor, reduce_op))
-        plan = _plan_reduction(tensor, tensor, reduce_op, "all_reduce_async")
+        plan = plan_reduction(tensor, tensor, reduce_op, "all_reduce_async")
         if plan.transport_dtype != tensor.dtype or plan.mean_dtype is not None:
             return CompletedHandle(self.all_reduce(tensor, reduce_op))
         return self._all_reduce_tensor_async(tensor, plan.op)
@@ -636,28 +772,6 @@ class Communicator(abc.ABC):
         return CompletedHandle([g.to(home) for g in self._all_gather_tensor(tensor)])
 
 
-_PYTHON_PROTOTYPES: dict[type, torch.Tensor] = {
-    bool: torch.tensor(False), int: torch.tensor(0), float: torch.tensor(0.0, dtype=torch.float64),
-    complex: torch.tensor(0j, dtype=torch.complex128),
-}  # fmt: skip
-"""A 0-d tensor of the dtype each Python number type travels as (only its dtype is read)."""
-
-
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-
-
-def reduce_alone(value: Any, op: ReduceOp) -> Any:
-    """What reducing one Python number over a world of one gives: exactly the general
-    path's result, decided by the same rules (:func:`_plan_reduction`)."""
-    prototype = _PYTHON_PROTOTYPES[type(value)]
-    plan = _plan_reduction(value, prototype, op, "all_reduce")
-    if plan.mean_dtype is not None:
-        return complex(value) if plan.mean_dtype.is_complex else float(value)
-    if plan.transport_dtype != prototype.dtype:  # a bool summed or multiplied counts as an int
-        return int(value)
-    return value
-
-
 def _as_tensor(leaf: Any, tensor: torch.Tensor | None) -> torch.Tensor:
     return tensor if tensor is not None else to_tensor(leaf, "all_reduce")
 
@@ -665,21 +779,27 @@ def _as_tensor(leaf: Any, tensor: torch.Tensor | None) -> torch.Tensor:
 _DTYPES: list[torch.dtype] = [
     torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
     torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.complex64, torch.complex128,
+    torch.uint16, torch.uint32, torch.uint64,
 ]  # fmt: skip
+"""The dtypes a gather header can name; a dtype's code is its index (new ones go at the end)."""
 _DTYPE_CODES = {dtype: code for code, dtype in enumerate(_DTYPES)}
 
 
-def _dtype_code(dtype: torch.dtype) -> int:
-    try:
-        return _DTYPE_CODES[dtype]
-    except KeyError:
-        raise InvalidArgumentError(f"all_gather does not support dtype {dtype}; convert the tensor first") from None
+def _slot(payload: bytes, device: torch.device, *, refused: bool = False) -> torch.Tensor:
+    """A fixed-size buffer: an 8-byte length, then as much of the payload as fits.
 
-
-def _slot(payload: bytes, device: torch.device) -> torch.Tensor:
-    """A fixed-size buffer: an 8-byte length, then as much of the payload as fits."""
+    A rank that cannot send its object sends the reason instead, with the length negated.
+    """
+    if refused:
+        payload = payload[: OBJECT_SLOT_BYTES - _HEADER_BYTES] or b"?"
     slot = np.zeros(OBJECT_SLOT_BYTES, dtype=np.uint8)
-    slot[:_HEADER_BYTES] = np.array([len(payload)], dtype="<i8").view(np.uint8)
+    slot[:_HEADER_BYTES] = np.array([-len(payload) if refused else len(payload)], dtype="<i8").view(np.uint8)
     head = payload[: OBJECT_SLOT_BYTES - _HEADER_BYTES]
     slot[_HEADER_BYTES : _HEADER_BYTES + len(head)] = np.frombuffer(head, dtype=np.uint8)
     return torch.from_numpy(slot).to(device)
+
+
+def _refusal_text(slot: np.ndarray, length: int) -> str:
+    """The reason a rank sent in its slot instead of an object (``length`` is negative)."""
+    size = min(-length, OBJECT_SLOT_BYTES - _HEADER_BYTES)
+    return bytes(slot[_HEADER_BYTES : _HEADER_BYTES + size]).decode(errors="replace")

@@ -73,6 +73,19 @@ def to_tensor(value: Any, operation: str, where: str = "") -> torch.Tensor:
     )
 
 
+def check_transportable(tensor: torch.Tensor, operation: str, where: str = "") -> None:
+    """Refuse, before any communication, a tensor that cannot be sent or filled in place."""
+    if tensor.device.type == "meta":
+        raise InvalidArgumentError(
+            f"{operation}: the meta tensor{_at(where)} has no data to communicate; materialize it first"
+        )
+    if tensor.numel() > 1 and any(stride == 0 and size > 1 for stride, size in zip(tensor.stride(), tensor.shape)):
+        raise InvalidArgumentError(
+            f"{operation}: the tensor{_at(where)} is an expanded view whose elements share memory "
+            "(a stride of 0), so it cannot be filled in place; pass tensor.clone() instead"
+        )
+
+
 def from_tensor(result: torch.Tensor, template: Any) -> Any:
     """Give ``result`` the kind of ``template``, the value that came in.
 

@@ -12,6 +12,9 @@ Two families matter to callers:
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 
 class DistCommError(Exception):
     """Base class of every error raised by distcomm."""
@@ -19,6 +22,14 @@ class DistCommError(Exception):
 
 class InvalidArgumentError(DistCommError, ValueError):
     """Bad input to a collective, found before any communication started."""
+
+
+class InconsistentInputError(InvalidArgumentError):
+    """Ranks passed inputs that cannot be combined (other keys, shapes, dtypes or ops).
+
+    Raised on every rank, with the same message naming the first difference and the
+    ranks, after a small agreement step and before any data moved.
+    """
 
 
 class ConfigurationError(DistCommError, ValueError):
@@ -46,3 +57,15 @@ class CollectiveError(DistCommError, RuntimeError):
 
 class CollectiveMismatchError(CollectiveError):
     """Ranks entered different collectives (or the same one with different shapes)."""
+
+
+@contextlib.contextmanager
+def renamed_failures(operation: str, rank: int) -> Iterator[None]:
+    """Name the method the caller called in a :class:`CollectiveError` raised by one of its steps."""
+    try:
+        yield
+    except CollectiveError as error:
+        if error.operation == operation:
+            raise
+        reason = error.cause if isinstance(error.cause, str) else f"{type(error.cause).__name__}: {error.cause}"
+        raise type(error)(operation, rank, f"its {error.operation} step failed: {reason}") from error

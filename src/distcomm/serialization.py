@@ -14,6 +14,7 @@ from __future__ import annotations
 import builtins
 import collections
 import io
+import math
 import os
 import pickle
 from collections.abc import Iterable
@@ -37,8 +38,29 @@ class ObjectCodec(Protocol):
     def decode(self, payload: bytes) -> Any: ...
 
 
+DEFAULT_MAX_BYTES = 2**34
+"""The largest payload plain pickle sends or accepts (16 GiB): a sanity bound on length fields."""
+SAFE_MAX_BYTES = 2**28
+"""What the restricted codec accepts by default (256 MiB), encoded or decoded."""
+SAFE_MAX_ITEMS = 10**7
+"""The most items the restricted codec lets one container, string or range constructor make."""
+
+
+def max_payload_bytes(codec: Any) -> int:
+    """The payload size a codec sends and accepts at most (its ``max_bytes``, else the default)."""
+    limit = getattr(codec, "max_bytes", None)
+    return int(limit) if isinstance(limit, int) and limit > 0 else DEFAULT_MAX_BYTES
+
+
 class PickleCodec:
-    """Plain pickle (the default): fast, and it trusts every peer."""
+    """Plain pickle (the default): fast, and it trusts every peer.
+
+    ``max_bytes`` bounds the payloads it sends and accepts, so a corrupt length field
+    gives a clear error instead of a huge allocation.
+    """
+
+    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self.max_bytes = _positive(max_bytes, "max_bytes")
 
     def encode(self, obj: Any) -> bytes:
         return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
@@ -58,13 +80,18 @@ _SAFE_GLOBALS: set[tuple[str, str]] = {
     ("collections", "deque"),
     # distcomm's own metadata, sent by nested all_gather and scatter_objects
     ("distcomm.nested", "TreeSpec"),
-    ("distcomm.communicator", "_Refused"),
 }
 _TORCH_DTYPES = {str(d): d for d in (
     torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
     torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.complex64, torch.complex128,
 )}  # fmt: skip
 _NUMPY_KINDS = frozenset("biufc")
+
+
+def _positive(value: int, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidArgumentError(f"{name} must be a positive int, got {value!r}")
+    return value
 
 
 def register_safe_class(cls: type) -> type:
@@ -86,12 +113,57 @@ class _Pickler(pickle.Pickler):
         return None
 
 
+_SIZED_CONSTRUCTORS = frozenset(
+    {("builtins", n) for n in ("bytes", "bytearray", "list", "tuple", "dict", "set", "frozenset", "range", "str")}
+    | {("collections", n) for n in ("OrderedDict", "Counter", "deque")}
+)
+"""Allowed callables whose arguments can ask for a huge allocation from a tiny payload."""
+
+
+class _Bounded:
+    """An allowed constructor that refuses arguments that would make more than the limits allow."""
+
+    def __init__(self, name: str, make: Any, max_bytes: int, max_items: int) -> None:
+        self._name, self._make, self._max_bytes, self._max_items = name, make, max_bytes, max_items
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        for arg in (*args, *kwargs.values()):
+            self._check(arg)
+        value = self._make(*args, **kwargs)
+        self._check(value)
+        return value
+
+    def _check(self, arg: Any) -> None:
+        if isinstance(arg, int) and not isinstance(arg, bool) and arg > self._max_bytes:
+            raise UnsafeObjectError(f"refusing {self._name}({arg}): it would allocate over {self._max_bytes} bytes")
+        if isinstance(arg, (str, bytes, bytearray, int, float, complex, bool)) or arg is None:
+            return
+        try:
+            size = len(arg)
+        except (TypeError, OverflowError):
+            if isinstance(arg, range):  # too long to count
+                raise UnsafeObjectError(f"refusing {self._name} of a range too long to count") from None
+            return
+        if size > self._max_items:
+            raise UnsafeObjectError(
+                f"refusing {self._name} of {size} items: the limit is {self._max_items} (RestrictedCodec max_items)"
+            )
+
+
 class _Unpickler(pickle.Unpickler):
-    def __init__(self, payload: bytes, allowed: set[tuple[str, str]]) -> None:
+    def __init__(self, payload: bytes, allowed: set[tuple[str, str]], max_bytes: int, max_items: int) -> None:
         super().__init__(io.BytesIO(payload))
         self._allowed = allowed
+        self._max_bytes = max_bytes
+        self._max_items = max_items
 
     def find_class(self, module: str, name: str) -> Any:
+        found = self._find_allowed(module, name)
+        if (module, name) in _SIZED_CONSTRUCTORS:
+            return _Bounded(f"{module}.{name}", found, self._max_bytes, self._max_items)
+        return found
+
+    def _find_allowed(self, module: str, name: str) -> Any:
         if module == "builtins" and name in _SAFE_BUILTINS:
             return getattr(builtins, name)
         if (module, name) in self._allowed or (module, name) in _SAFE_GLOBALS:
@@ -104,21 +176,44 @@ class _Unpickler(pickle.Unpickler):
         )
 
     def persistent_load(self, pid: Any) -> Any:
+        if not (isinstance(pid, tuple) and len(pid) == 4):
+            raise UnsafeObjectError(f"refusing a persistent id that is not (kind, dtype, shape, bytes): {pid!r:.80}")
         kind, dtype, shape, raw = pid
+        if not (isinstance(raw, bytes) and isinstance(shape, tuple) and all(type(n) is int and n >= 0 for n in shape)):
+            raise UnsafeObjectError(f"refusing a {kind!r} whose shape or data is malformed")
         if kind == "tensor" and dtype in _TORCH_DTYPES:
+            torch_dtype = _TORCH_DTYPES[dtype]
+            _check_size(kind, shape, torch_dtype.itemsize, raw)
             if not raw:
-                return torch.empty(shape, dtype=_TORCH_DTYPES[dtype])
-            return torch.frombuffer(bytearray(raw), dtype=_TORCH_DTYPES[dtype]).reshape(shape)
-        if kind == "ndarray" and np.dtype(dtype).kind in _NUMPY_KINDS:
+                return torch.empty(shape, dtype=torch_dtype)
+            return torch.frombuffer(bytearray(raw), dtype=torch_dtype).reshape(shape)
+        if kind == "ndarray" and isinstance(dtype, str) and np.dtype(dtype).kind in _NUMPY_KINDS:
+            _check_size(kind, shape, np.dtype(dtype).itemsize, raw)
             return np.frombuffer(raw, dtype=np.dtype(dtype)).reshape(shape).copy()
         raise UnsafeObjectError(f"refusing to rebuild a {kind!r} of dtype {dtype!r}")
 
 
-class RestrictedCodec:
-    """Safe mode: rebuilds only builtins, tensors (on the CPU), NumPy arrays and allowed classes."""
+def _check_size(kind: str, shape: tuple[int, ...], itemsize: int, raw: bytes) -> None:
+    """The data must be exactly as long as the shape says, before anything is allocated."""
+    if math.prod(shape) * itemsize != len(raw):
+        raise UnsafeObjectError(
+            f"refusing a {kind} of shape {list(shape)}: it needs {math.prod(shape) * itemsize} bytes but "
+            f"{len(raw)} came"
+        )
 
-    def __init__(self, allowed: Iterable[type] = ()) -> None:
+
+class RestrictedCodec:
+    """Safe mode: rebuilds only builtins, tensors (on the CPU), NumPy arrays and allowed classes.
+
+    It also bounds what a payload may expand to: ``max_bytes`` for the payload and for
+    any one allocation a constructor asks for, ``max_items`` for any one container,
+    string or range that a constructor builds.
+    """
+
+    def __init__(self, allowed: Iterable[type] = (), *, max_bytes: int = SAFE_MAX_BYTES, max_items: int = SAFE_MAX_ITEMS) -> None:
         self._allowed = {(cls.__module__, cls.__qualname__) for cls in allowed}
+        self.max_bytes = _positive(max_bytes, "max_bytes")
+        self.max_items = _positive(max_items, "max_items")
 
     def encode(self, obj: Any) -> bytes:
         buffer = io.BytesIO()
@@ -127,7 +222,9 @@ class RestrictedCodec:
 
     def decode(self, payload: bytes) -> Any:
         try:
-            return _Unpickler(payload, self._allowed).load()
+            if len(payload) > self.max_bytes:
+                raise UnsafeObjectError(f"refusing a payload of {len(payload)} bytes: the limit is {self.max_bytes}")
+            return _Unpickler(payload, self._allowed, self.max_bytes, self.max_items).load()
         except UnsafeObjectError:
             raise
         except Exception as error:

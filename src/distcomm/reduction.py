@@ -1,0 +1,140 @@
+"""The rules of a reduction: what each leaf travels as, and how ranks' kinds combine.
+
+These rules decide the kind of every result from the input alone, so a world of one and
+a world of many give the same answer:
+
+* a leaf travels as its own dtype, except that a mean of integers is an exact int64 sum
+  divided as floats, and bools follow torch's and NumPy's logic (sum is "any");
+* Python numbers that differ in kind across ranks combine as Python would: an ``int`` on
+  one rank and a ``float`` on another give a ``float`` everywhere;
+* Python ints whose result could leave int64 are reduced exactly, as Python ints.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import torch
+
+from distcomm.conversion import describe, is_python_number
+from distcomm.errors import InvalidArgumentError
+from distcomm.ops import ReduceOp
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+INT64_BITS = 63
+"""A Python int fits in int64 when :func:`int_bits` of it is at most this."""
+
+PYTHON_PROTOTYPES: dict[type, torch.Tensor] = {
+    bool: torch.tensor(False), int: torch.tensor(0), float: torch.tensor(0.0, dtype=torch.float64),
+    complex: torch.tensor(0j, dtype=torch.complex128),
+}  # fmt: skip
+"""A 0-d tensor of the dtype each Python number type travels as (only its dtype is read)."""
+
+PYTHON_KINDS: tuple[type, ...] = (bool, int, float, complex)
+"""Python's numeric tower, narrowest first: across ranks, the widest kind wins."""
+KIND_CODES = {kind: code for code, kind in enumerate(PYTHON_KINDS)}
+
+_UNSUPPORTED_DTYPES = {torch.uint64: "int64"}
+"""Dtypes no backend can reduce everywhere; refused at every world size, with what to use."""
+
+
+@attrs.frozen
+class ReducePlan:
+    """How one leaf travels through a reduction: the dtype it travels as, the op, and
+    for a mean the dtype its result is divided in."""
+
+    transport_dtype: torch.dtype
+    op: ReduceOp
+    mean_dtype: torch.dtype | None = None
+
+
+def plan_reduction(template: Any, tensor: torch.Tensor, op: ReduceOp, operation: str) -> ReducePlan:
+    """Decide how a leaf is reduced, so that the result kind depends only on the input.
+
+    * A mean of integers or bools is exact: summed as int64, then divided as floats.
+    * Bool tensors and arrays keep torch's and NumPy's logic: sum is "any", product
+      "all", min "all", max "any", and they stay bool. A Python ``bool`` counts as an
+      ``int`` for sum and product, as it does in Python.
+    * What some backend cannot do (complex min, max and product; uint64) is refused at
+      every world size, so single-process tests meet the same error as the cluster.
+    """
+    dtype = tensor.dtype
+    if dtype.is_complex and op in (ReduceOp.MIN, ReduceOp.MAX, ReduceOp.PRODUCT):
+        raise InvalidArgumentError(
+            f"{operation}: op {op.value!r} is not defined for complex values on every backend ({describe(template)}); "
+            "reduce the real and imaginary parts, or use sum or mean"
+        )
+    if dtype in _UNSUPPORTED_DTYPES:
+        raise InvalidArgumentError(
+            f"{operation}: {str(dtype).removeprefix('torch.')} cannot be reduced on every backend "
+            f"({describe(template)}); convert it to {_UNSUPPORTED_DTYPES[dtype]} first"
+        )
+    exact = dtype.is_floating_point or dtype.is_complex
+    if op is ReduceOp.MEAN:
+        if exact:
+            return ReducePlan(dtype, ReduceOp.SUM, dtype)
+        to = torch.get_default_dtype() if isinstance(template, torch.Tensor) else torch.float64
+        return ReducePlan(torch.int64, ReduceOp.SUM, to)
+    if dtype == torch.bool:
+        if is_python_number(template) and op in (ReduceOp.SUM, ReduceOp.PRODUCT):
+            return ReducePlan(torch.int64, op)
+        logical = {ReduceOp.SUM: ReduceOp.MAX, ReduceOp.PRODUCT: ReduceOp.MIN}
+        return ReducePlan(torch.bool, logical.get(op, op))
+    return ReducePlan(dtype, op)
+
+
+def reduce_alone(value: Any, op: ReduceOp) -> Any:
+    """What reducing one Python number over a world of one gives: exactly the general
+    path's result, decided by the same rules (:func:`plan_reduction`)."""
+    prototype = PYTHON_PROTOTYPES[type(value)]
+    plan = plan_reduction(value, prototype, op, "all_reduce")
+    if plan.mean_dtype is not None:
+        return complex(value) if plan.mean_dtype.is_complex else float(value)
+    if plan.transport_dtype != prototype.dtype:  # a bool summed or multiplied counts as an int
+        return int(value)
+    return value
+
+
+def int_bits(value: int) -> int:
+    """Bits of magnitude of ``value``: it fits in int64 exactly when this is at most 63."""
+    return (value if value >= 0 else ~value).bit_length()
+
+
+def needs_exact(op: ReduceOp, bits_per_rank: Sequence[int], world_size: int) -> bool:
+    """Whether a reduction of Python ints of these sizes could leave int64 on the way."""
+    widest = max(bits_per_rank, default=0)
+    if op in (ReduceOp.SUM, ReduceOp.MEAN):
+        return widest + (world_size - 1).bit_length() > INT64_BITS
+    if op is ReduceOp.PRODUCT:
+        return sum(bits_per_rank) > INT64_BITS
+    return widest > INT64_BITS
+
+
+def reduce_exactly(columns: Sequence[Sequence[Any]], op: ReduceOp, world_size: int) -> list[Any]:
+    """Reduce Python numbers as Python does, one column (one leaf, every rank's value) at a time.
+
+    Used where int64 could overflow: ints stay exact at any size, and every rank adds in
+    rank order, so every rank gets the same answer.
+    """
+    results = []
+    for column in columns:
+        if op is ReduceOp.SUM:
+            results.append(sum(column))
+        elif op is ReduceOp.MEAN:
+            try:
+                results.append(sum(column) / world_size)
+            except OverflowError as error:
+                raise InvalidArgumentError(f"all_reduce: the mean of {column[0]!r}... does not fit in a float") from error
+        elif op is ReduceOp.PRODUCT:
+            results.append(math.prod(column))
+        else:
+            results.append(min(column) if op is ReduceOp.MIN else max(column))
+    return results
+
+
+def promote(value: Any, kind: type) -> Any:
+    """``value`` (a Python number) as the wider Python number type ``kind``."""
+    return value if type(value) is kind else kind(value)
