@@ -48,13 +48,20 @@ class CheckedCommunicator(CommunicatorWrapper):
     """Wraps ``inner`` and checks, before each collective, that all ranks make the same call.
 
     ``timeout`` (seconds or a timedelta) bounds how long a rank waits for the others'
-    fingerprints; it defaults to five minutes, keep it at most the group's timeout.
+    fingerprints; it defaults to the group's own timeout (five minutes where the group
+    has none to read), so a missing rank is named no later than a plain collective
+    would have failed.
+
+    The fingerprint covers the whole call: every leaf's key path, kind, dtype and shape
+    (a digest beyond the first eight shown), the reduce op, and ``src`` or ``dst``.
+    It is stricter than plain mode, which reconciles an ``int`` on one rank with a
+    ``float`` on another: checking reports such differences.
     """
 
     def __init__(self, inner: Communicator, timeout: datetime.timedelta | float | None = None) -> None:
         super().__init__(inner)
         if timeout is None:
-            timeout = DEFAULT_TIMEOUT
+            timeout = getattr(inner, "timeout", None) or DEFAULT_TIMEOUT
         self.timeout = timeout if isinstance(timeout, datetime.timedelta) else datetime.timedelta(seconds=timeout)
         self._sequence = itertools.count(1)
         self._store = _store_of(inner)

@@ -65,6 +65,11 @@ def _communicator_for(group: Any) -> Communicator:
     """The active communicator for the default group; a cached one for any other group."""
     if group is None or group is dist.group.WORLD:
         return get_communicator()
+    if not isinstance(group, dist.ProcessGroup):
+        raise InvalidArgumentError(
+            f"group must be a torch.distributed ProcessGroup (a communicator's .group), or None for the "
+            f"default group; got {describe(group)}"
+        )
     with _group_lock:
         comm = _group_communicators.get(group)
         if comm is None:
@@ -150,23 +155,46 @@ def broadcast_object_list(object_list: list[Any], src: int, group=_DEFAULT_GROUP
 def all_reduce(data, group=_DEFAULT_GROUP, average: bool = False, device=None) -> torch.Tensor:  # type: ignore[no-untyped-def]
     """Sum (or, with ``average``, mean) ``data`` over all ranks.
 
-    A tensor is reduced in place and returned. Anything else is made into a tensor
-    (on ``device`` when given), reduced, and returned as a Python number when it has
-    one element, else as a NumPy array, at every world size.
+    A tensor is reduced in place and returned. Anything else (a number, a list of
+    numbers, a NumPy array) is reduced by the communicator, which keeps Python numbers
+    in double precision and reconciles ranks that pass an int where others pass a
+    float, and returned as a Python number when it has one element, else as a NumPy
+    array, at every world size. ``device`` is accepted for compatibility: non-tensor
+    data travels on the communicator's device.
     """
     comm = get_communicator() if group is None else _communicator_for(group)
     if type(data) is float or (type(data) is int and INT64_MIN <= data <= INT64_MAX):
-        if comm.world_size == 1 and device is None:
+        if comm.world_size == 1:
             # The hot path of single-process runs: over one rank the sum of a number is
             # itself and the mean is it as a float, exactly what the collective returns.
             return float(data) if average else data  # type: ignore[return-value]
-        if device is None:  # a number stays a number, in double precision
-            return comm.all_reduce(data, "mean" if average else "sum")  # type: ignore[return-value]
+        return comm.all_reduce(data, "mean" if average else "sum")  # type: ignore[return-value]
     op = "mean" if average else "sum"
     if isinstance(data, torch.Tensor):
         return comm.all_reduce(data, op)
-    result = comm.all_reduce(_legacy_tensor(data, "all_reduce", device), op)
-    return result.item() if result.numel() == 1 else result.cpu().numpy()  # type: ignore[return-value]
+    if device is not None:
+        torch.device(device)  # a bad device still fails here, as it did
+    result = np.asarray(comm.all_reduce(_legacy_numbers(data, "all_reduce"), op))
+    return result.item() if result.size == 1 else result  # type: ignore[return-value]
+
+
+def _legacy_numbers(data: Any, operation: str) -> Any:
+    """``data`` as the communicator takes it, refusing what the legacy ``torch.tensor`` refused."""
+    if not isinstance(data, (list, tuple, bool, int, float, complex, np.ndarray, np.generic)):
+        raise InvalidArgumentError(
+            f"{operation} cannot take {describe(data)}: pass a tensor, a number, a list of numbers or a NumPy array"
+        )
+    if isinstance(data, (list, tuple)):
+        try:
+            array = np.asarray(data)
+        except ValueError as error:
+            raise InvalidArgumentError(f"{operation} cannot take a ragged {describe(data)}: {error}") from error
+        if array.dtype.kind not in "biufc":
+            raise InvalidArgumentError(
+                f"{operation} cannot take {describe(data)} of {array.dtype}: pass a tensor, a number, "
+                "a list of numbers or a NumPy array"
+            )
+    return data
 
 
 def all_gather(data, group=_DEFAULT_GROUP, device=None) -> list[torch.Tensor]:  # type: ignore[no-untyped-def]

@@ -7,11 +7,13 @@ tested and shown by ``python -m distcomm info``. :func:`setup` carries a plan ou
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import shutil
 import socket
 import subprocess
+import tempfile
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
@@ -32,7 +34,6 @@ DISTRIBUTED_PORT = 13356
 LSF_MASTER_PORT = 23456
 PORT_OVERRIDE_VARIABLE = "DISTCOMM_MASTER_PORT"
 """Set it to move the fixed SLURM and LSF rendezvous ports, where another service holds them."""
-_PORT_RETRIES = 3
 
 
 class MissingEnvironmentError(ConfigurationError, RuntimeError):
@@ -267,35 +268,44 @@ def setup(config: MutableMapping[str, Any] | DistributedConfig) -> TorchDistComm
         config["local_rank"] = plan.local_rank
     os.environ.update(plan.environment)
     _assign_device(settings, plan.local_rank)
-    attempts = _PORT_RETRIES if plan.launcher == "single" else 1
-    for attempt in range(1, attempts + 1):
-        if plan.launcher == "single":
-            setup_env_local()
-        try:
-            comm = TorchDistCommunicator.init(
-                plan.backend,
-                rank=plan.rank,
-                world_size=plan.world_size,
-                init_method=plan.init_method,
-                timeout=settings.timeout,
-                local_rank=plan.local_rank,
-            )
-            break
-        except CollectiveError as error:
-            if "address already in use" not in str(error).lower():
-                raise
-            if attempt == attempts:
-                raise CollectiveError(
-                    "init_process_group",
-                    plan.rank,
-                    f"the rendezvous port of {plan.init_method} (MASTER_PORT={os.environ.get('MASTER_PORT')}) is "
-                    f"already in use by another process: choose another port ({PORT_OVERRIDE_VARIABLE} under "
-                    f"SLURM and LSF) or stop that process. {error.cause}",
-                ) from error
-            logger.warning("rendezvous port %s was taken; retrying with another", os.environ["MASTER_PORT"])
+    init_method = plan.init_method
+    if plan.launcher == "single":
+        setup_env_local()  # the variables legacy callers read; the rendezvous itself needs no port
+        if init_method == "env://":
+            init_method = private_rendezvous()
+    try:
+        comm = TorchDistCommunicator.init(
+            plan.backend,
+            rank=plan.rank,
+            world_size=plan.world_size,
+            init_method=init_method,
+            timeout=settings.timeout,
+            local_rank=plan.local_rank,
+        )
+    except CollectiveError as error:
+        if "address already in use" not in str(error).lower():
+            raise
+        raise CollectiveError(
+            "init_process_group",
+            plan.rank,
+            f"the rendezvous port of {init_method} (MASTER_PORT={os.environ.get('MASTER_PORT')}) is "
+            f"already in use by another process: choose another port ({PORT_OVERRIDE_VARIABLE} under "
+            f"SLURM and LSF) or stop that process. {error.cause}",
+        ) from error
     set_communicator(comm)
     logger.info("%s launch: rank %d of %d (local rank %d)", plan.launcher, plan.rank, plan.world_size, plan.local_rank)
     return comm
+
+
+def private_rendezvous() -> str:
+    """A file rendezvous in a new directory only this user can open.
+
+    A lone process needs no network: a TCP store would listen on every interface, where
+    any host that can reach this one could connect and write keys.
+    """
+    directory = tempfile.mkdtemp(prefix="distcomm-rendezvous-")  # mode 0700
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    return f"file://{directory}/store"
 
 
 def cleanup() -> None:

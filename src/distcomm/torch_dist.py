@@ -27,8 +27,10 @@ if dist.is_available() and not dist.is_initialized():
 BACKENDS = ("gloo", "nccl", "mpi")
 _LOCAL_RANK_VARIABLES = ("LOCAL_RANK", "SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK")
 
-# Gloo rejects these dtypes; they travel as the next wider integer and come back.
+# Gloo rejects these dtypes. Reductions carry them as the next wider integer; broadcasts
+# and gathers, which only copy, carry their bytes (exact for every dtype, uint64 too).
 _GLOO_WIDER = {torch.int16: torch.int32, torch.uint16: torch.int32, torch.uint32: torch.int64}
+_GLOO_AS_BYTES = frozenset({torch.int16, torch.uint16, torch.uint32, torch.uint64})
 
 
 def _all_gather_single(output: torch.Tensor, tensor: torch.Tensor, group: dist.ProcessGroup | None) -> None:
@@ -219,6 +221,16 @@ class TorchDistCommunicator(Communicator):
         return self._backend
 
     @property
+    def timeout(self) -> datetime.timedelta | None:
+        """The group's timeout for collectives, where torch lets it be read (else ``None``)."""
+        try:
+            device = torch.device("cuda" if self._cuda else "cpu")
+            value = self._group._get_backend(device).options._timeout  # type: ignore[union-attr]
+        except (AttributeError, RuntimeError, TypeError):
+            return None
+        return value if isinstance(value, datetime.timedelta) and value.total_seconds() > 0 else None
+
+    @property
     def group(self) -> dist.ProcessGroup | None:
         """The process group this communicator talks over (``None`` once closed)."""
         return self._group
@@ -248,15 +260,19 @@ class TorchDistCommunicator(Communicator):
         except RuntimeError as error:
             raise self._failure("barrier", error) from error
 
+    def _as_bytes(self, tensor: torch.Tensor) -> torch.Tensor | None:
+        """A flat byte view of ``tensor`` when this backend cannot copy its dtype as it is."""
+        if self._backend == "gloo" and tensor.dtype in _GLOO_AS_BYTES:
+            return tensor.reshape(-1).view(torch.uint8)
+        return None
+
     def _broadcast_tensor(self, tensor: torch.Tensor, src: int) -> None:
-        wider = self._wider_dtype(tensor.dtype)
-        carrier = tensor if wider is None else tensor.to(wider)
+        raw = self._as_bytes(tensor)
+        carrier = tensor if raw is None else raw
         try:
             dist.broadcast(carrier, self._global_ranks[src], group=self._group)
         except RuntimeError as error:
             raise self._failure("broadcast", error) from error
-        if carrier is not tensor:
-            tensor.copy_(carrier)
 
     def _all_reduce_tensor(self, tensor: torch.Tensor, op: ReduceOp) -> None:
         wider = self._wider_dtype(tensor.dtype)
@@ -269,8 +285,10 @@ class TorchDistCommunicator(Communicator):
             tensor.copy_(carrier)
 
     def _all_gather_tensor(self, tensor: torch.Tensor) -> list[torch.Tensor]:
-        wider = self._wider_dtype(tensor.dtype)
-        carrier = tensor if wider is None else tensor.to(wider)
+        raw = self._as_bytes(tensor)
+        if raw is not None:
+            return [g.view(tensor.dtype).reshape(tensor.shape) for g in self._all_gather_tensor(raw)]
+        carrier = tensor
         # One output buffer for all ranks (one allocation, not one per rank); the
         # entries are views of it.
         out = torch.empty((self._world_size, *carrier.shape), dtype=carrier.dtype, device=carrier.device)
@@ -278,8 +296,7 @@ class TorchDistCommunicator(Communicator):
             _all_gather_single(out.view(-1) if carrier.dim() else out, carrier.reshape(-1) if carrier.dim() else carrier.reshape(1), self._group)
         except RuntimeError as error:
             raise self._failure("all_gather", error) from error
-        entries = list(out.unbind(0))
-        return entries if wider is None else [o.to(tensor.dtype) for o in entries]
+        return list(out.unbind(0))
 
     def _all_gather_uneven(self, tensor: torch.Tensor, shapes: list[torch.Size]) -> list[torch.Tensor]:
         if not self._cuda:
@@ -302,7 +319,7 @@ class TorchDistCommunicator(Communicator):
         return _WorkHandle(work, tensor, "all_reduce", self._rank)
 
     def _broadcast_tensor_async(self, tensor: torch.Tensor, src: int) -> Handle:
-        if self._wider_dtype(tensor.dtype) is not None:
+        if self._as_bytes(tensor) is not None:
             return super()._broadcast_tensor_async(tensor, src)
         try:
             work = dist.broadcast(tensor, self._global_ranks[src], group=self._group, async_op=True)
@@ -311,7 +328,7 @@ class TorchDistCommunicator(Communicator):
         return _WorkHandle(work, tensor, "broadcast", self._rank)
 
     def _all_gather_tensor_async(self, tensor: torch.Tensor, home: torch.device) -> Handle:
-        if self._wider_dtype(tensor.dtype) is not None:
+        if self._as_bytes(tensor) is not None:
             return super()._all_gather_tensor_async(tensor, home)
         out = [torch.empty_like(tensor) for _ in range(self._world_size)]
         try:

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from distcomm.agreement import digest64
 from distcomm.communicator import Communicator, Handle
 from distcomm.conversion import describe
 from distcomm.nested import flatten
@@ -28,12 +29,28 @@ def signature_of(data: Any, *, shapes: bool = True) -> str:
     if isinstance(data, torch.Tensor):
         text = describe(data)
         return text if shapes else f"{str(data.dtype).removeprefix('torch.')}[{data.dim()}d]"
-    leaves, _, _ = flatten(data)
+    leaves, paths, _ = flatten(data)
     if len(leaves) == 1 and leaves[0] is data:
         return describe(data)
-    inner = ", ".join(signature_of(leaf, shapes=shapes) for leaf in leaves[:8])
-    more = f", ... {len(leaves)} leaves" if len(leaves) > 8 else ""
-    return f"{type(data).__name__}({inner}{more})"
+    # In key-path order, as the communicator matches leaves; the digest covers every leaf.
+    entries = sorted(zip(paths, (signature_of(leaf, shapes=shapes) for leaf in leaves)))
+    inner = ", ".join(text for _, text in entries[:8])
+    more = f", ... {len(entries)} leaves" if len(entries) > 8 else ""
+    return f"{type(data).__name__}({inner}{more}) #{digest64(repr(entries).encode()) & _DIGEST_MASK:012x}"
+
+
+def tensor_layout(data: Any) -> str:
+    """The tensors of ``data`` that a broadcast fills: their key paths, dtypes and shapes."""
+    if isinstance(data, torch.Tensor):
+        return describe(data)
+    leaves, paths, _ = flatten(data)
+    entries = sorted((path, describe(leaf)) for path, leaf in zip(paths, leaves) if isinstance(leaf, torch.Tensor))
+    if not entries:
+        return "object"
+    return f"object with {len(entries)} tensors #{digest64(repr(entries).encode()) & _DIGEST_MASK:012x}"
+
+
+_DIGEST_MASK = 2**48 - 1
 
 
 def payload_bytes(data: Any) -> int:
@@ -140,7 +157,7 @@ class CommunicatorWrapper(Communicator):
         return self._intercept("barrier", "", None, self.inner.barrier)
 
     def broadcast(self, data: T, src: int = 0) -> T:
-        details = f"{signature_of(data) if isinstance(data, torch.Tensor) else 'object'} src={src}"
+        details = f"{tensor_layout(data)} src={src}"
         return self._intercept("broadcast", details, data, lambda: self.inner.broadcast(data, src))
 
     def all_reduce(self, data: T, op: ReduceOpLike = "sum") -> T:
