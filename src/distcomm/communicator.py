@@ -436,10 +436,11 @@ class Communicator(abc.ABC):
                     results[i] = value
                 continue
             parts = [_as_tensor(leaves[i], tensors[i]) for i in members]
-            flat = torch.cat([t.reshape(-1).to(device=device, dtype=dtype) for t in parts])
-            self._all_reduce_tensor(flat, group_op)
-            for i, t, part in zip(members, parts, flat.split([t.numel() for t in parts])):  # type: ignore[no-untyped-call]
-                results[i] = self._finish_leaf(leaves[i], part.view(t.shape), plans[i])
+            with torch.no_grad():  # collectives are not differentiable; leaves that require grad are filled in place
+                flat = torch.cat([t.reshape(-1).to(device=device, dtype=dtype) for t in parts])
+                self._all_reduce_tensor(flat, group_op)
+                for i, t, part in zip(members, parts, flat.split([t.numel() for t in parts])):  # type: ignore[no-untyped-call]
+                    results[i] = self._finish_leaf(leaves[i], part.view(t.shape), plans[i])
         return results
 
     def _finish_leaf(self, leaf: Any, reduced: torch.Tensor, plan: ReducePlan) -> Any:
@@ -448,8 +449,7 @@ class Communicator(abc.ABC):
             if isinstance(leaf, torch.Tensor) and reduced.dtype != leaf.dtype:
                 return reduced.to(leaf.device)  # a mean of integers: a new float tensor
         if isinstance(leaf, torch.Tensor):
-            with torch.no_grad():
-                leaf.copy_(reduced)
+            leaf.copy_(reduced)
             return leaf
         return from_tensor(reduced, leaf)
 
