@@ -92,3 +92,11 @@ def test_a_world_of_one_needs_no_check() -> None:
     assert checked.all_reduce([1, 2]) == [1, 2] and checked.world_size == 1
     with pytest.raises(TypeError, match="wraps a Communicator"):
         CheckedCommunicator("gloo")  # type: ignore[arg-type]
+
+
+def checked_timeout(comm):
+    return CheckedCommunicator(comm).timeout.total_seconds(), comm.timeout.total_seconds()
+
+
+def test_the_default_timeout_is_the_groups(world) -> None:
+    assert world.run(checked_timeout) == [(world.timeout, world.timeout)] * world.world_size

@@ -180,3 +180,8 @@ def test_setup_env_local(monkeypatch) -> None:
 
     assert (os.environ["MASTER_ADDR"], os.environ["RANK"], os.environ["LOCAL_RANK"]) == ("localhost", "0", "0")
     assert 0 < int(os.environ["MASTER_PORT"]) < 65536
+
+
+def test_a_group_that_is_not_a_process_group_is_a_clear_error() -> None:
+    with pytest.raises(InvalidArgumentError, match="group must be a torch.distributed ProcessGroup.*got str"):
+        distutils.all_gather(1.0, group="bogus")

@@ -1,6 +1,17 @@
 import pickle
 
-from distcomm import CollectiveError, CollectiveMismatchError, ConfigurationError, DistCommError, InvalidArgumentError
+import pytest
+import torch
+
+from distcomm import (
+    CollectiveError,
+    CollectiveMismatchError,
+    ConfigurationError,
+    DistCommError,
+    InconsistentInputError,
+    InvalidArgumentError,
+    LocalCommunicator,
+)
 
 
 def test_hierarchy_lets_old_code_keep_catching() -> None:
@@ -15,3 +26,30 @@ def test_collective_error_names_operation_rank_and_cause_and_pickles() -> None:
     assert str(error) == "all_reduce failed on rank 3: TimeoutError: Timed out after 10 s"
     copy = pickle.loads(pickle.dumps(error))
     assert (copy.operation, copy.rank) == ("all_reduce", 3) and "Timed out" in str(copy)
+
+
+class _FailingGathers(LocalCommunicator):
+    """A world of one whose gather primitive fails, as a lost peer would make it."""
+
+    def _all_gather_tensor(self, tensor):
+        raise CollectiveError("all_gather", 0, "connection closed by peer")
+
+
+@pytest.mark.parametrize(
+    ("method", "call"),
+    [
+        ("gather_objects", lambda c: c.gather_objects("x")),
+        ("all_gather_objects", lambda c: c.all_gather_objects("x")),
+        ("all_gather", lambda c: c.all_gather([torch.ones(2)])),
+    ],
+)
+def test_a_failed_step_is_reported_under_the_method_the_caller_called(method, call) -> None:
+    with pytest.raises(CollectiveError) as raised:
+        call(_FailingGathers())
+    assert raised.value.operation == method
+    assert str(raised.value) == f"{method} failed on rank 0: its all_gather step failed: connection closed by peer"
+    assert isinstance(raised.value.__cause__, CollectiveError)
+
+
+def test_inconsistent_input_is_an_invalid_argument() -> None:
+    assert issubclass(InconsistentInputError, InvalidArgumentError)

@@ -221,3 +221,23 @@ def test_slurm_rendezvous_across_two_hosts(tmp_path: Path) -> None:
         for rank, report in enumerate(reports(processes)):
             assert (report["rank"], report["sum"], report["ranks_seen"]) == (rank, 10, [0, 1, 2, 3])
             assert report["written_back"]["init_method"] == f"tcp://{addr_a}:13356"
+
+
+LONE_SETUP = """
+import psutil, torch.distributed as dist
+from distcomm import distutils
+distutils.setup({"world_size": 1, "distributed_backend": "gloo"})
+listening = [c.laddr for c in psutil.Process().net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+store = dist.distributed_c10d._get_default_store()
+print(getattr(store, "_underlying_non_prefix_store", store).__class__.__name__, sorted({a.ip for a in listening}))
+distutils.cleanup()
+"""
+
+
+def test_a_lone_process_opens_no_rendezvous_to_the_network() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    result = subprocess.run([sys.executable, "-c", LONE_SETUP], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    store, addresses = result.stdout.split(" ", 1)
+    assert "FileStore" in store  # no TCP store at all
+    assert "0.0.0.0" not in addresses and "'::'" not in addresses  # nothing listens on every interface

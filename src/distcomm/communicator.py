@@ -15,7 +15,6 @@ from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
-import attrs
 import numpy as np
 import torch
 
@@ -229,11 +228,11 @@ class Communicator(abc.ABC):
             )
         return int(value)
 
-    def _transport(self, tensor: torch.Tensor) -> torch.Tensor:
+    def _transport(self, tensor: torch.Tensor, operation: str) -> torch.Tensor:
         """``tensor`` itself when the backend takes it where it is, else a contiguous copy on ``device``."""
         if self._accepts_device(tensor.device) and tensor.is_contiguous():
             return tensor
-        check_transportable(tensor, "collective")
+        check_transportable(tensor, operation)
         return tensor.to(self.device, memory_format=torch.contiguous_format, copy=True)
 
     # -------------------------------------------------------------- collectives
@@ -275,7 +274,7 @@ class Communicator(abc.ABC):
             return unflatten(src_spec, [own.get(path, leaf) for path, leaf in zip(src_paths, others)])  # type: ignore[no-any-return]
 
     def _broadcast_tensor_into(self, tensor: torch.Tensor, src: int) -> None:
-        carrier = self._transport(tensor)
+        carrier = self._transport(tensor, "broadcast")
         self._broadcast_tensor(carrier, src)
         if carrier is not tensor:
             with torch.no_grad():
@@ -309,7 +308,7 @@ class Communicator(abc.ABC):
         plan = plan_reduction(tensor, tensor, op, "all_reduce")
         if plan.transport_dtype != tensor.dtype or plan.mean_dtype not in (None, tensor.dtype):
             return self._all_reduce_leaves([tensor], [""], op)[0]  # type: ignore[no-any-return]
-        carrier = self._transport(tensor)
+        carrier = self._transport(tensor, "all_reduce")
         self._all_reduce_tensor(carrier, plan.op)
         if plan.mean_dtype is not None or carrier is not tensor:
             with torch.no_grad():  # in place even on a tensor that requires grad, as torch's collectives are
@@ -488,8 +487,7 @@ class Communicator(abc.ABC):
         """Gather tensors of any shapes: one collective when every rank's tensor is small
         (it travels inline with its shape header), else the headers then the data, which
         moves asynchronously when asked and the shapes are equal."""
-        check_transportable(tensor, "all_gather")
-        carrier = self._transport(tensor)
+        carrier = self._transport(tensor, "all_gather")
         inline, shapes = self._exchange_headers(carrier)
         if inline is not None:
             return CompletedHandle([t.to(tensor.device) for t in inline])
@@ -578,11 +576,11 @@ class Communicator(abc.ABC):
             return str(error).encode(), error
         limit = max_payload_bytes(self.object_codec)
         if len(payload) > limit:
-            error = InvalidArgumentError(
+            too_large = InvalidArgumentError(
                 f"{operation}: the object encodes to {len(payload)} bytes, over the codec's limit of {limit} "
                 "bytes; raise it with the codec's max_bytes, or send the data as tensors"
             )
-            return str(error).encode(), error
+            return str(too_large).encode(), too_large
         return payload, None
 
     def _exchange_objects(self, obj: Any, operation: str, device: torch.device | str | None) -> list[bytes]:

@@ -20,7 +20,8 @@ import torch.distributed as dist
 
 from distcomm import devices, launch
 from distcomm.active import get_communicator
-from distcomm.communicator import INT64_MAX, INT64_MIN, Communicator, Handle
+from distcomm.communicator import Communicator, Handle
+from distcomm.reduction import INT64_MAX, INT64_MIN
 from distcomm.conversion import describe
 from distcomm.errors import InvalidArgumentError
 from distcomm.torch_dist import TorchDistCommunicator

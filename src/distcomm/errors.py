@@ -47,6 +47,9 @@ class CollectiveError(DistCommError, RuntimeError):
         self.operation = operation
         self.rank = rank
         self.cause = cause
+        self.step: str = operation
+        """The step that failed: a primitive such as ``all_gather`` inside the method the caller called."""
+        self.reason: str | None = None
         reason = cause if isinstance(cause, str) else f"{type(cause).__name__}: {cause}"
         super().__init__(f"{operation} failed on rank {rank}: {reason}")
 
@@ -67,5 +70,9 @@ def renamed_failures(operation: str, rank: int) -> Iterator[None]:
     except CollectiveError as error:
         if error.operation == operation:
             raise
-        reason = error.cause if isinstance(error.cause, str) else f"{type(error.cause).__name__}: {error.cause}"
-        raise type(error)(operation, rank, f"its {error.operation} step failed: {reason}") from error
+        step, reason = error.step, error.reason
+        if reason is None:
+            reason = error.cause if isinstance(error.cause, str) else f"{type(error.cause).__name__}: {error.cause}"
+        renamed = type(error)(operation, rank, f"its {step} step failed: {reason}")
+        renamed.step, renamed.reason = step, reason
+        raise renamed from error

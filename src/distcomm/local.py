@@ -47,7 +47,7 @@ class LocalCommunicator(Communicator):
         return [tensor.clone()]
 
     def _accepts_device(self, device: torch.device) -> bool:
-        return True
+        return device.type != "meta"  # a meta tensor has no data: refused as on every backend
 
     def _split(self, members: list[int]) -> Communicator | None:
         child = LocalCommunicator(self._device)

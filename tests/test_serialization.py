@@ -1,0 +1,112 @@
+"""Safe object mode bounds what a payload may expand to; length fields are checked before allocating."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import resource
+
+import numpy as np
+import pytest
+import torch
+
+from distcomm import PickleCodec, RestrictedCodec, UnsafeObjectError
+from distcomm.communicator import OBJECT_SLOT_BYTES
+
+
+class _Calls:
+    """Pickles as a call of ``make(*args)``: what a hostile peer can put in a payload."""
+
+    def __init__(self, make, *args):
+        self.make, self.args = make, args
+
+    def __reduce__(self):
+        return self.make, self.args
+
+
+class _PersistentPickler(pickle.Pickler):
+    def __init__(self, buffer, pid):
+        super().__init__(buffer, protocol=pickle.HIGHEST_PROTOCOL)
+        self.pid = pid
+
+    def persistent_id(self, obj):
+        return self.pid if obj == "payload" else None
+
+
+def _with_persistent_id(pid) -> bytes:
+    buffer = io.BytesIO()
+    _PersistentPickler(buffer, pid).dump("payload")
+    return buffer.getvalue()
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+HOSTILE = {
+    "bytearray(2**31)": pickle.dumps(_Calls(bytearray, 2**31)),
+    "list(range(5e7))": pickle.dumps(_Calls(list, range(5 * 10**7))),
+    "bytes(range(...))": pickle.dumps(_Calls(bytes, range(2**40))),
+    "tensor id with an int as data": _with_persistent_id(("tensor", "torch.float32", (2**28,), 5)),
+    "tensor id with a huge shape and no data": _with_persistent_id(("tensor", "torch.float32", (2**40,), b"")),
+    "array id whose data is short": _with_persistent_id(("ndarray", "<f8", (2**27,), b"\0" * 8)),
+    "malformed persistent id": _with_persistent_id("nonsense"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_small_hostile_payloads_do_not_expand(name: str) -> None:
+    payload = HOSTILE[name]
+    assert len(payload) < 200
+    before = _peak_rss_mib()
+    with pytest.raises(UnsafeObjectError, match="refusing"):
+        RestrictedCodec().decode(payload)
+    assert _peak_rss_mib() - before < 100
+
+
+def test_limits_are_configurable_and_legitimate_data_passes() -> None:
+    codec = RestrictedCodec(max_items=10, max_bytes=10_000)
+    data = {"t": torch.arange(6.0).reshape(2, 3), "a": np.arange(4), "s": {1, 2}, "r": list(range(10))}
+    decoded = codec.decode(codec.encode(data))
+    assert torch.equal(decoded["t"], data["t"]) and decoded["a"].tolist() == [0, 1, 2, 3] and decoded["s"] == {1, 2}
+    with pytest.raises(UnsafeObjectError, match="limit is 10"):
+        codec.decode(pickle.dumps(_Calls(list, range(11))))
+    with pytest.raises(UnsafeObjectError, match="limit is 10000"):
+        codec.decode(codec.encode(b"x" * 20_000))
+    with pytest.raises(ValueError, match="max_items must be a positive int"):
+        RestrictedCodec(max_items=0)
+    assert PickleCodec(max_bytes=5).max_bytes == 5
+
+
+def send_a_lying_slot(comm, claimed: int, safe: bool):
+    if safe:
+        comm.object_codec = RestrictedCodec()
+    if comm.rank == 1:  # a peer whose slot announces a payload it never sends
+        slot = torch.zeros(OBJECT_SLOT_BYTES, dtype=torch.uint8)
+        slot[:8] = torch.from_numpy(np.array([claimed], dtype="<i8").view(np.uint8))
+        comm._all_gather_tensor(slot)
+        return "sent"
+    before = _peak_rss_mib()
+    try:
+        comm.all_gather_objects("honest")
+    except UnsafeObjectError as error:
+        return str(error), _peak_rss_mib() - before
+    return "accepted", _peak_rss_mib() - before
+
+
+@pytest.mark.parametrize(("claimed", "safe"), [(2**29, True), (2**40, False)])
+def test_an_announced_length_over_the_limit_is_refused_before_allocating(dist_world, claimed: int, safe: bool) -> None:
+    (message, grown_mib), sent = dist_world(2).run(send_a_lying_slot, claimed, safe)
+    assert sent == "sent"
+    assert f"rank 1 announced a payload of {claimed} bytes" in message and "nothing was allocated" in message
+    assert grown_mib < 100
+
+
+def oversized_object(comm):
+    comm.object_codec = RestrictedCodec(max_bytes=1000)
+    return comm.broadcast_object(b"x" * 5000 if comm.rank == 0 else None, src=0)
+
+
+def test_an_object_over_the_limit_fails_on_every_rank(dist_world) -> None:
+    outcomes = dist_world(2).run_outcomes(oversized_object)
+    assert all("over the codec's limit of 1000 bytes" in str(o.error) for o in outcomes), outcomes
