@@ -32,6 +32,30 @@ def reduce_dict_vs_calls(comm: Communicator, calls: int) -> dict[str, float]:
     )
 
 
+def agreement_cost(comm: Communicator, calls: int) -> dict[str, float]:
+    """reduce_dict of 50 floats (layout agreement included) against what a user writes by hand:
+    one tensor, one all_reduce, one tolist(); and that idiom plus one small all_gather, the
+    collective that the agreement adds."""
+    metrics = {f"metric_{i}": float(i + comm.rank) for i in range(50)}
+    header = torch.zeros(5, dtype=torch.int64)
+    headers = torch.empty(5 * comm.world_size, dtype=torch.int64)
+
+    def by_hand() -> dict[str, float]:
+        flat = torch.tensor(list(metrics.values()), dtype=torch.float64)
+        dist.all_reduce(flat)
+        return dict(zip(metrics, flat.tolist()))
+
+    def by_hand_with_header() -> dict[str, float]:
+        dist.all_gather_into_tensor(headers, header)
+        return by_hand()
+
+    return interleaved(
+        {"reduce_dict": lambda: comm.reduce_dict(metrics), "by hand": by_hand, "by hand + header": by_hand_with_header},
+        calls,
+        comm.barrier,
+    )
+
+
 def _raw_scalar(value: float) -> float:
     tensor = torch.tensor(value)
     dist.all_reduce(tensor)

@@ -66,6 +66,15 @@ def main() -> None:
         detail = f"{cases.median_of(runs, 'reduce_dict') * 1e6:.0f} us vs {cases.median_of(runs, '50 all_reduce') * 1e6:.0f} us ({raw:.1f}x vs 50 raw calls)"
         report(line("reduce_dict of 50 scalars, speed-up over 50 all_reduce", r, ">= 10", r >= 10, detail))
 
+        runs = repeat(world, cases.agreement_cost, 300)
+        r = ratio(runs, "reduce_dict", "by hand + header")
+        alone = ratio(runs, "reduce_dict", "by hand")
+        detail = (
+            f"{cases.median_of(runs, 'reduce_dict') * 1e6:.0f} us vs {cases.median_of(runs, 'by hand + header') * 1e6:.0f} us "
+            f"by hand with one small all_gather; {alone:.2f}x ({cases.median_of(runs, 'by hand') * 1e6:.0f} us) without it"
+        )
+        report(line("reduce_dict of 50 floats (ranks agree on keys and kinds) / by hand + one header", r, "<= 1.3", r <= 1.3, detail))
+
         runs = repeat(world, cases.uneven_gather_vs_object, 30)
         r = ratio(runs, "torch all_gather_object", "distcomm all_gather")
         ceiling = ratio(runs, "torch all_gather_object", "raw equal-size all_gather")
