@@ -42,6 +42,7 @@ class _FailingGathers(LocalCommunicator):
         ("all_gather_objects", lambda c: c.all_gather_objects("x")),
         ("all_gather", lambda c: c.all_gather([torch.ones(2)])),
     ],
+    ids=["gather_objects", "all_gather_objects", "all_gather"],
 )
 def test_a_failed_step_is_reported_under_the_method_the_caller_called(method, call) -> None:
     with pytest.raises(CollectiveError) as raised:
@@ -53,3 +54,19 @@ def test_a_failed_step_is_reported_under_the_method_the_caller_called(method, ca
 
 def test_inconsistent_input_is_an_invalid_argument() -> None:
     assert issubclass(InconsistentInputError, InvalidArgumentError)
+
+
+class _FailingPeers(LocalCommunicator):
+    """A world of two whose gather primitive fails: the agreement step of a reduction fails."""
+
+    world_size = 2
+
+    def _all_gather_tensor(self, tensor):
+        raise CollectiveError("all_gather", 0, "connection closed by peer")
+
+
+def test_a_failed_agreement_is_reported_under_the_reduction() -> None:
+    with pytest.raises(CollectiveError, match="^all_reduce failed on rank 0: its all_gather step failed"):
+        _FailingPeers().all_reduce({"loss": 1.0})
+    with pytest.raises(CollectiveError, match="^reduce_dict failed on rank 0: its all_gather step failed"):
+        _FailingPeers().reduce_dict({"loss": 1.0})

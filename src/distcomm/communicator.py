@@ -341,8 +341,9 @@ class Communicator(abc.ABC):
         leaves, paths = [leaves[i] for i in order], [paths[i] for i in order]
         if detach:
             leaves = [leaf.detach().clone() if isinstance(leaf, torch.Tensor) else leaf for leaf in leaves]
-        leaves, exact = self._agree_on_leaves(leaves, paths, op, operation)
-        reduced = self._all_reduce_leaves(leaves, paths, op, exact=exact, operation=operation)
+        with renamed_failures(operation, self.rank):
+            leaves, exact = self._agree_on_leaves(leaves, paths, op, operation)
+            reduced = self._all_reduce_leaves(leaves, paths, op, exact=exact, operation=operation)
         results: list[Any] = [None] * len(order)
         for position, value in zip(order, reduced):
             results[position] = value
