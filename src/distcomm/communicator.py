@@ -329,9 +329,8 @@ class Communicator(abc.ABC):
         if not isinstance(mapping, Mapping):
             raise InvalidArgumentError(f"reduce_dict takes a dict of metrics, got {describe(mapping)}")
         reduce_op = parse_reduce_op(op)
-        with renamed_failures("reduce_dict", self.rank):
-            data = dict(mapping) if not isinstance(mapping, dict) else mapping
-            return self._reduce_structure(data, reduce_op, "reduce_dict", detach=True)  # type: ignore[no-any-return]
+        data = dict(mapping) if not isinstance(mapping, dict) else mapping
+        return self._reduce_structure(data, reduce_op, "reduce_dict", detach=True)  # type: ignore[no-any-return]
 
     def _reduce_structure(self, data: Any, op: ReduceOp, operation: str, *, detach: bool = False) -> Any:
         """Reduce numbers, arrays and nested data: agree on the layout, then reduce the leaves
@@ -593,7 +592,8 @@ class Communicator(abc.ABC):
         if min(lengths) < 0:
             problems = [_refusal_text(a, n) if n < 0 else None for a, n in zip(arrays, lengths)]
             raise InconsistentInputError(explain(operation, [(p, ()) for p in problems])) from refusal
-        self._check_lengths(operation, lengths)
+        for rank, n in enumerate(lengths):
+            self._check_length(operation, rank, n)
         if max(lengths) <= OBJECT_SLOT_BYTES - _HEADER_BYTES:
             return [a[_HEADER_BYTES : _HEADER_BYTES + n].tobytes() for a, n in zip(arrays, lengths)]
         padded = torch.zeros(max(lengths), dtype=torch.uint8)
@@ -601,12 +601,14 @@ class Communicator(abc.ABC):
         full = [g.cpu().numpy() for g in self._all_gather_tensor(padded.to(target))]
         return [a[:n].tobytes() for a, n in zip(full, lengths)]
 
-    def _check_lengths(self, operation: str, lengths: list[int]) -> None:
-        """Refuse announced payload sizes over the codec's limit before allocating for them."""
+    def _refused_by(self, src: int, message: str, operation: str) -> str:
+        """The message every rank raises when ``src`` sent a refusal instead of its object."""
+        return explain(operation, [(message if rank == src else None, ()) for rank in range(self.world_size)])
+
+    def _check_length(self, operation: str, rank: int, n: int) -> None:
+        """Refuse a payload size announced by ``rank`` over the codec's limit, before allocating for it."""
         limit = max_payload_bytes(self.object_codec)
-        over = [(rank, n) for rank, n in enumerate(lengths) if n > limit]
-        if over:
-            rank, n = over[0]
+        if n > limit:
             raise UnsafeObjectError(
                 f"{operation}: rank {rank} announced a payload of {n} bytes, over the codec's limit of "
                 f"{limit} bytes; nothing was allocated for it (raise the codec's max_bytes if it is genuine)"
@@ -636,19 +638,18 @@ class Communicator(abc.ABC):
                 payload, refusal = self._object_payload(obj, operation)
         slot = _slot(payload, target, refused=refusal is not None)
         self._broadcast_tensor(slot, src)
-        head = slot.cpu().numpy() if self.rank != src else None
-        length = -len(payload) if refusal is not None else (len(payload) if head is None else int(head[:_HEADER_BYTES].view("<i8")[0]))
-        if length < 0:
-            message = payload.decode() if head is None else _refusal_text(head, length)
-            claims = [(message if rank == src else None, ()) for rank in range(self.world_size)]
-            raise InconsistentInputError(explain(operation, claims)) from refusal
         if self.rank == src:
+            if refusal is not None:
+                raise InconsistentInputError(self._refused_by(src, payload.decode(), operation)) from refusal
             if len(payload) > OBJECT_SLOT_BYTES - _HEADER_BYTES:
                 rest = torch.frombuffer(bytearray(payload[OBJECT_SLOT_BYTES - _HEADER_BYTES :]), dtype=torch.uint8)
                 self._broadcast_tensor(rest.to(target), src)
             return obj
-        assert head is not None
-        self._check_lengths(operation, [0] * src + [length])
+        head = slot.cpu().numpy()
+        length = int(head[:_HEADER_BYTES].view("<i8")[0])
+        if length < 0:
+            raise InconsistentInputError(self._refused_by(src, _refusal_text(head, length), operation))
+        self._check_length(operation, src, length)
         data = head[_HEADER_BYTES : _HEADER_BYTES + length].tobytes()
         if length > len(data):
             rest = torch.empty(length - len(data), dtype=torch.uint8, device=target)

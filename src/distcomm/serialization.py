@@ -114,7 +114,7 @@ class _Pickler(pickle.Pickler):
 
 
 _SIZED_CONSTRUCTORS = frozenset(
-    {("builtins", n) for n in ("bytes", "bytearray", "list", "tuple", "dict", "set", "frozenset", "range", "str")}
+    {("builtins", n) for n in ("bytes", "bytearray", "list", "tuple", "dict", "set", "frozenset", "range")}
     | {("collections", n) for n in ("OrderedDict", "Counter", "deque")}
 )
 """Allowed callables whose arguments can ask for a huge allocation from a tiny payload."""
