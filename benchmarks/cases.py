@@ -86,7 +86,7 @@ def small_objects(comm: Communicator, calls: int) -> dict[str, float]:
     boxed = [config]
     return interleaved(
         {
-            "distcomm all_gather_objects": lambda: comm.all_gather_objects(metrics),
+            "distcomm all_gather_object": lambda: comm.all_gather_object(metrics),
             "torch all_gather_object": lambda: dist.all_gather_object(gathered, metrics),
             "distcomm broadcast_object": lambda: comm.broadcast_object(config, src=0),
             "torch broadcast_object_list": lambda: dist.broadcast_object_list(boxed, src=0),

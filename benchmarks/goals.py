@@ -85,7 +85,7 @@ def main() -> None:
         report(line("uneven all_gather of ~3 MB, speed-up over all_gather_object", r, ">= 3", r >= 3, detail))
 
         runs = repeat(world, cases.small_objects, 1000)
-        for ours, theirs in (("distcomm all_gather_objects", "torch all_gather_object"), ("distcomm broadcast_object", "torch broadcast_object_list")):
+        for ours, theirs in (("distcomm all_gather_object", "torch all_gather_object"), ("distcomm broadcast_object", "torch broadcast_object_list")):
             r = ratio(runs, theirs, ours)
             detail = f"{cases.median_of(runs, ours) * 1e6:.0f} us vs {cases.median_of(runs, theirs) * 1e6:.0f} us"
             report(line(f"{ours.split()[1]} of a small object, speed-up over torch {theirs.split()[1]}", r, ">= 1.5", r >= 1.5, detail))

@@ -22,7 +22,7 @@ report = {
     "backend": comm.backend,
     "written_back": {key: config.get(key) for key in ("init_method", "rank", "local_rank")},
     "sum": distutils.all_reduce(distutils.get_rank() + 1),
-    "ranks_seen": comm.all_gather_objects(comm.rank),
+    "ranks_seen": comm.all_gather_object(comm.rank),
     "host": socket.gethostname(),
 }
 distutils.synchronize()

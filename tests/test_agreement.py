@@ -110,7 +110,7 @@ def broadcast_object_unpicklable_on_src(c: Communicator) -> Any:
 
 
 def gather_objects_unpicklable_on_one_rank(c: Communicator) -> Any:
-    return c.all_gather_objects((lambda: 0) if c.rank == 1 else c.rank)
+    return c.all_gather_object((lambda: 0) if c.rank == 1 else c.rank)
 
 
 def broadcast_object_list_not_a_list(c: Communicator) -> Any:

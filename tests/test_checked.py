@@ -72,7 +72,7 @@ def test_matching_calls_pass_and_results_are_unchanged(world) -> None:
     results = world.run(transparent)
     for rank, (kinds, sub, same_group) in enumerate(results):
         if rank:
-            kinds.pop("gather_objects"), expected.pop("gather_objects", None)
+            kinds.pop("gather_object"), expected.pop("gather_object", None)
         assert kinds == {k: v for k, v in expected.items() if k in kinds} and len(kinds) == len(expected)
         assert sub == ("CheckedCommunicator" if rank == 1 else None) and same_group
 

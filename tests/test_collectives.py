@@ -1,5 +1,5 @@
 """Collectives beyond the basics, over 2 to 4 real Gloo ranks and on LocalCommunicator:
-reduce ops, reduce_dict, scatter_objects, safe object mode, split, async gathers, helpers."""
+reduce ops, reduce_dict, scatter_object, safe object mode, split, async gathers, helpers."""
 
 from __future__ import annotations
 
@@ -17,21 +17,23 @@ from distcomm import (
     InvalidArgumentError,
     LocalCommunicator,
     RestrictedCodec,
+    Communicator,
     TorchDistCommunicator,
     UnsafeObjectError,
     distutils,
     register_safe_class,
 )
+from distcomm.torch_dist import TorchDistBackend
 
 
-class CountingCommunicator(TorchDistCommunicator):
+class CountingBackend(TorchDistBackend):
     """Counts the reductions that reach the process group."""
 
     reductions = 0
 
-    def _all_reduce_tensor(self, tensor, op):
+    def all_reduce(self, tensor, op):
         self.reductions += 1
-        super()._all_reduce_tensor(tensor, op)
+        super().all_reduce(tensor, op)
 
 
 # ----------------------------------------------------------------- reduce ops
@@ -58,14 +60,15 @@ def test_reduce_ops_in_any_spelling(dist_world) -> None:
 
 
 def metrics_in_one_collective_per_dtype(comm):
-    counting = CountingCommunicator()
+    backend = CountingBackend()
+    counting = Communicator(backend)
     r = comm.rank
     loss = torch.tensor(float(r + 1), requires_grad=True) * 2  # attached to the graph
     metrics = {f"m{i}": float(i + r) for i in range(50)}
     metrics |= {"loss": loss, "nested": {"correct": r + 1, "seen": [10, 20]}}
     reduced = counting.reduce_dict(metrics, op="sum")
     untouched = loss.item() == 2.0 * (r + 1) and loss.requires_grad
-    return counting.reductions, reduced["m0"], reduced["loss"].item(), reduced["loss"].requires_grad, reduced["nested"], untouched
+    return backend.reductions, reduced["m0"], reduced["loss"].item(), reduced["loss"].requires_grad, reduced["nested"], untouched
 
 
 def test_reduce_dict_takes_one_collective_per_dtype_and_leaves_inputs_alone(dist_world) -> None:
@@ -80,19 +83,19 @@ def test_reduce_dict_needs_a_dict(local_comm) -> None:
     assert local_comm.reduce_dict({"a": {"b": 1}}, "mean") == {"a": {"b": 1.0}}
 
 
-# ------------------------------------------------------------ scatter_objects
+# ------------------------------------------------------------ scatter_object
 
 
 def scatter(comm, length):
     items = [{"shard": i} for i in range(length)] if comm.rank == 1 else None
-    return comm.scatter_objects(items, src=1)
+    return comm.scatter_object(items, src=1)
 
 
-def test_scatter_objects_gives_each_rank_its_item(dist_world) -> None:
+def test_scatter_object_gives_each_rank_its_item(dist_world) -> None:
     assert dist_world(3).run(scatter, 3) == [{"shard": 0}, {"shard": 1}, {"shard": 2}]
 
 
-def test_scatter_objects_of_the_wrong_length_fails_on_every_rank(dist_world) -> None:
+def test_scatter_object_of_the_wrong_length_fails_on_every_rank(dist_world) -> None:
     outcomes = dist_world(3).run_outcomes(scatter, 2)
     assert all(isinstance(o.error, InvalidArgumentError) for o in outcomes)
     assert "src rank 1 passed 2 objects for 3 ranks" in str(outcomes[0].error)
@@ -129,7 +132,7 @@ def test_restricted_codec_refuses_a_malicious_payload(tmp_path: Path) -> None:
     comm = LocalCommunicator()
     comm.object_codec = RestrictedCodec()
     with pytest.raises(UnsafeObjectError):
-        comm.all_gather_objects(Exploit(str(marker)))
+        comm.all_gather_object(Exploit(str(marker)))
     assert not marker.exists()
     with pytest.raises(UnsafeObjectError, match="not a valid restricted pickle"):
         RestrictedCodec().decode(b"garbage")
@@ -144,9 +147,9 @@ def safe_exchange(comm, marker):
         "point": Point(comm.rank, 1),
         "builtins": (1, 2.5, "s", b"b", {1, 2}, frozenset({3}), None, range(2)),
     }
-    gathered = comm.all_gather_objects(payload)
+    gathered = comm.all_gather_object(payload)
     try:
-        comm.all_gather_objects(Exploit(marker) if comm.rank == 1 else "harmless")
+        comm.all_gather_object(Exploit(marker) if comm.rank == 1 else "harmless")
     except UnsafeObjectError as error:
         refused = str(error)
     return [(g["tensor"].dtype, g["tensor"].tolist(), g["empty"].shape, g["array"].tolist(), g["point"], g["builtins"])
@@ -179,7 +182,7 @@ def split_and_use(comm):
         return None
     facade_sum = distutils.all_reduce(comm.rank, group=sub.group)
     inner = sub.split([1])  # nested: called by the members of sub only
-    return sub.rank, sub.world_size, sub.all_reduce(comm.rank), sub.all_gather_objects(comm.rank), facade_sum, (
+    return sub.rank, sub.world_size, sub.all_reduce(comm.rank), sub.all_gather_object(comm.rank), facade_sum, (
         inner.rank if inner else None
     )
 

@@ -10,8 +10,10 @@ from distcomm import (
     DistCommError,
     InconsistentInputError,
     InvalidArgumentError,
+    Communicator,
     LocalCommunicator,
 )
+from distcomm.local import LocalBackend
 
 
 def test_hierarchy_lets_old_code_keep_catching() -> None:
@@ -28,25 +30,25 @@ def test_collective_error_names_operation_rank_and_cause_and_pickles() -> None:
     assert (copy.operation, copy.rank) == ("all_reduce", 3) and "Timed out" in str(copy)
 
 
-class _FailingGathers(LocalCommunicator):
+class _FailingGathers(LocalBackend):
     """A world of one whose gather primitive fails, as a lost peer would make it."""
 
-    def _all_gather_tensor(self, tensor):
+    def all_gather(self, tensor):
         raise CollectiveError("all_gather", 0, "connection closed by peer")
 
 
 @pytest.mark.parametrize(
     ("method", "call"),
     [
-        ("gather_objects", lambda c: c.gather_objects("x")),
-        ("all_gather_objects", lambda c: c.all_gather_objects("x")),
+        ("gather_object", lambda c: c.gather_object("x")),
+        ("all_gather_object", lambda c: c.all_gather_object("x")),
         ("all_gather", lambda c: c.all_gather([torch.ones(2)])),
     ],
-    ids=["gather_objects", "all_gather_objects", "all_gather"],
+    ids=["gather_object", "all_gather_object", "all_gather"],
 )
 def test_a_failed_step_is_reported_under_the_method_the_caller_called(method, call) -> None:
     with pytest.raises(CollectiveError) as raised:
-        call(_FailingGathers())
+        call(Communicator(_FailingGathers()))
     assert raised.value.operation == method
     assert str(raised.value) == f"{method} failed on rank 0: its all_gather step failed: connection closed by peer"
     assert isinstance(raised.value.__cause__, CollectiveError)
@@ -56,17 +58,14 @@ def test_inconsistent_input_is_an_invalid_argument() -> None:
     assert issubclass(InconsistentInputError, InvalidArgumentError)
 
 
-class _FailingPeers(LocalCommunicator):
+class _FailingPeers(_FailingGathers):
     """A world of two whose gather primitive fails: the agreement step of a reduction fails."""
 
     world_size = 2
 
-    def _all_gather_tensor(self, tensor):
-        raise CollectiveError("all_gather", 0, "connection closed by peer")
-
 
 def test_a_failed_agreement_is_reported_under_the_reduction() -> None:
     with pytest.raises(CollectiveError, match="^all_reduce failed on rank 0: its all_gather step failed"):
-        _FailingPeers().all_reduce({"loss": 1.0})
+        Communicator(_FailingPeers()).all_reduce({"loss": 1.0})
     with pytest.raises(CollectiveError, match="^reduce_dict failed on rank 0: its all_gather step failed"):
-        _FailingPeers().reduce_dict({"loss": 1.0})
+        Communicator(_FailingPeers()).reduce_dict({"loss": 1.0})

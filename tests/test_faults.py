@@ -22,10 +22,10 @@ OPERATIONS = {
     "all_reduce number": lambda c: c.all_reduce(1.0),
     "reduce_dict": lambda c: c.reduce_dict({"loss": 1.0}),
     "all_gather": lambda c: c.all_gather(torch.ones(c.rank + 1)),
-    "all_gather_objects": lambda c: c.all_gather_objects("x"),
-    "gather_objects": lambda c: c.gather_objects("x", dst=1),
+    "all_gather_object": lambda c: c.all_gather_object("x"),
+    "gather_object": lambda c: c.gather_object("x", dst=1),
     "broadcast_object": lambda c: c.broadcast_object("x", src=1),
-    "scatter_objects": lambda c: c.scatter_objects(["a", "b", "c"] if c.rank == 0 else None),
+    "scatter_object": lambda c: c.scatter_object(["a", "b", "c"] if c.rank == 0 else None),
 }
 
 

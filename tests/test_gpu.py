@@ -26,7 +26,7 @@ def nccl_collectives(comm):
     return (
         comm.all_reduce(r + 1),
         comm.all_reduce([1, 2.5], "max"),
-        comm.all_gather_objects({"rank": r}),
+        comm.all_gather_object({"rank": r}),
         comm.broadcast_object("config" if r == 0 else None),
         [tuple(g.shape) for g in comm.all_gather(torch.zeros(r + 1, 2, device="cuda"))],
     )
@@ -79,7 +79,7 @@ def test_nccl_group_created_directly_without_a_device_set(tmp_path) -> None:
         "import torch, torch.distributed as dist; from distcomm import TorchDistCommunicator; "
         f"dist.init_process_group('nccl', init_method='file://{tmp_path}/rdv', rank=0, world_size=1); "
         "comm = TorchDistCommunicator(); comm.barrier(); "
-        "print(comm.device, comm.all_gather_objects({'a': 1}), comm.all_reduce(2.5), comm.broadcast_object('x')); "
+        "print(comm.device, comm.all_gather_object({'a': 1}), comm.all_reduce(2.5), comm.broadcast_object('x')); "
         "dist.destroy_process_group()"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

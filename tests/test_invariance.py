@@ -129,11 +129,11 @@ def describe_all(comm: Communicator) -> dict[str, Any]:
     assert [d["n"] for d in gathered_dict] == list(range(n))
     kinds["all_gather dict"] = per_rank_kind(gathered_dict, comm)
 
-    objects = comm.all_gather_objects({"rank": r})
+    objects = comm.all_gather_object({"rank": r})
     assert objects == [{"rank": i} for i in range(n)]
-    kinds["all_gather_objects"] = per_rank_kind(objects, comm)
-    at_root = comm.gather_objects(("x", r), dst=0)
-    kinds["gather_objects"] = per_rank_kind(at_root, comm) if r == 0 else None
+    kinds["all_gather_object"] = per_rank_kind(objects, comm)
+    at_root = comm.gather_object(("x", r), dst=0)
+    kinds["gather_object"] = per_rank_kind(at_root, comm) if r == 0 else None
     if r == 0:
         assert at_root == [("x", i) for i in range(n)]
     else:
@@ -159,5 +159,5 @@ def test_kinds_equal_local_at_every_world_size(dist_world, world_size: int) -> N
     for rank, kinds in enumerate(dist_world(world_size).run(describe_all)):
         different = {k: (kinds[k], expected[k]) for k in expected if kinds.get(k) != expected[k]}
         if rank != 0:  # only rank 0 receives the gather_objects list
-            different.pop("gather_objects", None)
+            different.pop("gather_object", None)
         assert not different, f"rank {rank} of {world_size}: kinds differ from LocalCommunicator: {different}"

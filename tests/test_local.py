@@ -15,13 +15,13 @@ def test_gathers_return_new_objects_as_over_a_real_group(local_comm) -> None:
     (only,) = local_comm.all_gather(t)
     assert only is not t and torch.equal(only, t)
     obj = {"a": [1]}
-    (copy,) = local_comm.all_gather_objects(obj)
+    (copy,) = local_comm.all_gather_object(obj)
     assert copy == obj and copy is not obj
 
 
 def test_objects_are_pickled_so_unpicklable_ones_fail_in_single_process_tests_too(local_comm) -> None:
     with pytest.raises(InvalidArgumentError, match="cannot be pickled"):
-        local_comm.all_gather_objects(lambda: None)
+        local_comm.all_gather_object(lambda: None)
 
 
 def test_context_manager_closes(local_comm) -> None:
@@ -39,4 +39,4 @@ def test_complex_min_and_broadcast_object_list_need_valid_input(local_comm) -> N
     with pytest.raises(InvalidArgumentError, match="needs a list"):
         local_comm.broadcast_object_list((1, 2))
     with pytest.raises(InvalidArgumentError, match="dst=1 is outside the group"):
-        local_comm.gather_objects(1, dst=1)
+        local_comm.gather_object(1, dst=1)

@@ -84,11 +84,11 @@ def send_a_lying_slot(comm, claimed: int, safe: bool):
     if comm.rank == 1:  # a peer whose slot announces a payload it never sends
         slot = torch.zeros(OBJECT_SLOT_BYTES, dtype=torch.uint8)
         slot[:8] = torch.from_numpy(np.array([claimed], dtype="<i8").view(np.uint8))
-        comm._all_gather_tensor(slot)
+        comm.tensor_backend.all_gather(slot)
         return "sent"
     before = _peak_rss_mib()
     try:
-        comm.all_gather_objects("honest")
+        comm.all_gather_object("honest")
     except UnsafeObjectError as error:
         return str(error), _peak_rss_mib() - before
     return "accepted", _peak_rss_mib() - before

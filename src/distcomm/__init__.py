@@ -6,29 +6,38 @@ tests. Every result's kind depends on the input, never on the world size.
 """
 
 from distcomm.active import get_communicator, set_communicator, use_communicator
-from distcomm.checked import CheckedCommunicator
-from distcomm.communicator import Communicator, Handle
+from distcomm.backend import Backend
+from distcomm.checked import CheckedCommunicator, CheckHook
+from distcomm.communicator import Communicator
 from distcomm.config import DistributedConfig
 from distcomm.errors import (
     CollectiveError,
+    ClosedCommunicatorError,
     CollectiveMismatchError,
     ConfigurationError,
     DistCommError,
     InconsistentInputError,
     InvalidArgumentError,
+    ObjectDecodeError,
 )
+from distcomm.handles import Handle
+from distcomm.hooks import Call, Hook, HookHandle
 from distcomm.helpers import all_ranks, any_rank, main_process_first, rank_zero_only, split_between_ranks
 from distcomm.launch import LaunchPlan, cleanup, plan_launch, setup
 from distcomm.local import LocalCommunicator
 from distcomm.ops import ReduceOp
-from distcomm.profiled import ProfiledCommunicator
+from distcomm.profiled import ProfiledCommunicator, ProfileHook
 from distcomm.serialization import PickleCodec, RestrictedCodec, UnsafeObjectError, register_safe_class
 from distcomm.torch_dist import TorchDistCommunicator
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Backend",
+    "Call",
+    "CheckHook",
     "CheckedCommunicator",
+    "ClosedCommunicatorError",
     "CollectiveError",
     "CollectiveMismatchError",
     "Communicator",
@@ -36,12 +45,16 @@ __all__ = [
     "DistCommError",
     "DistributedConfig",
     "Handle",
+    "Hook",
+    "HookHandle",
     "InconsistentInputError",
     "InvalidArgumentError",
     "LaunchPlan",
     "LocalCommunicator",
+    "ObjectDecodeError",
     "ReduceOp",
     "PickleCodec",
+    "ProfileHook",
     "ProfiledCommunicator",
     "RestrictedCodec",
     "TorchDistCommunicator",

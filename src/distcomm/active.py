@@ -9,15 +9,16 @@ Resolution order for :func:`get_communicator`:
    is initialized, even one the caller created directly with ``init_process_group``;
 4. otherwise a :class:`LocalCommunicator`.
 
-``DISTCOMM_DEBUG=1`` and ``DISTCOMM_PROFILE=1`` wrap the communicators of 2 and 3 in
-a :class:`CheckedCommunicator` and a :class:`ProfiledCommunicator`.
+``DISTCOMM_DEBUG=1`` and ``DISTCOMM_PROFILE=1`` make every communicator distcomm
+hands out a :class:`CheckedCommunicator` or a :class:`ProfiledCommunicator` (see
+:func:`instrument`): those of 1, 2 and 3, the one :func:`~distcomm.setup` returns, the
+facade's per-group ones, and the one :class:`distcomm.testing.World` gives a test.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
-import os
 import threading
 from collections.abc import Iterator
 
@@ -28,6 +29,7 @@ from distcomm.communicator import Communicator
 from distcomm.errors import InvalidArgumentError
 from distcomm.local import LocalCommunicator
 from distcomm.profiled import ProfiledCommunicator
+from distcomm.rules import environment_flag
 from distcomm.torch_dist import TorchDistCommunicator
 
 _scoped: contextvars.ContextVar[Communicator | None] = contextvars.ContextVar("distcomm_scoped", default=None)
@@ -66,10 +68,6 @@ def _follow_default_group(default_group: object) -> Communicator:
         return _follower
 
 
-def _environment_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def _wrapped_by(comm: Communicator, kind: type) -> bool:
     while comm is not None:
         if isinstance(comm, kind):
@@ -79,11 +77,13 @@ def _wrapped_by(comm: Communicator, kind: type) -> bool:
 
 
 def instrument(comm: Communicator) -> Communicator:
-    """Wrap ``comm`` as the environment asks: ``DISTCOMM_DEBUG=1`` checks every collective
-    (:class:`CheckedCommunicator`), ``DISTCOMM_PROFILE=1`` times it (:class:`ProfiledCommunicator`)."""
-    if _environment_flag("DISTCOMM_DEBUG") and not _wrapped_by(comm, CheckedCommunicator):
+    """``comm`` with the hooks the environment asks for: ``DISTCOMM_DEBUG=1`` checks every
+    collective (:class:`CheckedCommunicator`), ``DISTCOMM_PROFILE=1`` times it
+    (:class:`ProfiledCommunicator`, whose timings exclude the checks). ``comm`` itself
+    when neither is set, or it already has them."""
+    if environment_flag("DISTCOMM_DEBUG") and not _wrapped_by(comm, CheckedCommunicator):
         comm = CheckedCommunicator(comm)
-    if _environment_flag("DISTCOMM_PROFILE") and not _wrapped_by(comm, ProfiledCommunicator):
+    if environment_flag("DISTCOMM_PROFILE") and not _wrapped_by(comm, ProfiledCommunicator):
         comm = ProfiledCommunicator(comm)
     return comm
 
@@ -110,8 +110,10 @@ def set_communicator(comm: Communicator | None) -> Communicator | None:
 @contextlib.contextmanager
 def use_communicator(comm: Communicator) -> Iterator[Communicator]:
     """Make ``comm`` active inside the block, in this thread only, and restore the
-    previous one afterwards, even on error and when blocks nest."""
+    previous one afterwards, even on error and when blocks nest. Yields the active
+    communicator: ``comm``, or ``comm`` with the hooks the environment asks for."""
     _check(comm, allow_none=False)
+    comm = instrument(comm)
     token = _scoped.set(comm)
     try:
         yield comm

@@ -60,11 +60,12 @@ def agree(comm: Communicator, operation: str, claim: Claim) -> np.ndarray:
     header[1] = digest64(repr(claim.layout).encode())
     header[2] = len(claim.layout)
     header[3:] = claim.numbers
-    rows = comm._all_gather_tensor(torch.from_numpy(header).to(comm.device))
-    table = torch.stack(rows).cpu().numpy()
+    table = comm.tensor_backend.all_gather(torch.from_numpy(header).to(comm.device)).cpu().numpy()
     if not table[:, 0].any() and (table[:, 1:3] == table[0, 1:3]).all():
         return table[:, 3:]
-    claims = comm.all_gather_objects((claim.problem, claim.layout))
+    from distcomm.objects import all_gather_objects  # objects builds on this module
+
+    claims = all_gather_objects(comm, (claim.problem, claim.layout), operation)
     raise InconsistentInputError(explain(operation, claims))
 
 

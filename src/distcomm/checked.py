@@ -16,27 +16,27 @@ from __future__ import annotations
 import datetime
 import itertools
 import logging
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import torch.distributed as dist
 
-from distcomm.communicator import Communicator
+from distcomm.communicator import Communicator, CommunicatorView
 from distcomm.errors import CollectiveError, CollectiveMismatchError
-from distcomm.wrapper import CommunicatorWrapper
+from distcomm.hooks import Call, Hook
+from distcomm.objects import all_gather_objects
+from distcomm.rules import as_timeout
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 
-DEFAULT_TIMEOUT = datetime.timedelta(minutes=5)
+FALLBACK_TIMEOUT = datetime.timedelta(minutes=5)
+"""How long to wait for the other ranks where the group's own timeout cannot be read."""
 _instances: dict[str, itertools.count[int]] = {}
 """Checked communicators made per group, so each gets its own keys (ranks make them in the same order)."""
 
 
 def _store_of(comm: Communicator) -> Any:
     """The key-value store every rank of ``comm``'s group can reach, or None (then objects are exchanged)."""
-    group = getattr(comm, "group", None)
-    if group is None or not (dist.is_available() and dist.is_initialized()):
+    if comm.group is None or not (dist.is_available() and dist.is_initialized()):
         return None
     try:
         return dist.distributed_c10d._get_default_store()  # shared by all ranks of every group
@@ -44,8 +44,68 @@ def _store_of(comm: Communicator) -> Any:
         return None
 
 
-class CheckedCommunicator(CommunicatorWrapper):
-    """Wraps ``inner`` and checks, before each collective, that all ranks make the same call.
+class CheckHook(Hook):
+    """Before each collective, checks through the group's store that every rank makes the same call.
+
+    See :class:`CheckedCommunicator`, the usual way to attach it.
+    """
+
+    order = 0  # first: a mismatch stops the call before anything else sees it
+
+    def __init__(self, comm: Communicator, timeout: datetime.timedelta | float | None = None) -> None:
+        self.timeout = as_timeout(timeout) if timeout is not None else comm.timeout or FALLBACK_TIMEOUT
+        self._comm = comm
+        self._sequence = itertools.count(1)
+        self._store = _store_of(comm)
+        group_name = str(getattr(comm.group, "group_name", "local"))
+        instance = next(_instances.setdefault(group_name, itertools.count()))
+        self._namespace = f"distcomm-check/{group_name}/{instance}"
+
+    def for_split(self, child: Communicator) -> Hook:
+        return CheckHook(child, self.timeout)
+
+    def before(self, call: Call) -> None:
+        if self._comm.world_size > 1:
+            description = f"{call.operation} {call.details}".strip()
+            self._agree(next(self._sequence), call.operation, description)
+
+    def _agree(self, sequence: int, operation: str, call: str) -> None:
+        calls = self._calls_by_store(sequence, operation, call) if self._store else self._calls_by_objects(call)
+        if any(c != calls[0] for c in calls):
+            listing = "; ".join(f"rank {r}: {c}" for r, c in enumerate(calls))
+            raise CollectiveMismatchError(
+                operation,
+                self._comm.rank,
+                f"ranks made different collective calls at call #{sequence}: {listing}",
+            )
+
+    def _calls_by_objects(self, call: str) -> list[str]:
+        return all_gather_objects(self._comm, call, "check")
+
+    def _calls_by_store(self, sequence: int, operation: str, call: str) -> list[str]:
+        store, rank, world_size = self._store, self._comm.rank, self._comm.world_size
+        keys = [f"{self._namespace}/{sequence}/{r}" for r in range(world_size)]
+        store.set(keys[rank], call)
+        try:
+            store.wait(keys, self.timeout)
+        except RuntimeError as error:
+            missing = [r for r, key in enumerate(keys) if not store.check([key])]
+            if not missing:
+                raise CollectiveError(operation, rank, error) from error
+            raise CollectiveError(
+                operation,
+                rank,
+                f"rank(s) {', '.join(map(str, missing))} did not reach call #{sequence} ({call}) within "
+                f"{self.timeout.total_seconds():g} s: they died, hang elsewhere, or skipped this collective",
+            ) from error
+        calls = [value.decode() for value in store.multi_get(keys)]
+        if sequence > 2:  # every rank has read call sequence-2 by now (they all wrote sequence-1)
+            store.delete_key(f"{self._namespace}/{sequence - 2}/{rank}")
+        return calls
+
+
+class CheckedCommunicator(CommunicatorView):
+    """``inner`` with a :class:`CheckHook`: before each collective, all ranks must make the same call.
 
     ``timeout`` (seconds or a timedelta) bounds how long a rank waits for the others'
     fingerprints; it defaults to the group's own timeout (five minutes where the group
@@ -59,55 +119,15 @@ class CheckedCommunicator(CommunicatorWrapper):
     """
 
     def __init__(self, inner: Communicator, timeout: datetime.timedelta | float | None = None) -> None:
-        super().__init__(inner)
-        if timeout is None:
-            timeout = getattr(inner, "timeout", None) or DEFAULT_TIMEOUT
-        self.timeout = timeout if isinstance(timeout, datetime.timedelta) else datetime.timedelta(seconds=timeout)
-        self._sequence = itertools.count(1)
-        self._store = _store_of(inner)
-        group_name = str(getattr(getattr(inner, "group", None), "group_name", "local"))
-        instance = next(_instances.setdefault(group_name, itertools.count()))
-        self._namespace = f"distcomm-check/{group_name}/{instance}"
+        if not isinstance(inner, Communicator):
+            raise TypeError(f"CheckedCommunicator wraps a Communicator, got {type(inner).__name__}")
+        self.check = CheckHook(inner, timeout)
+        super().__init__(inner, self.check)
 
-    def _wrap_child(self, child: Communicator) -> Communicator:
-        return CheckedCommunicator(child, self.timeout)
+    @property
+    def timeout(self) -> datetime.timedelta:
+        """How long a rank waits for the others' fingerprints."""
+        return self.check.timeout
 
-    def _intercept(self, operation: str, details: str, payload: Any, run: Callable[[], T]) -> T:
-        if self.world_size > 1:
-            call = f"{operation} {details}".strip()
-            self._agree(next(self._sequence), operation, call)
-        return run()
-
-    def _agree(self, sequence: int, operation: str, call: str) -> None:
-        calls = self._calls_by_store(sequence, operation, call) if self._store else self._calls_by_objects(call)
-        if any(c != calls[0] for c in calls):
-            listing = "; ".join(f"rank {r}: {c}" for r, c in enumerate(calls))
-            raise CollectiveMismatchError(
-                operation,
-                self.rank,
-                f"ranks made different collective calls at call #{sequence}: {listing}",
-            )
-
-    def _calls_by_objects(self, call: str) -> list[str]:
-        return self.inner.all_gather_objects(call)
-
-    def _calls_by_store(self, sequence: int, operation: str, call: str) -> list[str]:
-        store = self._store
-        keys = [f"{self._namespace}/{sequence}/{r}" for r in range(self.world_size)]
-        store.set(keys[self.rank], call)
-        try:
-            store.wait(keys, self.timeout)
-        except RuntimeError as error:
-            missing = [r for r, key in enumerate(keys) if not store.check([key])]
-            if not missing:
-                raise CollectiveError(operation, self.rank, error) from error
-            raise CollectiveError(
-                operation,
-                self.rank,
-                f"rank(s) {', '.join(map(str, missing))} did not reach call #{sequence} ({call}) within "
-                f"{self.timeout.total_seconds():g} s: they died, hang elsewhere, or skipped this collective",
-            ) from error
-        calls = [value.decode() for value in store.multi_get(keys)]
-        if sequence > 2:  # every rank has read call sequence-2 by now (they all wrote sequence-1)
-            store.delete_key(f"{self._namespace}/{sequence - 2}/{self.rank}")
-        return calls
+    def _rewrap(self, child: Communicator) -> Communicator:
+        return CheckedCommunicator(child, self.check.timeout)

@@ -10,8 +10,8 @@ import attrs
 import torch
 
 from distcomm.errors import ConfigurationError
+from distcomm.rules import BACKENDS, default_backend
 
-BACKENDS = ("nccl", "gloo", "mpi")
 RENDEZVOUS_SCHEMES = ("env://", "tcp://", "file://")
 
 # Legacy dict key -> field name; the legacy spellings are kept on purpose.
@@ -119,7 +119,7 @@ class DistributedConfig:
         """The backend to use: the configured one, or NCCL/Gloo by the hardware."""
         if self.backend is not None:
             return self.backend
-        return "nccl" if torch.cuda.is_available() and not self.cpu else "gloo"
+        return default_backend(cpu=self.cpu)
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any] | DistributedConfig) -> DistributedConfig:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from distcomm.errors import InvalidArgumentError
+from distcomm.rules import INT64_MAX, INT64_MIN
 
 _PYTHON_NUMBER_DTYPES: dict[type, torch.dtype] = {
     bool: torch.bool,
@@ -21,7 +22,6 @@ _PYTHON_NUMBER_DTYPES: dict[type, torch.dtype] = {
     float: torch.float64,
     complex: torch.complex128,
 }
-_INT64_RANGE = (-(2**63), 2**63 - 1)
 
 ACCEPTED = "a tensor, a Python number, a NumPy array or number, or a dict/list/tuple of those"
 
@@ -49,7 +49,7 @@ def to_tensor(value: Any, operation: str, where: str = "") -> torch.Tensor:
         return value
     kind = type(value)
     if kind in _PYTHON_NUMBER_DTYPES:
-        if kind is int and not _INT64_RANGE[0] <= value <= _INT64_RANGE[1]:
+        if kind is int and not INT64_MIN <= value <= INT64_MAX:
             raise InvalidArgumentError(
                 f"{operation}: the int {value}{_at(where)} does not fit in 64 bits; "
                 "pass it as a float or split it"

@@ -11,7 +11,6 @@ returns a NumPy array (or a number, for one element).
 
 from __future__ import annotations
 
-import threading
 from typing import Any, TypeVar
 
 import numpy as np
@@ -19,9 +18,10 @@ import torch
 import torch.distributed as dist
 
 from distcomm import devices, launch
-from distcomm.active import get_communicator
-from distcomm.communicator import Communicator, Handle
-from distcomm.reduction import INT64_MAX, INT64_MIN
+from distcomm.active import get_communicator, instrument
+from distcomm.communicator import Communicator
+from distcomm.handles import Handle
+from distcomm.rules import INT64_MAX, INT64_MIN
 from distcomm.conversion import describe
 from distcomm.errors import InvalidArgumentError
 from distcomm.torch_dist import TorchDistCommunicator
@@ -58,12 +58,14 @@ __all__ = [
 # the life of the process, so that a destroyed Gloo group outlives it and aborts the
 # interpreter at exit (torch.distributed.nn.functional has exactly that problem).
 _DEFAULT_GROUP = None
-_group_communicators: dict[Any, Communicator] = {}
-_group_lock = threading.Lock()
 
 
 def _communicator_for(group: Any) -> Communicator:
-    """The active communicator for the default group; a cached one for any other group."""
+    """The active communicator for the default group; a new one for any other group.
+
+    Nothing is cached for other groups, so the facade holds no process group past its
+    life (a destroyed group kept alive to interpreter exit can abort the process there).
+    """
     if group is None or group is dist.group.WORLD:
         return get_communicator()
     if not isinstance(group, dist.ProcessGroup):
@@ -71,11 +73,7 @@ def _communicator_for(group: Any) -> Communicator:
             f"group must be a torch.distributed ProcessGroup (a communicator's .group), or None for the "
             f"default group; got {describe(group)}"
         )
-    with _group_lock:
-        comm = _group_communicators.get(group)
-        if comm is None:
-            comm = _group_communicators[group] = TorchDistCommunicator(group=group)
-        return comm
+    return instrument(TorchDistCommunicator(group=group))
 
 
 def _legacy_tensor(data: Any, operation: str, device: Any) -> torch.Tensor:
@@ -104,8 +102,6 @@ def setup(config) -> None:  # type: ignore[no-untyped-def]
 
 def cleanup() -> None:
     """Destroy the default process group if there is one; harmless when repeated."""
-    with _group_lock:
-        _group_communicators.clear()
     launch.cleanup()
 
 
@@ -213,7 +209,7 @@ def all_gather(data, group=_DEFAULT_GROUP, device=None) -> list[torch.Tensor]:  
 
 def gather_objects(data: T, group: torch.distributed.ProcessGroup = _DEFAULT_GROUP) -> list[T]:  # type: ignore[assignment]
     """Gather a list of pickleable objects into rank 0 (``None`` on the other ranks)."""
-    return _communicator_for(group).gather_objects(data, dst=0)  # type: ignore[return-value]
+    return _communicator_for(group).gather_object(data, dst=0)  # type: ignore[return-value]
 
 
 def assign_device_for_local_rank(cpu: bool, local_rank: int):  # type: ignore[no-untyped-def]

@@ -8,12 +8,18 @@ Two families matter to callers:
 * :class:`CollectiveError` is raised when a collective that was started cannot
   complete (a timeout, a lost peer). It is also a ``RuntimeError`` so that code
   written against raw ``torch.distributed`` keeps catching it.
+
+Two more say when they happen: :class:`ConfigurationError` before a job can start (a
+launch setting or a missing environment variable), and :class:`ObjectDecodeError`
+after data moved, when a receiver refuses to rebuild a peer's payload.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 class DistCommError(Exception):
@@ -32,8 +38,20 @@ class InconsistentInputError(InvalidArgumentError):
     """
 
 
+class ClosedCommunicatorError(InvalidArgumentError):
+    """A collective was called on a communicator after :meth:`~distcomm.Communicator.close`."""
+
+
 class ConfigurationError(DistCommError, ValueError):
     """A launch configuration or environment that cannot start a job."""
+
+
+class ObjectDecodeError(DistCommError):
+    """A receiver refused to rebuild a peer's payload (it arrived; it was not trusted or not valid).
+
+    Not an :class:`InvalidArgumentError`: the data already moved, and only the
+    receiving ranks raise it.
+    """
 
 
 class CollectiveError(DistCommError, RuntimeError):
@@ -62,17 +80,25 @@ class CollectiveMismatchError(CollectiveError):
     """Ranks entered different collectives (or the same one with different shapes)."""
 
 
-@contextlib.contextmanager
-def renamed_failures(operation: str, rank: int) -> Iterator[None]:
-    """Name the method the caller called in a :class:`CollectiveError` raised by one of its steps."""
+def call_torch(step: str, rank: int, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """Call a torch.distributed function; its failure becomes a :class:`CollectiveError` naming ``step``."""
     try:
-        yield
-    except CollectiveError as error:
-        if error.operation == operation:
-            raise
-        step, reason = error.step, error.reason
-        if reason is None:
-            reason = error.cause if isinstance(error.cause, str) else f"{type(error.cause).__name__}: {error.cause}"
-        renamed = type(error)(operation, rank, f"its {step} step failed: {reason}")
-        renamed.step, renamed.reason = step, reason
-        raise renamed from error
+        return fn(*args, **kwargs)
+    except DistCommError:
+        raise
+    except RuntimeError as error:
+        raise CollectiveError(step, rank, error) from error
+
+
+def renamed(error: CollectiveError, operation: str, rank: int) -> CollectiveError:
+    """``error`` as raised by ``operation``, the method the caller called, naming the failed step
+    (``error`` itself when it already speaks for ``operation``)."""
+    if error.operation == operation and (error.reason is not None or isinstance(error, CollectiveMismatchError)):
+        return error
+    step, reason = error.step, error.reason
+    if reason is None:
+        reason = error.cause if isinstance(error.cause, str) else f"{type(error.cause).__name__}: {error.cause}"
+    result = type(error)(operation, rank, f"its {step} step failed: {reason}")
+    result.step, result.reason = step, reason
+    result.__cause__ = error
+    return result

@@ -21,7 +21,8 @@ import attrs
 import torch
 import torch.distributed as dist
 
-from distcomm.active import forget_default_group, set_communicator
+from distcomm.active import forget_default_group, instrument, set_communicator
+from distcomm.communicator import Communicator
 from distcomm.config import DistributedConfig
 from distcomm.devices import assign_device_for_local_rank
 from distcomm.errors import CollectiveError, ConfigurationError, DistCommError
@@ -84,6 +85,34 @@ def _int_variable(name: str, environ: Mapping[str, str]) -> int:
         return int(value)
     except ValueError:
         raise ConfigurationError(f"environment variable {name}={value!r} is not an integer") from None
+
+
+_IDENTITY_VARIABLES = (
+    ("torchrun", "RANK", "WORLD_SIZE"),
+    ("SLURM", "SLURM_PROCID", "SLURM_NTASKS"),
+    ("LSF/jsrun", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
+)
+
+
+def identity_from_environment(environ: Mapping[str, str] | None = None) -> tuple[int, int]:
+    """This process's rank and the world size, as the launcher exported them.
+
+    The first launcher whose rank variable is set wins (torchrun, then SLURM, then
+    LSF); a missing or malformed value is a :class:`ConfigurationError` naming it.
+    """
+    environ = os.environ if environ is None else environ
+    for launcher, rank_name, size_name in _IDENTITY_VARIABLES:
+        if rank_name in environ:
+            if size_name not in environ:
+                raise MissingEnvironmentError(
+                    f"{rank_name} is set but {size_name} is not: {launcher} should export both; pass world_size"
+                )
+            return _int_variable(rank_name, environ), _int_variable(size_name, environ)
+    names = ", ".join(f"{r}/{s} ({launcher})" for launcher, r, s in _IDENTITY_VARIABLES)
+    raise MissingEnvironmentError(
+        f"rank and world_size were not given and no launcher exported them (looked for {names}): "
+        "pass rank= and world_size=, or start the job with torchrun, srun or jsrun"
+    )
 
 
 def slurm_hostnames(node_list: str, path: str | None = None) -> list[str]:
@@ -253,9 +282,10 @@ def _assign_device(settings: DistributedConfig, local_rank: int) -> None:
         torch.cuda.set_device(local_rank)
 
 
-def setup(config: MutableMapping[str, Any] | DistributedConfig) -> TorchDistCommunicator:
+def setup(config: MutableMapping[str, Any] | DistributedConfig) -> Communicator:
     """Create the default process group as ``config`` and the environment say, and make
-    the new communicator the active one. A dict config gets ``init_method``, ``rank``
+    the new communicator the active one (with the hooks ``DISTCOMM_DEBUG`` and
+    ``DISTCOMM_PROFILE`` ask for). A dict config gets ``init_method``, ``rank``
     and ``local_rank`` written back, as legacy callers expect."""
     settings = DistributedConfig.from_mapping(config)
     if dist.is_initialized():
@@ -292,6 +322,7 @@ def setup(config: MutableMapping[str, Any] | DistributedConfig) -> TorchDistComm
             f"already in use by another process: choose another port ({PORT_OVERRIDE_VARIABLE} under "
             f"SLURM and LSF) or stop that process. {error.cause}",
         ) from error
+    comm = instrument(comm)
     set_communicator(comm)
     logger.info("%s launch: rank %d of %d (local rank %d)", plan.launcher, plan.rank, plan.world_size, plan.local_rank)
     return comm

@@ -13,16 +13,14 @@ bytes of all ranks); bus bandwidth scales it by what each link carries:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import attrs
 import torch
 
-from distcomm.communicator import Communicator
-from distcomm.wrapper import CommunicatorWrapper, payload_bytes
-
-T = TypeVar("T")
+from distcomm.communicator import Communicator, CommunicatorView
+from distcomm.hooks import Call, Hook
+from distcomm.objects import all_gather_objects
 
 
 @attrs.define
@@ -60,32 +58,56 @@ def algorithm_bytes(operation: str, size: int, world_size: int) -> int:
     return size * world_size if operation.startswith("all_gather") else size
 
 
-class ProfiledCommunicator(CommunicatorWrapper):
-    """Wraps ``inner`` and records every collective's latency."""
+class ProfileHook(Hook):
+    """Times every collective and keeps :class:`OpStats` per (operation, message size)."""
 
-    def __init__(self, inner: Communicator, *, synchronize_cuda: bool = False) -> None:
-        super().__init__(inner)
+    order = 100  # closest to the call: checks and other hooks are not timed
+
+    def __init__(self, *, synchronize_cuda: bool = False) -> None:
         self.synchronize_cuda = synchronize_cuda and torch.cuda.is_available()
         self.stats: dict[tuple[str, int], OpStats] = {}
+        self._started: list[float] = []
 
-    def _wrap_child(self, child: Communicator) -> Communicator:
-        return ProfiledCommunicator(child, synchronize_cuda=self.synchronize_cuda)
+    def for_split(self, child: Communicator) -> Hook:
+        return ProfileHook(synchronize_cuda=self.synchronize_cuda)
 
-    def _intercept(self, operation: str, details: str, payload: Any, run: Callable[[], T]) -> T:
-        size = payload_bytes(payload) if payload is not None else 0
+    def before(self, call: Call) -> None:
         if self.synchronize_cuda:
             torch.cuda.synchronize()
-        start = time.perf_counter()
-        result = run()
-        if self.synchronize_cuda:
+        self._started.append(time.perf_counter())
+
+    def after(self, call: Call, error: BaseException | None) -> None:
+        if self.synchronize_cuda and error is None:
             torch.cuda.synchronize()
-        elapsed = time.perf_counter() - start
-        key = (operation, size)
+        elapsed = time.perf_counter() - self._started.pop()
+        if error is not None:
+            return
+        key = (call.operation, call.payload_bytes)
         stats = self.stats.get(key)
         if stats is None:
             stats = self.stats[key] = OpStats()
         stats.add(elapsed)
-        return result
+
+
+class ProfiledCommunicator(CommunicatorView):
+    """``inner`` with a :class:`ProfileHook`: every collective's latency, per operation and size."""
+
+    def __init__(self, inner: Communicator, *, synchronize_cuda: bool = False) -> None:
+        if not isinstance(inner, Communicator):
+            raise TypeError(f"ProfiledCommunicator wraps a Communicator, got {type(inner).__name__}")
+        self.profile = ProfileHook(synchronize_cuda=synchronize_cuda)
+        super().__init__(inner, self.profile)
+
+    @property
+    def synchronize_cuda(self) -> bool:
+        return self.profile.synchronize_cuda
+
+    @property
+    def stats(self) -> dict[tuple[str, int], OpStats]:
+        return self.profile.stats
+
+    def _rewrap(self, child: Communicator) -> Communicator:
+        return ProfiledCommunicator(child, synchronize_cuda=self.synchronize_cuda)
 
     def reset(self) -> None:
         self.stats.clear()
@@ -121,7 +143,7 @@ class ProfiledCommunicator(CommunicatorWrapper):
         ``mean_us`` per rank, and ``wait_us`` (own minus the minimum) per rank.
         """
         mine = {f"{op}\0{size}": s.mean_seconds for (op, size), s in self.stats.items()}
-        everyone = self.inner.all_gather_objects(mine)
+        everyone = all_gather_objects(self, mine, "stragglers")
         rows = []
         for key in sorted(set().union(*everyone)):
             op, size = key.split("\0")

@@ -23,7 +23,6 @@ from distcomm.conversion import describe, is_python_number
 from distcomm.errors import InvalidArgumentError
 from distcomm.ops import ReduceOp
 
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 INT64_BITS = 63
 """A Python int fits in int64 when :func:`int_bits` of it is at most this."""
 

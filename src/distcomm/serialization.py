@@ -15,7 +15,6 @@ import builtins
 import collections
 import io
 import math
-import os
 import pickle
 from collections.abc import Iterable
 from typing import Any, Protocol
@@ -23,11 +22,13 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from distcomm.errors import InvalidArgumentError
+from distcomm.errors import InvalidArgumentError, ObjectDecodeError
+from distcomm.rules import DTYPES_BY_NAME, environment_flag
 
 
-class UnsafeObjectError(InvalidArgumentError):
-    """A payload asked to rebuild something outside the allowlist of the restricted codec."""
+class UnsafeObjectError(ObjectDecodeError):
+    """A received payload asked to rebuild something outside the restricted codec's allowlist,
+    or announced more than its limits allow; raised on the receiving ranks."""
 
 
 class ObjectCodec(Protocol):
@@ -78,13 +79,9 @@ _SAFE_GLOBALS: set[tuple[str, str]] = {
     ("collections", "defaultdict"),
     ("collections", "Counter"),
     ("collections", "deque"),
-    # distcomm's own metadata, sent by nested all_gather and scatter_objects
+    # distcomm's own metadata, sent by nested all_gather and scatter_object
     ("distcomm.nested", "TreeSpec"),
 }
-_TORCH_DTYPES = {str(d): d for d in (
-    torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
-    torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.complex64, torch.complex128,
-)}  # fmt: skip
 _NUMPY_KINDS = frozenset("biufc")
 
 
@@ -181,8 +178,8 @@ class _Unpickler(pickle.Unpickler):
         kind, dtype, shape, raw = pid
         if not (isinstance(raw, bytes) and isinstance(shape, tuple) and all(type(n) is int and n >= 0 for n in shape)):
             raise UnsafeObjectError(f"refusing a {kind!r} whose shape or data is malformed")
-        if kind == "tensor" and dtype in _TORCH_DTYPES:
-            torch_dtype = _TORCH_DTYPES[dtype]
+        if kind == "tensor" and dtype in DTYPES_BY_NAME:
+            torch_dtype = DTYPES_BY_NAME[dtype]
             _check_size(kind, shape, torch_dtype.itemsize, raw)
             if not raw:
                 return torch.empty(shape, dtype=torch_dtype)
@@ -233,6 +230,6 @@ class RestrictedCodec:
 
 def default_codec() -> ObjectCodec:
     """The codec of new communicators: restricted when ``DISTCOMM_SAFE_OBJECTS=1``."""
-    if os.environ.get("DISTCOMM_SAFE_OBJECTS", "").strip().lower() in ("1", "true", "yes"):
+    if environment_flag("DISTCOMM_SAFE_OBJECTS"):
         return RestrictedCodec()
     return PickleCodec()

@@ -40,13 +40,13 @@ def mixed_collectives(comm: Communicator, count: int) -> None:
         elif kind == 3:
             comm.all_gather(torch.ones(r + 1 + i % 3, 4))
         elif kind == 4:
-            comm.all_gather_objects({"rank": r, "step": i})
+            comm.all_gather_object({"rank": r, "step": i})
         elif kind == 5:
             comm.broadcast(torch.zeros(64), src=i % comm.world_size)
         elif kind == 6:
             comm.broadcast_object({"config": i} if r == 0 else None)
         elif kind == 7:
-            comm.gather_objects(r, dst=i % comm.world_size)
+            comm.gather_object(r, dst=i % comm.world_size)
         elif kind == 8:
             comm.all_reduce({"a": [1, 2.0], "b": torch.ones(2, dtype=torch.int64)}, "max")
         else:

@@ -91,7 +91,7 @@ def _serve(rank: int, world_size: int, backend: str, init_method: str, timeout: 
     faulthandler.register(signal.SIGUSR1, file=stack_file, all_threads=True)
     import torch
 
-    from distcomm.active import set_communicator
+    from distcomm.active import instrument, set_communicator
     from distcomm.torch_dist import TorchDistCommunicator
 
     torch.set_num_threads(1)
@@ -108,7 +108,8 @@ def _serve(rank: int, world_size: int, backend: str, init_method: str, timeout: 
         codec = comm.object_codec
         try:
             fn, args, kwargs = pickle.loads(payload)
-            reply: tuple[Any, ...] = (call_id, True, fn(comm, *args, **kwargs), "")
+            # With the hooks the environment asks for (DISTCOMM_DEBUG, DISTCOMM_PROFILE), as everywhere.
+            reply: tuple[Any, ...] = (call_id, True, fn(instrument(comm), *args, **kwargs), "")
         except BaseException as error:  # noqa: BLE001 (every failure goes back to the caller)
             reply = (call_id, False, error, traceback.format_exc())
         set_communicator(None)  # leave no state behind for the next call

@@ -1,0 +1,104 @@
+"""The small interface a communicator runs on: identity and a handful of tensor primitives.
+
+A :class:`Backend` moves tensors and nothing else: it knows no Python numbers, nested
+data, objects or reduction rules. Those are given their meaning once, for every
+backend, by :class:`~distcomm.Communicator`. Adding a transport (another library, a
+simulated world) means writing these few methods.
+"""
+
+from __future__ import annotations
+
+import abc
+import datetime
+from typing import Any
+
+import torch
+
+from distcomm.handles import CompletedHandle, Handle
+from distcomm.ops import ReduceOp
+
+
+class Backend(abc.ABC):
+    """Identity and tensor primitives of one group of ranks.
+
+    Tensors given to the primitives are contiguous and on a device that
+    :meth:`accepts`; the communicator makes sure of it.
+    """
+
+    name: str
+    """``"gloo"``, ``"nccl"``, ``"mpi"`` or ``"local"``."""
+    rank: int
+    world_size: int
+    local_rank: int
+
+    @property
+    @abc.abstractmethod
+    def device(self) -> torch.device:
+        """Where data that is not a tensor travels."""
+
+    @property
+    def timeout(self) -> datetime.timedelta | None:
+        """How long a collective may take before it fails (``None``: not known)."""
+        return None
+
+    @property
+    def group(self) -> Any:
+        """The torch.distributed process group, for backends that have one."""
+        return None
+
+    @property
+    def gathers_uneven(self) -> bool:
+        """Whether :meth:`all_gather_uneven` is native (no padding)."""
+        return False
+
+    @abc.abstractmethod
+    def accepts(self, device: torch.device) -> bool:
+        """Whether tensors on ``device`` can be passed to the primitives as they are."""
+
+    @abc.abstractmethod
+    def barrier(self) -> None:
+        """Block until every rank arrives."""
+
+    @abc.abstractmethod
+    def broadcast(self, tensor: torch.Tensor, src: int) -> None:
+        """Fill ``tensor`` in place with ``src``'s tensor."""
+
+    @abc.abstractmethod
+    def all_reduce(self, tensor: torch.Tensor, op: ReduceOp) -> None:
+        """Reduce ``tensor`` in place (``op`` is never ``MEAN``)."""
+
+    @abc.abstractmethod
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """One new tensor of shape ``(world_size, *tensor.shape)``: every rank's tensor, in rank
+        order (every rank passes the same shape and dtype)."""
+
+    def all_gather_uneven(self, tensor: torch.Tensor, shapes: list[torch.Size]) -> list[torch.Tensor]:
+        """Every rank's tensor when shapes differ (``shapes``, known to all): pad, gather, trim."""
+        longest = max(shape.numel() for shape in shapes)
+        flat = tensor.reshape(-1)
+        if tensor.numel() < longest:
+            flat = torch.cat([flat, flat.new_zeros(longest - tensor.numel())])
+        gathered = self.all_gather(flat)
+        return [row[: shape.numel()].reshape(shape) for row, shape in zip(gathered, shapes)]
+
+    def all_reduce_async(self, tensor: torch.Tensor, op: ReduceOp) -> Handle:
+        """Start an in-place reduction; the handle's ``wait()`` returns ``tensor``."""
+        self.all_reduce(tensor, op)
+        return CompletedHandle(tensor)
+
+    def broadcast_async(self, tensor: torch.Tensor, src: int) -> Handle:
+        """Start an in-place broadcast; the handle's ``wait()`` returns ``tensor``."""
+        self.broadcast(tensor, src)
+        return CompletedHandle(tensor)
+
+    def all_gather_async(self, tensor: torch.Tensor) -> Handle:
+        """Start an equal-shape gather; the handle's ``wait()`` returns the ``(world_size, ...)`` tensor."""
+        return CompletedHandle(self.all_gather(tensor))
+
+    @abc.abstractmethod
+    def split(self, members: list[int]) -> Backend | None:
+        """A backend over ``members`` (sorted, valid; every rank calls it) for members, ``None`` for others."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release what the backend holds (called once)."""

@@ -1,0 +1,86 @@
+"""Handles of asynchronous collectives: what ``*_async`` methods return.
+
+A handle says whether its work really runs in the background (:attr:`Handle.asynchronous`):
+where a backend has no asynchronous path for a call (a dtype it must convert, a
+communicator without a process group), the work is done before the handle is returned,
+and the handle says so rather than pretending.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from typing import Any
+
+from distcomm.errors import CollectiveError, DistCommError
+
+
+class Handle(abc.ABC):
+    """An asynchronous collective in flight; :meth:`wait` returns its result."""
+
+    asynchronous: bool = True
+    """Whether the work runs in the background; ``False`` when it finished before the handle was returned."""
+
+    @abc.abstractmethod
+    def wait(self) -> Any:
+        """Block until the collective is done and return its result."""
+
+    @abc.abstractmethod
+    def is_completed(self) -> bool:
+        """Whether :meth:`wait` would return at once."""
+
+
+class CompletedHandle(Handle):
+    """A handle for work that already finished (where no asynchronous path exists)."""
+
+    asynchronous = False
+
+    def __init__(self, result: Any) -> None:
+        self._result = result
+
+    def wait(self) -> Any:
+        return self._result
+
+    def is_completed(self) -> bool:
+        return True
+
+
+class WorkHandle(Handle):
+    """A torch ``Work`` in flight; its failure becomes a :class:`CollectiveError`.
+
+    ``finish`` turns the raw result into what the caller gets, once the work is done.
+    """
+
+    def __init__(self, work: Any, result: Any, step: str, rank: int, finish: Callable[[Any], Any] | None = None) -> None:
+        self._work = work
+        self._result = result
+        self._step = step
+        self._rank = rank
+        self._finish = finish
+
+    def wait(self) -> Any:
+        try:
+            self._work.wait()
+        except DistCommError:
+            raise
+        except RuntimeError as error:
+            raise CollectiveError(self._step, self._rank, error) from error
+        return self._result if self._finish is None else self._finish(self._result)
+
+    def is_completed(self) -> bool:
+        return bool(self._work.is_completed())
+
+
+class ThenHandle(Handle):
+    """The handle of ``inner`` with ``then`` applied to its result (keeps its asynchrony)."""
+
+    def __init__(self, inner: Handle, then: Callable[[Any], Any]) -> None:
+        self._inner = inner
+        self._then = then
+        self.asynchronous = inner.asynchronous
+
+    def wait(self) -> Any:
+        return self._then(self._inner.wait())
+
+    def is_completed(self) -> bool:
+        return self._inner.is_completed()

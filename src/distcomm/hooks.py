@@ -1,0 +1,175 @@
+"""Hooks: how checking, profiling and recording see every collective of a communicator.
+
+Every public collective of :class:`~distcomm.Communicator` is declared with the
+:func:`collective` decorator, so it passes through the communicator's hooks by
+construction: a method added later cannot forget them. A hook's :meth:`Hook.before`
+runs before the call and :meth:`Hook.after` after it (also when it failed), in order
+of :attr:`Hook.order`: checks first, timers closest to the call, so a profile does not
+include a checker's round trips. With no hook attached a call pays one attribute test.
+
+Attach a hook with :meth:`Communicator.register_hook`; the returned
+:class:`HookHandle` removes it.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
+
+from distcomm.errors import ClosedCommunicatorError, CollectiveError, renamed
+
+if TYPE_CHECKING:
+    from distcomm.communicator import Communicator
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Call:
+    """One collective call as hooks see it: the operation, its arguments, and lazily
+    computed summaries (``details`` for checking, ``payload_bytes`` for profiling)."""
+
+    __slots__ = ("comm", "operation", "args", "kwargs", "_describe", "_payload", "_details", "result")
+
+    def __init__(
+        self,
+        comm: Communicator,
+        operation: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        describe: Callable[..., str] | None,
+        payload: Callable[..., Any] | None,
+    ) -> None:
+        self.comm = comm
+        self.operation = operation
+        self.args = args
+        self.kwargs = kwargs
+        self._describe = describe
+        self._payload = payload
+        self._details: str | None = None
+        self.result: Any = None
+        """What the call returned (set before :meth:`Hook.after` runs, when it succeeded)."""
+
+    @property
+    def details(self) -> str:
+        """What must match across ranks: dtypes, shapes, the reduce op, src or dst."""
+        if self._details is None:
+            self._details = "" if self._describe is None else self._describe(*self.args, **self.kwargs)
+        return self._details
+
+    @property
+    def payload(self) -> Any:
+        """The data the call moves (``None`` for objects and barriers)."""
+        return None if self._payload is None else self._payload(*self.args, **self.kwargs)
+
+    @property
+    def payload_bytes(self) -> int:
+        """The bytes the call's data takes: tensors and arrays by size, numbers 8 each, objects 0."""
+        from distcomm.signatures import payload_bytes  # here, to keep this module free of torch
+
+        payload = self.payload
+        return 0 if payload is None else payload_bytes(payload)
+
+    def __repr__(self) -> str:
+        return f"Call({self.operation} {self.details})"
+
+
+class Hook:
+    """Work done around every collective of a communicator; subclasses override what they need."""
+
+    order: ClassVar[int] = 50
+    """Lower runs :meth:`before` earlier and :meth:`after` later: checks 0, timers 100."""
+
+    def before(self, call: Call) -> None:
+        """Called before the collective starts; raising here stops the call."""
+
+    def after(self, call: Call, error: BaseException | None) -> None:
+        """Called when the collective returned (``error`` is ``None``) or raised ``error``."""
+
+    def for_split(self, child: Communicator) -> Hook | None:
+        """The hook to attach to a communicator split from this one (``None``: none)."""
+        return None
+
+
+class HookHandle:
+    """Returned by :meth:`Communicator.register_hook`; :meth:`remove` detaches the hook."""
+
+    def __init__(self, comm: Communicator, hook: Hook) -> None:
+        self._comm = comm
+        self.hook = hook
+
+    def remove(self) -> None:
+        """Detach the hook (harmless when repeated)."""
+        self._comm.remove_hook(self.hook)
+
+    def __enter__(self) -> HookHandle:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.remove()
+
+
+COLLECTIVES: dict[str, Callable[..., Any]] = {}
+"""Every method declared with :func:`collective`, by name (the hook coverage test reads it)."""
+
+
+def collective(describe: Callable[..., str] | None = None, payload: Callable[..., Any] | None = None) -> Callable[[F], F]:
+    """Declare a public collective: it refuses a closed communicator, passes through the
+    hooks, and names itself in a :class:`CollectiveError` raised by any of its steps.
+
+    ``describe`` and ``payload`` take the method's arguments and give the call's
+    details and data; they run only when a hook asks.
+    """
+
+    def decorate(method: F) -> F:
+        operation = method.__name__
+
+        @functools.wraps(method)
+        def run(self: Communicator, *args: Any, **kwargs: Any) -> Any:
+            if self._state.closed:
+                raise ClosedCommunicatorError(
+                    f"{operation} on a closed {type(self).__name__}: create a new communicator"
+                )
+            if self._hooks:
+                call = Call(self, operation, args, kwargs, describe, payload)
+                return _dispatch(self, call, lambda: _named(method, self, operation, args, kwargs))
+            try:
+                return method(self, *args, **kwargs)
+            except CollectiveError as error:
+                named = renamed(error, operation, self.rank)
+                if named is error:
+                    raise
+                raise named from error
+
+        COLLECTIVES[operation] = run
+        return cast(F, run)
+
+    return decorate
+
+
+def _named(method: Callable[..., Any], comm: Communicator, operation: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    try:
+        return method(comm, *args, **kwargs)
+    except CollectiveError as error:
+        named = renamed(error, operation, comm.rank)
+        if named is error:
+            raise
+        raise named from error
+
+
+def _dispatch(comm: Communicator, call: Call, run: Callable[[], Any]) -> Any:
+    """Run ``run`` between the hooks' ``before`` and ``after``, in their order."""
+    hooks = comm._hooks
+    entered: list[Hook] = []
+    try:
+        for hook in hooks:
+            hook.before(call)
+            entered.append(hook)
+        call.result = run()
+    except BaseException as error:
+        for hook in reversed(entered):
+            hook.after(call, error)
+        raise
+    for hook in reversed(hooks):
+        hook.after(call, None)
+    return call.result
