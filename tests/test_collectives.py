@@ -18,7 +18,6 @@ from distcomm import (
     LocalCommunicator,
     RestrictedCodec,
     Communicator,
-    TorchDistCommunicator,
     UnsafeObjectError,
     distutils,
     register_safe_class,

@@ -11,7 +11,6 @@ from distcomm import (
     InconsistentInputError,
     InvalidArgumentError,
     Communicator,
-    LocalCommunicator,
 )
 from distcomm.local import LocalBackend
 
@@ -69,3 +68,11 @@ def test_a_failed_agreement_is_reported_under_the_reduction() -> None:
         Communicator(_FailingPeers()).all_reduce({"loss": 1.0})
     with pytest.raises(CollectiveError, match="^reduce_dict failed on rank 0: its all_gather step failed"):
         Communicator(_FailingPeers()).reduce_dict({"loss": 1.0})
+
+
+def test_errors_are_filed_by_when_they_happen() -> None:
+    from distcomm import ClosedCommunicatorError, ObjectDecodeError, UnsafeObjectError
+
+    assert issubclass(ClosedCommunicatorError, InvalidArgumentError)  # found before any communication
+    assert issubclass(UnsafeObjectError, ObjectDecodeError)  # raised by receivers, after data moved
+    assert not issubclass(ObjectDecodeError, InvalidArgumentError)

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from distcomm import CollectiveError, DistCommError, InvalidArgumentError, TorchDistCommunicator
+from distcomm import CollectiveError, ConfigurationError, DistCommError, InvalidArgumentError, TorchDistCommunicator
 from distcomm.testing import RankDiedError, World
 
 
@@ -237,3 +237,30 @@ def test_a_closed_group_is_not_kept_alive_to_abort_the_interpreter_at_exit() -> 
     done = subprocess.run([sys.executable, "-c", PINNING_CHECK], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "freed"
+
+
+def _clear_launcher(monkeypatch) -> None:
+    for name in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS",
+                 "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_an_env_rendezvous_without_its_variables_is_a_configuration_error(monkeypatch) -> None:
+    _clear_launcher(monkeypatch)
+    with pytest.raises(ConfigurationError, match="env:// rendezvous needs MASTER_ADDR and MASTER_PORT"):
+        TorchDistCommunicator.init("gloo", rank=0, world_size=1)
+    with pytest.raises(ConfigurationError, match="RANK/WORLD_SIZE \\(torchrun\\)"):
+        TorchDistCommunicator.init("gloo")
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    with pytest.raises(ConfigurationError, match="SLURM_PROCID is set but SLURM_NTASKS is not"):
+        TorchDistCommunicator.init("gloo")
+    assert not dist.is_initialized()
+
+
+def test_init_reads_rank_and_world_size_from_the_launcher(monkeypatch, tmp_path) -> None:
+    _clear_launcher(monkeypatch)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with TorchDistCommunicator.init("gloo", init_method=f"file://{tmp_path}/store", timeout=10) as comm:
+        assert (comm.rank, comm.world_size) == (0, 1) and comm.all_reduce(2) == 2
+    assert not dist.is_initialized()

@@ -20,7 +20,8 @@ from typing import Any
 
 import torch.distributed as dist
 
-from distcomm.communicator import Communicator, CommunicatorView
+from distcomm.communicator import Communicator
+from distcomm.view import CommunicatorView
 from distcomm.errors import CollectiveError, CollectiveMismatchError
 from distcomm.hooks import Call, Hook
 from distcomm.objects import all_gather_objects

@@ -45,7 +45,7 @@ T = TypeVar("T")
 C = TypeVar("C", bound="Communicator")
 DeviceLike = torch.device | str | None
 
-__all__ = ["OBJECT_SLOT_BYTES", "Communicator", "CommunicatorView", "Handle"]
+__all__ = ["OBJECT_SLOT_BYTES", "Communicator", "Handle"]
 
 
 class _SharedState:
@@ -435,31 +435,3 @@ _objects = objects  # the module, where a parameter named ``objects`` hides it
 
 def _deprecated(old: str, new: str) -> None:
     warnings.warn(f"Communicator.{old} is deprecated: call {new} (same arguments)", DeprecationWarning, stacklevel=3)
-
-
-class CommunicatorView(Communicator):
-    """A communicator over the same backend and state as ``inner``, with one more hook.
-
-    The base of :class:`~distcomm.CheckedCommunicator` and
-    :class:`~distcomm.ProfiledCommunicator`: closing either closes ``inner``; ``inner``
-    itself stays as it was.
-    """
-
-    def __init__(self, inner: Communicator, hook: Hook) -> None:
-        if not isinstance(inner, Communicator):
-            raise TypeError(f"{type(self).__name__} wraps a Communicator, got {type(inner).__name__}")
-        super().__init__(inner.tensor_backend)
-        self.inner = inner
-        self._state = inner._state
-        self._hooks = inner.hooks
-        self.register_hook(hook)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.inner!r})"
-
-    def _child(self, backend: Backend) -> Communicator:
-        return self._rewrap(self.inner._child(backend))
-
-    def _rewrap(self, child: Communicator) -> Communicator:
-        """This view's kind of view around ``child``."""
-        raise NotImplementedError

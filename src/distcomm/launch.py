@@ -304,7 +304,7 @@ def setup(config: MutableMapping[str, Any] | DistributedConfig) -> Communicator:
         if init_method == "env://":
             init_method = private_rendezvous()
     try:
-        comm = TorchDistCommunicator.init(
+        owner = TorchDistCommunicator.init(
             plan.backend,
             rank=plan.rank,
             world_size=plan.world_size,
@@ -322,7 +322,7 @@ def setup(config: MutableMapping[str, Any] | DistributedConfig) -> Communicator:
             f"already in use by another process: choose another port ({PORT_OVERRIDE_VARIABLE} under "
             f"SLURM and LSF) or stop that process. {error.cause}",
         ) from error
-    comm = instrument(comm)
+    comm = instrument(owner)
     set_communicator(comm)
     logger.info("%s launch: rank %d of %d (local rank %d)", plan.launcher, plan.rank, plan.world_size, plan.local_rank)
     return comm

@@ -18,7 +18,8 @@ from typing import Any
 import attrs
 import torch
 
-from distcomm.communicator import Communicator, CommunicatorView
+from distcomm.communicator import Communicator
+from distcomm.view import CommunicatorView
 from distcomm.hooks import Call, Hook
 from distcomm.objects import all_gather_objects
 

@@ -160,7 +160,7 @@ def reduce_leaves(
         with torch.no_grad():  # collectives are not differentiable; leaves that require grad are filled in place
             flat = torch.cat([t.reshape(-1).to(device=device, dtype=dtype) for t in parts])  # type: ignore[union-attr]
             backend.all_reduce(flat, group_op)
-            for i, t, part in zip(members, parts, flat.split([t.numel() for t in parts])):  # type: ignore[union-attr]
+            for i, t, part in zip(members, parts, flat.split([t.numel() for t in parts])):  # type: ignore[union-attr,no-untyped-call]
                 results[i] = _finish_leaf(comm, leaves[i], part.view(t.shape), plans[i])  # type: ignore[union-attr]
     return results
 

@@ -1,0 +1,35 @@
+"""``CommunicatorView``: the same communicator with one more hook, as a value of its own type."""
+
+from __future__ import annotations
+
+from distcomm.backend import Backend
+from distcomm.communicator import Communicator
+from distcomm.hooks import Hook
+
+
+class CommunicatorView(Communicator):
+    """A communicator over the same backend and state as ``inner``, with one more hook.
+
+    The base of :class:`~distcomm.CheckedCommunicator` and
+    :class:`~distcomm.ProfiledCommunicator`: closing either closes ``inner``; ``inner``
+    itself stays as it was.
+    """
+
+    def __init__(self, inner: Communicator, hook: Hook) -> None:
+        if not isinstance(inner, Communicator):
+            raise TypeError(f"{type(self).__name__} wraps a Communicator, got {type(inner).__name__}")
+        super().__init__(inner.tensor_backend)
+        self.inner = inner
+        self._state = inner._state
+        self._hooks = inner.hooks
+        self.register_hook(hook)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.inner!r})"
+
+    def _child(self, backend: Backend) -> Communicator:
+        return self._rewrap(self.inner._child(backend))
+
+    def _rewrap(self, child: Communicator) -> Communicator:
+        """This view's kind of view around ``child``."""
+        raise NotImplementedError
