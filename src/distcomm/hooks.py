@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, TypeVar, cast
 
 from distcomm.errors import ClosedCommunicatorError, CollectiveError, renamed
 
@@ -136,10 +136,7 @@ def collective(describe: Callable[..., str] | None = None, payload: Callable[...
             try:
                 return method(self, *args, **kwargs)
             except CollectiveError as error:
-                named = renamed(error, operation, self.rank)
-                if named is error:
-                    raise
-                raise named from error
+                _raise_named(error, operation, self.rank)
 
         COLLECTIVES[operation] = run
         return cast(F, run)
@@ -151,10 +148,15 @@ def _named(method: Callable[..., Any], comm: Communicator, operation: str, args:
     try:
         return method(comm, *args, **kwargs)
     except CollectiveError as error:
-        named = renamed(error, operation, comm.rank)
-        if named is error:
-            raise
-        raise named from error
+        _raise_named(error, operation, comm.rank)
+
+
+def _raise_named(error: CollectiveError, operation: str, rank: int) -> NoReturn:
+    """Raise ``error`` as ``operation``'s, the method the caller called, naming the step that failed."""
+    named = renamed(error, operation, rank)
+    if named is error:
+        raise error
+    raise named from error
 
 
 def _dispatch(comm: Communicator, call: Call, run: Callable[[], Any]) -> Any:
