@@ -37,6 +37,10 @@ class TreeSpec:
         return cast(Any, self.container)(values)
 
 
+LEAF = TreeSpec(None)
+"""The spec of every leaf (specs are immutable, so one serves all)."""
+
+
 def _make_dict(container: type, items: Any) -> dict[Any, Any]:
     try:
         return container(items)  # type: ignore[no-any-return]
@@ -57,14 +61,14 @@ def flatten(data: Any) -> tuple[list[Any], list[str], TreeSpec]:
     def walk(value: Any, path: str) -> TreeSpec:
         if isinstance(value, dict):
             keys = tuple(value.keys())
-            children = tuple(walk(value[k], f"{path}[{k!r}]") for k in keys)
+            children = tuple([walk(value[k], f"{path}[{k!r}]") for k in keys])
             return TreeSpec(type(value), keys, children)
         if isinstance(value, (list, tuple)):
-            children = tuple(walk(v, f"{path}[{i}]") for i, v in enumerate(value))
+            children = tuple([walk(v, f"{path}[{i}]") for i, v in enumerate(value)])
             return TreeSpec(type(value), (), children)
         leaves.append(value)
         paths.append(path)
-        return TreeSpec(None)
+        return LEAF
 
     spec = walk(data, "")
     return leaves, paths, spec

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from distcomm.agreement import Claim, agree, digest64
 from distcomm.conversion import check_transportable, describe, from_tensor, to_tensor
@@ -24,9 +25,9 @@ from distcomm.reduction import (
     PYTHON_KINDS,
     PYTHON_PROTOTYPES,
     ReducePlan,
+    cached_plan,
     int_bits,
     needs_exact,
-    plan_reduction,
     promote,
     reduce_exactly,
 )
@@ -37,30 +38,32 @@ if TYPE_CHECKING:
 
 def reduce_tensor(comm: Communicator, tensor: torch.Tensor, op: ReduceOp) -> torch.Tensor:
     """The hot path: one tensor, no flattening; in place unless its dtype cannot hold the result."""
-    plan = plan_reduction(tensor, tensor, op, "all_reduce")
-    if plan.transport_dtype != tensor.dtype or plan.mean_dtype not in (None, tensor.dtype):
+    plan = cached_plan(tensor, tensor, op, "all_reduce")
+    if plan.transport_dtype is not tensor.dtype or plan.mean_dtype not in (None, tensor.dtype):
         return reduce_leaves(comm, [tensor], [""], op)[0]  # type: ignore[no-any-return]
+    backend = comm.tensor_backend
+    if plan.mean_dtype is None and tensor.is_contiguous() and backend.accepts(tensor.device):
+        backend.all_reduce(tensor, plan.op)
+        return tensor
     carrier = comm._transport(tensor, "all_reduce")
-    comm.tensor_backend.all_reduce(carrier, plan.op)
-    if plan.mean_dtype is not None or carrier is not tensor:
-        with torch.no_grad():  # in place even on a tensor that requires grad, as torch's collectives are
-            if plan.mean_dtype is not None:
-                carrier.div_(comm.world_size)
-            if carrier is not tensor:
-                tensor.copy_(carrier)
+    backend.all_reduce(carrier, plan.op)
+    with torch.no_grad():  # in place even on a tensor that requires grad, as torch's collectives are
+        if plan.mean_dtype is not None:
+            carrier.div_(comm.world_size)
+        if carrier is not tensor:
+            tensor.copy_(carrier)
     return tensor
 
 
 def reduce_structure(comm: Communicator, data: Any, op: ReduceOp, operation: str, *, detach: bool = False) -> Any:
     """Reduce numbers, arrays and nested data: agree on the layout, then reduce the leaves
-    in an order every rank shares (sorted by key path), and rebuild the caller's structure."""
+    in an order every rank shares (sorted by key path), and rebuild the caller's structure.
+    With ``detach``, tensors are left alone and the result holds new, detached tensors."""
     leaves, paths, spec = flatten(data)
     order = sorted(range(len(leaves)), key=paths.__getitem__)
     leaves, paths = [leaves[i] for i in order], [paths[i] for i in order]
-    if detach:
-        leaves = [leaf.detach().clone() if isinstance(leaf, torch.Tensor) else leaf for leaf in leaves]
     leaves, exact = agree_on_leaves(comm, leaves, paths, op, operation)
-    reduced = reduce_leaves(comm, leaves, paths, op, exact=exact, operation=operation)
+    reduced = reduce_leaves(comm, leaves, paths, op, exact=exact, operation=operation, detach=detach)
     results: list[Any] = [None] * len(order)
     for position, value in zip(order, reduced):
         results[position] = value
@@ -71,6 +74,7 @@ def agree_on_leaves(comm: Communicator, leaves: list[Any], paths: list[str], op:
     """Check the leaves, agree on their layout with the other ranks, and widen Python
     numbers to the kind every rank can share. Returns the leaves and whether Python
     numbers must be reduced exactly (an int result could leave int64)."""
+    alone = comm.world_size == 1  # nothing to agree with: only check the leaves
     layout = [("(op)", f"{operation} {op.value}")]
     kinds = bytearray()
     bits = 0
@@ -85,14 +89,16 @@ def agree_on_leaves(comm: Communicator, leaves: list[Any], paths: list[str], op:
             continue
         try:
             tensor = to_tensor(leaf, operation, path)
-            if isinstance(leaf, torch.Tensor):
+            if isinstance(leaf, torch.Tensor) and (leaf.is_meta or not leaf.is_contiguous()):
                 check_transportable(tensor, operation, path)
         except InvalidArgumentError as error:
             problem = problem or error
             layout.append((path, "invalid"))
             continue
+        if alone:
+            continue
         layout.append((path, _leaf_layout(comm, leaf, tensor)))
-    if comm.world_size == 1:
+    if alone:
         if problem is not None:
             raise problem
         return leaves, needs_exact(op, [bits], 1)
@@ -114,63 +120,140 @@ def _leaf_layout(comm: Communicator, leaf: Any, tensor: torch.Tensor) -> str:
 
 
 def reduce_leaves(
-    comm: Communicator, leaves: list[Any], paths: list[str], op: ReduceOp, *, exact: bool = False, operation: str = "all_reduce"
+    comm: Communicator,
+    leaves: list[Any],
+    paths: list[str],
+    op: ReduceOp,
+    *,
+    exact: bool = False,
+    operation: str = "all_reduce",
+    detach: bool = False,
 ) -> list[Any]:
     """Reduce many leaves with one collective per transport dtype and device.
 
-    Python numbers skip per-leaf tensors: each group of them becomes one tensor in
-    one call, which is what makes a dict of fifty metrics cost one collective. With
-    ``exact``, Python numbers are instead gathered and reduced as Python numbers.
+    Each group becomes one flat buffer in one vectorised call, is reduced once, and is
+    copied back in one vectorised call; results that go back to the host (numbers,
+    NumPy values) cross from the device once per group. With ``exact``, Python numbers
+    are instead gathered and reduced as Python numbers.
     """
     backend = comm.tensor_backend
     tensors: list[torch.Tensor | None] = []
     plans: list[ReducePlan] = []
     groups: dict[tuple[torch.dtype, ReduceOp, torch.device], list[int]] = {}
     numbers: list[int] = []
+    seen: dict[tuple[Any, ...], tuple[ReducePlan, tuple[torch.dtype, ReduceOp, torch.device], list[int]]] = {}
     for i, (leaf, path) in enumerate(zip(leaves, paths)):
-        if type(leaf) in PYTHON_PROTOTYPES:
-            tensor, prototype = None, PYTHON_PROTOTYPES[type(leaf)]
-            device = comm.device
+        kind = type(leaf)
+        key: tuple[Any, ...]
+        if kind in PYTHON_PROTOTYPES:
+            tensor, prototype, key = None, PYTHON_PROTOTYPES[kind], (kind,)
         else:
-            tensor = prototype = to_tensor(leaf, operation, path)
-            device = tensor.device if backend.accepts(tensor.device) else comm.device
-        plan = plan_reduction(leaf, prototype, op, operation)
+            tensor = prototype = leaf if kind is torch.Tensor else to_tensor(leaf, operation, path)
+            key = (kind, tensor.dtype, tensor.device)
+        entry = seen.get(key)  # leaves of one kind, dtype and device share a plan and a group
+        if entry is None:
+            plan = cached_plan(leaf, prototype, op, operation)
+            device = comm.device if tensor is None or not backend.accepts(tensor.device) else tensor.device
+            entry = seen[key] = (plan, (plan.transport_dtype, plan.op, device), [])
         tensors.append(tensor)
-        plans.append(plan)
+        plans.append(entry[0])
         if exact and tensor is None:
             numbers.append(i)
         else:
-            groups.setdefault((plan.transport_dtype, plan.op, device), []).append(i)
+            entry[2].append(i)
+    for _, group, members in seen.values():
+        if members:
+            groups.setdefault(group, []).extend(members)
     results: list[Any] = [None] * len(leaves)
     if numbers:
         columns = list(zip(*all_gather_objects(comm, [leaves[i] for i in numbers], operation)))
         for i, value in zip(numbers, reduce_exactly(columns, op, comm.world_size)):
             results[i] = value
-    for (dtype, group_op, device), members in groups.items():
-        if all(tensors[i] is None for i in members):  # Python numbers only
-            flat = torch.tensor([leaves[i] for i in members], dtype=dtype, device=device)
-            backend.all_reduce(flat, group_op)
-            mean_dtype = plans[members[0]].mean_dtype
-            if mean_dtype is not None:
-                flat = flat.to(mean_dtype).div_(comm.world_size)
-            for i, value in zip(members, flat.tolist()):
-                results[i] = value
-            continue
-        parts = [tensors[i] if tensors[i] is not None else to_tensor(leaves[i], operation) for i in members]
-        with torch.no_grad():  # collectives are not differentiable; leaves that require grad are filled in place
-            flat = torch.cat([t.reshape(-1).to(device=device, dtype=dtype) for t in parts])  # type: ignore[union-attr]
-            backend.all_reduce(flat, group_op)
-            for i, t, part in zip(members, parts, flat.split([t.numel() for t in parts])):  # type: ignore[union-attr,no-untyped-call]
-                results[i] = _finish_leaf(comm, leaves[i], part.view(t.shape), plans[i])  # type: ignore[union-attr]
+    with torch.no_grad():  # collectives are not differentiable; leaves that require grad are filled in place
+        for (dtype, group_op, device), members in groups.items():
+            members.sort()  # leaf order, the same on every rank
+            _reduce_group(comm, dtype, group_op, device, [leaves[i] for i in members],
+                          [tensors[i] for i in members], [plans[i] for i in members], detach, results, members)  # fmt: skip
     return results
 
 
-def _finish_leaf(comm: Communicator, leaf: Any, reduced: torch.Tensor, plan: ReducePlan) -> Any:
-    if plan.mean_dtype is not None:
-        reduced = reduced.to(plan.mean_dtype).div_(comm.world_size)
-        if isinstance(leaf, torch.Tensor) and reduced.dtype != leaf.dtype:
-            return reduced.to(leaf.device)  # a mean of integers: a new float tensor
-    if isinstance(leaf, torch.Tensor):
-        leaf.copy_(reduced)
-        return leaf
-    return from_tensor(reduced, leaf)
+def _reduce_group(
+    comm: Communicator,
+    dtype: torch.dtype,
+    op: ReduceOp,
+    device: torch.device,
+    leaves: list[Any],
+    tensors: list[torch.Tensor | None],
+    plans: list[ReducePlan],
+    detach: bool,
+    results: list[Any],
+    positions: list[int],
+) -> None:
+    """One flat buffer, one collective, one copy back, for leaves that travel alike."""
+    if all(t is None for t in tensors):  # Python numbers only: one tensor from the list, one read back
+        flat = torch.tensor(leaves, dtype=dtype, device=device)
+        comm.tensor_backend.all_reduce(flat, op)
+        if plans[0].mean_dtype is not None:
+            flat = flat.to(plans[0].mean_dtype).div_(comm.world_size)
+        for i, value in zip(positions, flat.tolist()):
+            results[i] = value
+        return
+    parts = [t if t is not None else to_tensor(leaf, "all_reduce") for leaf, t in zip(leaves, tensors)]
+    in_place = all(t.dtype is dtype and t.device == device for t in parts)
+    if in_place:
+        flat = _flatten_dense_tensors(parts)  # type: ignore[no-untyped-call]  # one vectorised copy
+        if len(parts) == 1 and detach:
+            flat = flat.clone()  # a lone part comes back as a view of itself: leave the input alone
+    else:
+        flat = torch.cat([t.reshape(-1).to(device=device, dtype=dtype) for t in parts])
+    comm.tensor_backend.all_reduce(flat, op)
+    plan = plans[0]
+    if in_place and all(p is plan for p in plans) and plan.mean_dtype in (None, dtype):
+        if plan.mean_dtype is not None:
+            flat.div_(comm.world_size)
+        _write_back(leaves, parts, flat, detach, results, positions)
+        return
+    host = flat if flat.device.type == "cpu" else None
+    offset = 0
+    for i, leaf, part, leaf_plan in zip(positions, leaves, parts, plans):
+        is_tensor = isinstance(leaf, torch.Tensor)
+        if not is_tensor and host is None:
+            host = flat.cpu()  # one copy to the host for the whole group
+        source = flat if is_tensor else host
+        reduced = source[offset : offset + part.numel()].view(part.shape)  # type: ignore[index]
+        offset += part.numel()
+        if leaf_plan.mean_dtype is not None:
+            reduced = reduced.to(leaf_plan.mean_dtype).div_(comm.world_size)
+        if not is_tensor:
+            results[i] = from_tensor(reduced, leaf)
+        elif detach or reduced.dtype != leaf.dtype:
+            results[i] = reduced.to(leaf.device)  # new (flat is a fresh buffer); a mean of integers is a float tensor
+        else:
+            leaf.copy_(reduced)
+            results[i] = leaf
+
+
+def _write_back(
+    leaves: list[Any], parts: list[torch.Tensor], flat: torch.Tensor, detach: bool, results: list[Any], positions: list[int]
+) -> None:
+    """Give each leaf its part of the reduced ``flat`` (of the leaves' dtype and device): tensors in
+    place in one vectorised copy (or, with ``detach``, new views), host values from one host copy."""
+    views = _views(flat, parts)
+    tensors = [(i, leaf, view) for i, leaf, view in zip(positions, leaves, views) if isinstance(leaf, torch.Tensor)]
+    if len(tensors) < len(leaves):
+        host_views = views if flat.device.type == "cpu" else _views(flat.cpu(), parts)
+        for i, leaf, view in zip(positions, leaves, host_views):
+            if not isinstance(leaf, torch.Tensor):
+                results[i] = from_tensor(view, leaf)
+    if not detach and tensors:
+        torch._foreach_copy_([leaf for _, leaf, _ in tensors], [view for _, _, view in tensors])
+    for i, leaf, view in tensors:
+        results[i] = view if detach else leaf
+
+
+def _views(flat: torch.Tensor, parts: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``flat`` cut into views shaped like ``parts`` (one ``unbind`` when they all share a shape)."""
+    shape = parts[0].shape
+    if all(p.shape == shape for p in parts):
+        return list(flat.view(len(parts), *shape).unbind(0))
+    return _unflatten_dense_tensors(flat, parts)  # type: ignore[no-untyped-call,no-any-return]

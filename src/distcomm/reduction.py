@@ -137,3 +137,18 @@ def reduce_exactly(columns: Sequence[Sequence[Any]], op: ReduceOp, world_size: i
 def promote(value: Any, kind: type) -> Any:
     """``value`` (a Python number) as the wider Python number type ``kind``."""
     return value if type(value) is kind else kind(value)
+
+
+_PLANS: dict[tuple[Any, ...], ReducePlan] = {}
+"""Plans already made, by what decides them: the leaf's kind, its dtype, the op and the default dtype."""
+
+
+def cached_plan(template: Any, tensor: torch.Tensor, op: ReduceOp, operation: str) -> ReducePlan:
+    """:func:`plan_reduction`, looked up instead of recomputed on hot paths (the same plan object
+    for every leaf of one kind, so callers can tell at a glance that a group shares one plan)."""
+    kind = type(template) if type(template) in PYTHON_PROTOTYPES else isinstance(template, torch.Tensor)
+    key = (kind, tensor.dtype, op, torch.get_default_dtype())
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = _PLANS[key] = plan_reduction(template, tensor, op, operation)  # raises for what it refuses
+    return plan
