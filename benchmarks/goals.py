@@ -38,6 +38,30 @@ def line(goal: str, measured: float, target: str, ok: bool, detail: str) -> str:
     return f"| {goal} | {measured:.2f}x | {target} | {'met' if ok else 'NOT met'} | {detail} |"
 
 
+def hot_path_goals(world: World, report) -> None:  # type: ignore[no-untyped-def]
+    """The training-loop paths against the few lines a user would write instead, on ``world``'s ranks."""
+    n = world.world_size
+    where = f"{n} Gloo rank{'s' if n > 1 else ''}"
+    for op, size, calls, label, limit in (
+        ("dict_all_reduce", 4, 400, "dict all_reduce of 50 scalars / torch's flatten idiom", 1.2),
+        ("dict_all_reduce", 16384, 200, "dict all_reduce of 50 x 16 KiB / torch's flatten idiom", 1.2),
+        ("reduce_dict", 4, 400, "reduce_dict of 50 scalar tensors / stack + all_reduce + tolist", 1.3),
+        ("all_gather_same", 2**20, 100, "all_gather(same_shape=True) of 1 MiB / all_gather_into_tensor", 1.1),
+    ):
+        runs = repeat(world, cases.bench_case, op, size, calls, "cpu")
+        r = ratio(runs, "distcomm", "raw")
+        detail = f"{cases.median_of(runs, 'distcomm') * 1e6:.0f} us vs {cases.median_of(runs, 'raw') * 1e6:.0f} us"
+        report(line(f"{label}, {where}", r, f"<= {limit}", r <= limit, detail))
+    if n == 1:
+        runs = repeat(world, cases.bench_case, "all_reduce", 4, 3000, "cpu")
+        for variant, limit in (("distcomm", 1.0), ("facade", 1.5)):
+            added = (cases.median_of(runs, variant) - cases.median_of(runs, "raw")) * 1e6
+            name = "object API" if variant == "distcomm" else "facade"
+            detail = f"{cases.median_of(runs, variant) * 1e6:.1f} us vs raw {cases.median_of(runs, 'raw') * 1e6:.1f} us"
+            report(f"| added time per single-tensor all_reduce, {name}, 1 Gloo rank | {added:+.2f} us | <= {limit} us | "
+                   f"{'met' if added <= limit else 'NOT met'} | {detail} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", action="store_true", help="also time the whole test suite")
@@ -89,6 +113,10 @@ def main() -> None:
             r = ratio(runs, theirs, ours)
             detail = f"{cases.median_of(runs, ours) * 1e6:.0f} us vs {cases.median_of(runs, theirs) * 1e6:.0f} us"
             report(line(f"{ours.split()[1]} of a small object, speed-up over torch {theirs.split()[1]}", r, ">= 1.5", r >= 1.5, detail))
+
+    for ranks in (1, 2):
+        with World(ranks, timeout=120, call_timeout=900) as world:
+            hot_path_goals(world, report)
 
     runs = [cases.hot_path(2000) for _ in range(3)]
     r = ratio(runs, "distutils", "old style")

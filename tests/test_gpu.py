@@ -85,3 +85,28 @@ def test_nccl_group_created_directly_without_a_device_set(tmp_path) -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["cuda:0", "[{'a':", "1}]", "2.5", "x"]
+
+
+def tensor_paths_without_hidden_syncs(comm):
+    """The tensor hot paths under torch's sync debug mode: any hidden device synchronisation raises."""
+    grad = torch.ones(1024, device="cuda")
+    grads = {f"w{i}": torch.ones(16, device="cuda") for i in range(50)}
+    metrics = {f"m{i}": torch.tensor(float(i), device="cuda") for i in range(50)}
+    for _ in range(2):  # the first round may initialise lazily; the second must be clean
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            comm.all_reduce(grad)
+            comm.all_reduce(grad, "mean")
+            comm.all_reduce(grads, "mean")
+            reduced = comm.reduce_dict(metrics, "mean")
+            gathered = comm.all_gather(grad, same_shape=True)
+            comm.all_reduce_async(grad).wait()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return reduced["m3"].item(), len(gathered)
+
+
+@needs_cuda
+def test_tensor_paths_make_no_hidden_synchronisations() -> None:
+    with World(1, backend="nccl", timeout=30) as world:
+        assert world.run(tensor_paths_without_hidden_syncs) == [(3.0, 1)]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import numpy as np
@@ -25,8 +25,9 @@ from distcomm.errors import InconsistentInputError
 if TYPE_CHECKING:
     from distcomm.communicator import Communicator
 
-Layout = tuple[tuple[str, str], ...]
-"""``(path, description)`` pairs in an order every rank shares (sorted by path)."""
+Layout = tuple[tuple[str, Any], ...]
+"""``(path, description)`` pairs in an order every rank shares (sorted by path). A description
+is a string, or a tuple ``(kind, dtype, shape[, device type])`` that :func:`show` puts in words."""
 
 _OK, _REFUSED = 0, 1
 
@@ -76,11 +77,20 @@ def explain(operation: str, claims: Sequence[tuple[str | None, Layout]]) -> str:
         return f"{operation}: " + "; ".join(problems)
     layouts = [dict(layout) for _, layout in claims]
     for path in sorted(set().union(*layouts)):
-        seen = [layout.get(path, "nothing") for layout in layouts]
+        seen = [show(layout.get(path, "nothing")) for layout in layouts]
         if len(set(seen)) > 1:
             where = path or "the top level"
             return f"{operation}: ranks passed inputs that do not match; first difference at {where}: {by_rank(seen)}"
     return f"{operation}: ranks passed inputs that do not match"
+
+
+def show(description: Any) -> str:
+    """A layout description in words: ``tensor float32[2, 3] on cpu``."""
+    if not isinstance(description, tuple):
+        return str(description)
+    kind, dtype, shape, *device = description
+    text = f"{kind} {str(dtype).removeprefix('torch.')}{list(shape)}"
+    return f"{text} on {device[0]}" if device else text
 
 
 def by_rank(values: Sequence[str]) -> str:

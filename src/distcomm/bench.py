@@ -18,13 +18,20 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from distcomm import distutils
 from distcomm.communicator import Communicator
 from distcomm.errors import InvalidArgumentError
 from distcomm.profiled import algorithm_bytes, bus_factor
 
-OPERATIONS = ("all_reduce", "all_gather", "broadcast")
+OPERATIONS = ("all_reduce", "all_gather", "broadcast", "all_gather_same", "dict_all_reduce", "reduce_dict")
+"""The last three compare with what a user writes by hand: ``all_gather_into_tensor`` into a
+reused buffer; torch's flatten idiom over a dict of 50 tensors (of the given size each);
+``stack`` + ``all_reduce`` + ``tolist`` of 50 scalar metrics. On two or more ranks the
+hand-written dict idioms also pay one small header gather, the layout agreement that
+distcomm adds."""
+DICT_LEAVES = 50
 VARIANTS = ("raw", "distcomm", "facade")
 _UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "KIB": 2**10, "M": 2**20, "MB": 2**20, "MIB": 2**20, "G": 2**30, "GB": 2**30}
 
@@ -66,6 +73,46 @@ def _runners(comm: Communicator, operation: str, tensor: torch.Tensor) -> dict[s
             "distcomm": lambda: comm.broadcast(tensor, 0),
             "facade": lambda: distutils.broadcast(tensor, 0),
         }
+    return _idiom_runners(comm, operation, tensor, group)
+
+
+def _idiom_runners(comm: Communicator, operation: str, tensor: torch.Tensor, group: Any) -> dict[str, Callable[[], Any]]:
+    """Cases without a facade form, against the idiom a user would write instead."""
+    header = torch.zeros(4, dtype=torch.int64, device=tensor.device)
+    headers = torch.empty(4 * comm.world_size, dtype=torch.int64, device=tensor.device)
+
+    def agree_by_hand() -> None:  # what distcomm's layout agreement costs, paid by the idiom too
+        if comm.world_size > 1:
+            dist.all_gather_into_tensor(headers, header, group=group)
+
+    if operation == "all_gather_same":
+        out = torch.empty(comm.world_size * tensor.numel(), dtype=tensor.dtype, device=tensor.device)
+        return {
+            "raw": lambda: dist.all_gather_into_tensor(out, tensor, group=group),
+            "distcomm": lambda: comm.all_gather(tensor, same_shape=True),
+        }
+    if operation == "dict_all_reduce":
+        grads = {f"layer{i}": tensor.clone() for i in range(DICT_LEAVES)}
+
+        def flatten_idiom() -> None:
+            agree_by_hand()
+            leaves = list(grads.values())
+            flat = _flatten_dense_tensors(leaves)  # type: ignore[no-untyped-call]
+            dist.all_reduce(flat, group=group)
+            flat.div_(comm.world_size)
+            torch._foreach_copy_(leaves, _unflatten_dense_tensors(flat, leaves))  # type: ignore[no-untyped-call]
+
+        return {"raw": flatten_idiom, "distcomm": lambda: comm.all_reduce(grads, "mean")}
+    if operation == "reduce_dict":
+        metrics = {f"metric{i}": torch.tensor(float(i), device=tensor.device) for i in range(DICT_LEAVES)}
+
+        def stack_idiom() -> dict[str, float]:
+            agree_by_hand()
+            flat = torch.stack(list(metrics.values()))
+            dist.all_reduce(flat, group=group)
+            return dict(zip(metrics, flat.div_(comm.world_size).tolist()))
+
+        return {"raw": stack_idiom, "distcomm": lambda: comm.reduce_dict(metrics, "mean")}
     raise InvalidArgumentError(f"unknown operation {operation!r}: use one of {', '.join(OPERATIONS)}")
 
 
@@ -126,16 +173,17 @@ def table_row(operation: str, size: int, world_size: int, seconds: dict[str, flo
     moved = algorithm_bytes(operation, max(4, size // 4 * 4), world_size)
     algbw = moved / seconds["distcomm"] / 1e9
     busbw = algbw * bus_factor(operation, world_size)
+    facade = seconds.get("facade")
+    facade_columns = f"{'-':>10} {'-':>7}" if facade is None else f"{facade * 1e6:>10.1f} {facade / seconds['raw']:>7.3f}"
     return (
-        f"{operation:>11} {format_size(size):>10} {seconds['distcomm'] * 1e6:>11.1f} {algbw:>9.3f} {busbw:>9.3f} "
-        f"{seconds['raw'] * 1e6:>9.1f} {seconds['distcomm'] / seconds['raw']:>7.3f} "
-        f"{seconds['facade'] * 1e6:>10.1f} {seconds['facade'] / seconds['raw']:>7.3f}"
+        f"{operation:>15} {format_size(size):>10} {seconds['distcomm'] * 1e6:>11.1f} {algbw:>9.3f} {busbw:>9.3f} "
+        f"{seconds['raw'] * 1e6:>9.1f} {seconds['distcomm'] / seconds['raw']:>7.3f} {facade_columns}"
     )
 
 
 HEADER = (
-    f"{'op':>11} {'size':>10} {'time us':>11} {'algbw':>9} {'busbw':>9} {'raw us':>9} {'ratio':>7} {'facade us':>10} {'ratio':>7}\n"
-    f"{'':>11} {'':>10} {'':>11} {'GB/s':>9} {'GB/s':>9} {'':>9} {'vs raw':>7} {'':>10} {'vs raw':>7}"
+    f"{'op':>15} {'size':>10} {'time us':>11} {'algbw':>9} {'busbw':>9} {'raw us':>9} {'ratio':>7} {'facade us':>10} {'ratio':>7}\n"
+    f"{'':>15} {'':>10} {'':>11} {'GB/s':>9} {'GB/s':>9} {'':>9} {'vs raw':>7} {'':>10} {'vs raw':>7}"
 )
 
 
@@ -144,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ranks", type=int, default=2, help="local processes (default 2)")
     parser.add_argument("--backend", default="gloo", choices=("gloo", "nccl", "mpi"))
     parser.add_argument("--device", default=None, choices=("cpu", "cuda"), help="where tensors live (default: cuda for nccl)")
-    parser.add_argument("--ops", default=",".join(OPERATIONS), help="comma-separated: all_reduce,all_gather,broadcast")
+    parser.add_argument("--ops", default=",".join(OPERATIONS[:3]), help=f"comma-separated, of: {','.join(OPERATIONS)}")
     parser.add_argument("--sizes", default="4,1K,64K,1M,4M", help="comma-separated message sizes, e.g. 4,1K,1M")
     parser.add_argument("--calls", type=int, default=None, help="timed calls of each variant per case (default: by size)")
     args = parser.parse_args(argv)

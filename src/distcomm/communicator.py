@@ -58,6 +58,11 @@ class _SharedState:
         self.codec: ObjectCodec | None = None
 
 
+def _describe_gather(data: Any, *, same_shape: bool = False) -> str:
+    """What must match across ranks in a gather: dtypes and dimensions, and shapes when promised equal."""
+    return signature_of(data, shapes=same_shape) + (" same_shape" if same_shape else "")
+
+
 class Communicator:
     """One object to talk to the other ranks of a job, over a :class:`~distcomm.backend.Backend`.
 
@@ -254,15 +259,22 @@ class Communicator:
         data = dict(mapping) if not isinstance(mapping, dict) else mapping
         return reducing.reduce_structure(self, data, reduce_op, "reduce_dict", detach=True)  # type: ignore[no-any-return]
 
-    @collective(lambda data: signature_of(data, shapes=False), lambda data: data)
-    def all_gather(self, data: Any) -> list[Any]:
+    @collective(_describe_gather, lambda data, **_: data)
+    def all_gather(self, data: Any, *, same_shape: bool = False) -> list[Any]:
         """Return a list with every rank's ``data``, in rank order, on every rank.
 
         Tensors may differ in shape across ranks (not in dtype or number of
         dimensions); each entry is a new tensor on the input's device. Numbers,
         arrays and other values come back as lists of values of the same kind, and
         containers as one structure per rank.
+
+        ``same_shape=True`` promises that every rank passes a tensor of the same shape
+        and dtype: the shapes are not exchanged, and the data moves in one collective
+        into one buffer (the entries are views of it). A broken promise is not detected
+        here; :class:`~distcomm.CheckedCommunicator` (``DISTCOMM_DEBUG=1``) catches it.
         """
+        if same_shape:
+            return gathering.gather_same_shape(self, data, "all_gather")
         return gathering.gather_data(self, data)
 
     # ------------------------------------------------------- object collectives
@@ -417,16 +429,19 @@ class Communicator:
             return CompletedHandle(tensor)
         return self._backend.broadcast_async(tensor, src)
 
-    @collective(lambda tensor: signature_of(tensor, shapes=False), lambda tensor: tensor)
-    def all_gather_async(self, tensor: torch.Tensor) -> Handle:
+    @collective(_describe_gather, lambda tensor, **_: tensor)
+    def all_gather_async(self, tensor: torch.Tensor, *, same_shape: bool = False) -> Handle:
         """Start gathering ``tensor`` from every rank; ``wait()`` returns the list.
 
         Shapes may differ across ranks: they are exchanged first, synchronously (with
         the data itself for small tensors, which then makes the handle synchronous).
-        Larger equal-shape data moves in the background.
+        Larger equal-shape data moves in the background. With ``same_shape=True`` (the
+        promise of :meth:`all_gather`) nothing is exchanged first.
         """
         if not isinstance(tensor, torch.Tensor):
             raise InvalidArgumentError(f"all_gather_async takes a tensor, got {describe(tensor)}")
+        if same_shape:
+            return gathering.gather_same_shape_async(self, tensor)
         return gathering.gather_tensor(self, tensor, asynchronous=True)
 
 

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from distcomm.agreement import explain
-from distcomm.errors import InconsistentInputError
+from distcomm.conversion import describe
+from distcomm.errors import InconsistentInputError, InvalidArgumentError
 from distcomm.handles import CompletedHandle, Handle, ThenHandle
 from distcomm.nested import flatten, is_container, unflatten
 from distcomm.objects import OBJECT_SLOT_BYTES, all_gather_objects
@@ -52,6 +53,28 @@ def gather_data(comm: Communicator, data: Any) -> list[Any]:
         unflatten(spec, [columns[i][r] if i in columns else v for i, v in enumerate(rank_leaves)])
         for r, (_, rank_leaves) in enumerate(per_rank)
     ]
+
+
+def gather_same_shape(comm: Communicator, tensor: Any, operation: str) -> list[torch.Tensor]:
+    """Every rank's ``tensor``, promised to have one shape and dtype everywhere: one collective."""
+    carrier = _same_shape_carrier(comm, tensor, operation)
+    out = comm.tensor_backend.all_gather(carrier)
+    return list((out if carrier is tensor else out.to(tensor.device)).unbind(0))
+
+
+def gather_same_shape_async(comm: Communicator, tensor: torch.Tensor) -> Handle:
+    """:func:`gather_same_shape` in the background."""
+    carrier = _same_shape_carrier(comm, tensor, "all_gather_async")
+    home = tensor.device
+    return ThenHandle(comm.tensor_backend.all_gather_async(carrier), lambda out: list(out.to(home).unbind(0)))
+
+
+def _same_shape_carrier(comm: Communicator, tensor: Any, operation: str) -> torch.Tensor:
+    if not isinstance(tensor, torch.Tensor):
+        raise InvalidArgumentError(f"{operation}(same_shape=True) takes a tensor, got {describe(tensor)}")
+    if tensor.dtype not in DTYPE_CODES:
+        raise InvalidArgumentError(f"{operation} does not support dtype {tensor.dtype}; convert the tensor first")
+    return comm._transport(tensor, operation)
 
 
 def gather_tensor(comm: Communicator, tensor: torch.Tensor, *, asynchronous: bool) -> Handle:

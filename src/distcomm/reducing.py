@@ -15,7 +15,7 @@ import torch
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from distcomm.agreement import Claim, agree, digest64
-from distcomm.conversion import check_transportable, describe, from_tensor, to_tensor
+from distcomm.conversion import check_transportable, from_tensor, to_tensor
 from distcomm.errors import InvalidArgumentError
 from distcomm.nested import flatten, unflatten
 from distcomm.objects import all_gather_objects
@@ -75,7 +75,7 @@ def agree_on_leaves(comm: Communicator, leaves: list[Any], paths: list[str], op:
     numbers to the kind every rank can share. Returns the leaves and whether Python
     numbers must be reduced exactly (an int result could leave int64)."""
     alone = comm.world_size == 1  # nothing to agree with: only check the leaves
-    layout = [("(op)", f"{operation} {op.value}")]
+    layout: list[tuple[str, Any]] = [("(op)", f"{operation} {op.value}")]
     kinds = bytearray()
     bits = 0
     problem: InvalidArgumentError | None = None
@@ -111,12 +111,13 @@ def agree_on_leaves(comm: Communicator, leaves: list[Any], paths: list[str], op:
     return leaves, needs_exact(op, table[:, 1].tolist(), comm.world_size)
 
 
-def _leaf_layout(comm: Communicator, leaf: Any, tensor: torch.Tensor) -> str:
-    """What must match across ranks for one non-number leaf: its kind, dtype, shape and transport device."""
+def _leaf_layout(comm: Communicator, leaf: Any, tensor: torch.Tensor) -> tuple[Any, ...]:
+    """What must match across ranks for one non-number leaf: its kind, dtype, shape and transport
+    device (shown in words only when ranks differ, by :func:`distcomm.agreement.explain`)."""
     if isinstance(leaf, torch.Tensor):
         device = tensor.device if comm.tensor_backend.accepts(tensor.device) else comm.device
-        return f"tensor {describe(tensor)} on {device.type}"
-    return f"numpy {'scalar ' if isinstance(leaf, np.generic) else ''}{describe(tensor)}"
+        return ("tensor", tensor.dtype, tensor.shape, device.type)
+    return ("numpy scalar" if isinstance(leaf, np.generic) else "numpy", tensor.dtype, tensor.shape)
 
 
 def reduce_leaves(

@@ -1,0 +1,44 @@
+"""Gathers with the same-shape promise: one collective, and CheckedCommunicator holds ranks to it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from distcomm import CheckedCommunicator, CollectiveMismatchError, InvalidArgumentError, LocalCommunicator
+
+
+def same_shape_gathers(comm):
+    r = comm.rank
+    mine = torch.full((2, 3), float(r))
+    gathered = comm.all_gather(mine, same_shape=True)
+    handle = comm.all_gather_async(torch.arange(3) + 10 * r, same_shape=True)
+    return [t.tolist() for t in gathered], [t.tolist() for t in handle.wait()], handle.asynchronous
+
+
+def test_same_shape_gathers_give_every_rank_every_tensor(dist_world) -> None:
+    expected_big = [[[0.0] * 3] * 2, [[1.0] * 3] * 2]
+    expected_small = [[0, 1, 2], [10, 11, 12]]
+    assert dist_world(2).run(same_shape_gathers) == [(expected_big, expected_small, True)] * 2
+
+
+def broken_promise(comm):
+    checked = CheckedCommunicator(comm, timeout=5)
+    try:
+        checked.all_gather(torch.ones(2 + comm.rank), same_shape=True)
+    except CollectiveMismatchError as error:
+        return str(error)
+    return "not caught"
+
+
+def test_checking_catches_a_broken_same_shape_promise(dist_world) -> None:
+    for message in dist_world(2).run(broken_promise):
+        assert "rank 0: all_gather float32[2] same_shape; rank 1: all_gather float32[3] same_shape" in message
+
+
+def test_same_shape_takes_a_tensor() -> None:
+    comm = LocalCommunicator()
+    with pytest.raises(InvalidArgumentError, match="same_shape=True\\) takes a tensor"):
+        comm.all_gather([1, 2], same_shape=True)
+    (only,) = comm.all_gather(torch.ones(2), same_shape=True)
+    assert only.tolist() == [1.0, 1.0]

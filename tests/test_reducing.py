@@ -1,0 +1,47 @@
+"""Reductions of many leaves: one buffer per group, and every leaf gets back what it should."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from distcomm import LocalCommunicator
+
+
+def many_leaves(comm):
+    r, n = comm.rank, comm.world_size
+    grads = {f"w{i}": torch.full((3, 2), float(r + i)) for i in range(20)}
+    originals = {k: v for k, v in grads.items()}
+    reduced = comm.all_reduce(grads, "mean")
+    in_place = all(reduced[k] is originals[k] for k in grads)
+    expected = [[(sum(range(n)) / n + i)] * 2 for i in range(20)]
+    values_ok = all(reduced[f"w{i}"].tolist() == [expected[i][0:2]] * 3 for i in range(20))
+    mixed = comm.all_reduce({"t": torch.tensor([r], dtype=torch.int32), "a": np.array([r, 1.5]), "x": 2, "f": 0.5}, "sum")
+    metrics = {f"m{i}": torch.tensor(float(r + i), requires_grad=True) * 1 for i in range(10)}
+    before = [m.item() for m in metrics.values()]
+    out = comm.reduce_dict(metrics, "sum")
+    untouched = [m.item() for m in metrics.values()] == before
+    detached = all(not v.requires_grad and v.dim() == 0 for v in out.values())
+    return (
+        in_place,
+        values_ok,
+        mixed["t"].dtype == torch.int32 and mixed["t"].tolist() == [sum(range(n))],
+        isinstance(mixed["a"], np.ndarray) and mixed["a"].tolist() == [sum(range(n)), 1.5 * n],
+        (mixed["x"], mixed["f"]) == (2 * n, 0.5 * n),
+        untouched and detached and out["m3"].item() == sum(range(n)) + 3 * n,
+    )
+
+
+def test_many_leaves_on_real_ranks(dist_world) -> None:
+    assert dist_world(2).run(many_leaves) == [(True,) * 6] * 2
+
+
+def test_many_leaves_alone() -> None:
+    assert many_leaves(LocalCommunicator()) == (True,) * 6
+
+
+def test_a_lone_tensor_in_reduce_dict_is_left_alone() -> None:
+    loss = torch.tensor(3.0)
+    out = LocalCommunicator().reduce_dict({"loss": loss})
+    out["loss"].add_(1)
+    assert loss.item() == 3.0 and out["loss"] is not loss
