@@ -53,7 +53,8 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def accepts(self, device: torch.device) -> bool:
-        """Whether tensors on ``device`` can be passed to the primitives as they are."""
+        """Whether tensors on ``device`` can be passed to the primitives as they are (the answer
+        may depend only on ``device.type``: communicators ask once per type)."""
 
     @abc.abstractmethod
     def barrier(self) -> None:

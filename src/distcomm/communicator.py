@@ -84,6 +84,7 @@ class Communicator:
         self._backend = backend
         self._state = _SharedState()
         self._hooks: tuple[Hook, ...] = ()
+        self._device_types: dict[str, bool] = {}
         # Plain attributes rather than properties: read on every hot-path call.
         self.rank, self.world_size, self.local_rank = backend.rank, backend.world_size, backend.local_rank
 
@@ -185,9 +186,16 @@ class Communicator:
             )
         return int(value)
 
+    def _accepts(self, device: torch.device) -> bool:
+        """Whether the backend takes tensors on ``device`` as they are (asked once per device type)."""
+        known = self._device_types.get(device.type)
+        if known is None:
+            known = self._device_types[device.type] = self._backend.accepts(device)
+        return known
+
     def _transport(self, tensor: torch.Tensor, operation: str) -> torch.Tensor:
         """``tensor`` itself when the backend takes it where it is, else a contiguous copy on ``device``."""
-        if self._backend.accepts(tensor.device) and tensor.is_contiguous():
+        if self._accepts(tensor.device) and tensor.is_contiguous():
             return tensor
         check_transportable(tensor, operation)
         return tensor.to(self.device, memory_format=torch.contiguous_format, copy=True)
@@ -235,6 +243,11 @@ class Communicator:
         sum could leave int64 are summed exactly, and any other difference raises
         :class:`~distcomm.InconsistentInputError` on every rank.
         """
+        if type(data) is torch.Tensor:  # the hot path: a tensor reduced in place, as it is
+            wire_op = reducing.IN_PLACE_OPS.get((data.dtype, op))
+            if wire_op is not None and data.is_contiguous() and self._device_types.get(data.device.type):
+                self._backend.all_reduce(data, wire_op)
+                return data
         return self._reduce(data, parse_reduce_op(op))
 
     def _reduce(self, data: Any, op: ReduceOp) -> Any:
@@ -407,7 +420,7 @@ class Communicator:
         once and ``handle.asynchronous`` is ``False``.
         """
         reduce_op = parse_reduce_op(op)
-        if not isinstance(tensor, torch.Tensor) or not self._backend.accepts(tensor.device) or not tensor.is_contiguous():
+        if not isinstance(tensor, torch.Tensor) or not self._accepts(tensor.device) or not tensor.is_contiguous():
             return CompletedHandle(self._reduce(tensor, reduce_op))
         plan = plan_reduction(tensor, tensor, reduce_op, "all_reduce_async")
         if plan.transport_dtype != tensor.dtype or plan.mean_dtype is not None:
@@ -424,7 +437,7 @@ class Communicator:
         src = self._check_rank(src, "src", "broadcast_async")
         if not isinstance(tensor, torch.Tensor):
             raise InvalidArgumentError(f"broadcast_async takes a tensor, got {describe(tensor)}")
-        if not self._backend.accepts(tensor.device) or not tensor.is_contiguous():
+        if not self._accepts(tensor.device) or not tensor.is_contiguous():
             broadcasting.fill_from(self, tensor, src)
             return CompletedHandle(tensor)
         return self._backend.broadcast_async(tensor, src)

@@ -23,6 +23,10 @@ class ReduceOp(enum.Enum):
     MAX = "max"
     PRODUCT = "product"
 
+    # Members are singletons: hash them by identity, in C, not by name in Python (they key
+    # dicts on every call of the hot paths).
+    __hash__ = object.__hash__
+
 
 _ALIASES = {"avg": ReduceOp.MEAN, "average": ReduceOp.MEAN, "prod": ReduceOp.PRODUCT}
 

@@ -36,13 +36,20 @@ if TYPE_CHECKING:
     from distcomm.communicator import Communicator
 
 
+IN_PLACE_OPS: dict[tuple[torch.dtype, object], ReduceOp] = {}
+"""(dtype, op as callers spell it) -> the op on the wire, for tensors that a reduction fills in
+place with no conversion and no division: the lookup that lets a lone tensor skip planning."""
+
+
 def reduce_tensor(comm: Communicator, tensor: torch.Tensor, op: ReduceOp) -> torch.Tensor:
-    """The hot path: one tensor, no flattening; in place unless its dtype cannot hold the result."""
+    """One tensor, no flattening; in place unless its dtype cannot hold the result."""
     plan = cached_plan(tensor, tensor, op, "all_reduce")
+    if plan.mean_dtype is None and plan.transport_dtype is tensor.dtype:
+        IN_PLACE_OPS[tensor.dtype, op] = IN_PLACE_OPS[tensor.dtype, op.value] = plan.op
     if plan.transport_dtype is not tensor.dtype or plan.mean_dtype not in (None, tensor.dtype):
         return reduce_leaves(comm, [tensor], [""], op)[0]  # type: ignore[no-any-return]
     backend = comm.tensor_backend
-    if plan.mean_dtype is None and tensor.is_contiguous() and backend.accepts(tensor.device):
+    if plan.mean_dtype is None and tensor.is_contiguous() and comm._accepts(tensor.device):
         backend.all_reduce(tensor, plan.op)
         return tensor
     carrier = comm._transport(tensor, "all_reduce")
@@ -115,7 +122,7 @@ def _leaf_layout(comm: Communicator, leaf: Any, tensor: torch.Tensor) -> tuple[A
     """What must match across ranks for one non-number leaf: its kind, dtype, shape and transport
     device (shown in words only when ranks differ, by :func:`distcomm.agreement.explain`)."""
     if isinstance(leaf, torch.Tensor):
-        device = tensor.device if comm.tensor_backend.accepts(tensor.device) else comm.device
+        device = tensor.device if comm._accepts(tensor.device) else comm.device
         return ("tensor", tensor.dtype, tensor.shape, device.type)
     return ("numpy scalar" if isinstance(leaf, np.generic) else "numpy", tensor.dtype, tensor.shape)
 
@@ -137,7 +144,6 @@ def reduce_leaves(
     NumPy values) cross from the device once per group. With ``exact``, Python numbers
     are instead gathered and reduced as Python numbers.
     """
-    backend = comm.tensor_backend
     tensors: list[torch.Tensor | None] = []
     plans: list[ReducePlan] = []
     groups: dict[tuple[torch.dtype, ReduceOp, torch.device], list[int]] = {}
@@ -154,7 +160,7 @@ def reduce_leaves(
         entry = seen.get(key)  # leaves of one kind, dtype and device share a plan and a group
         if entry is None:
             plan = cached_plan(leaf, prototype, op, operation)
-            device = comm.device if tensor is None or not backend.accepts(tensor.device) else tensor.device
+            device = comm.device if tensor is None or not comm._accepts(tensor.device) else tensor.device
             entry = seen[key] = (plan, (plan.transport_dtype, plan.op, device), [])
         tensors.append(tensor)
         plans.append(entry[0])

@@ -12,7 +12,7 @@ import torch.distributed as dist
 
 from distcomm.backend import Backend
 from distcomm.communicator import Communicator
-from distcomm.errors import ConfigurationError, DistCommError, InvalidArgumentError, call_torch
+from distcomm.errors import CollectiveError, ConfigurationError, DistCommError, InvalidArgumentError, call_torch
 from distcomm.handles import Handle, WorkHandle
 from distcomm.ops import TO_TORCH, ReduceOp
 from distcomm.rules import BACKENDS, DEFAULT_TIMEOUT, as_timeout, backend_available, default_backend
@@ -125,11 +125,15 @@ class TorchDistBackend(Backend):
         call_torch("broadcast", self.rank, dist.broadcast, carrier, self._global_ranks[src], group=self._group)
 
     def all_reduce(self, tensor: torch.Tensor, op: ReduceOp) -> None:
-        wider = _GLOO_WIDER.get(tensor.dtype) if self._gloo else None
-        carrier = tensor if wider is None else tensor.to(wider)
-        call_torch("all_reduce", self.rank, dist.all_reduce, carrier, TO_TORCH[op], group=self._group)
-        if carrier is not tensor:
+        if self._gloo and tensor.dtype in _GLOO_WIDER:
+            carrier = tensor.to(_GLOO_WIDER[tensor.dtype])
+            call_torch("all_reduce", self.rank, dist.all_reduce, carrier, TO_TORCH[op], group=self._group)
             tensor.copy_(carrier)
+            return
+        try:  # call_torch's work, written out on the hottest path of all to save a call
+            dist.all_reduce(tensor, TO_TORCH[op], group=self._group)
+        except RuntimeError as error:
+            raise CollectiveError("all_reduce", self.rank, error) from error
 
     def _gather_buffers(self, tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """What to send, where it lands, and the caller's view of it: ``(world_size, *shape)``."""
