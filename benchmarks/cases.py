@@ -166,3 +166,27 @@ def timed(fn: Callable[[], Any]) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+def overhead_on_fake_group(calls: int) -> dict[str, float]:
+    """raw dist.all_reduce, the object API and the facade on torch's fake process group (whose
+    collectives do nothing), alternating call by call: the time each adds is its own Python."""
+    from torch.testing._internal.distributed.fake_pg import FakeStore  # torch's own test backend
+
+    from distcomm import TorchDistCommunicator, set_communicator
+
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=1)
+    try:
+        comm = TorchDistCommunicator()
+        previous = set_communicator(comm)
+        tensor = torch.ones(1)
+        result = interleaved(
+            {"raw": lambda: dist.all_reduce(tensor), "distcomm": lambda: comm.all_reduce(tensor),
+             "facade": lambda: distutils.all_reduce(tensor)},
+            calls,
+            lambda: None,
+        )  # fmt: skip
+        set_communicator(previous)
+        return result
+    finally:
+        dist.destroy_process_group()

@@ -52,14 +52,19 @@ def hot_path_goals(world: World, report) -> None:  # type: ignore[no-untyped-def
         r = ratio(runs, "distcomm", "raw")
         detail = f"{cases.median_of(runs, 'distcomm') * 1e6:.0f} us vs {cases.median_of(runs, 'raw') * 1e6:.0f} us"
         report(line(f"{label}, {where}", r, f"<= {limit}", r <= limit, detail))
-    if n == 1:
-        runs = repeat(world, cases.bench_case, "all_reduce", 4, 3000, "cpu")
-        for variant, limit in (("distcomm", 1.0), ("facade", 1.5)):
-            added = (cases.median_of(runs, variant) - cases.median_of(runs, "raw")) * 1e6
-            name = "object API" if variant == "distcomm" else "facade"
-            detail = f"{cases.median_of(runs, variant) * 1e6:.1f} us vs raw {cases.median_of(runs, 'raw') * 1e6:.1f} us"
-            report(f"| added time per single-tensor all_reduce, {name}, 1 Gloo rank | {added:+.2f} us | <= {limit} us | "
-                   f"{'met' if added <= limit else 'NOT met'} | {detail} |")
+
+
+def single_tensor_overhead(report) -> None:  # type: ignore[no-untyped-def]
+    """Added time per single-tensor all_reduce, on torch's fake process group: its collectives do
+    nothing, so what remains is the Python each way runs. (On one Gloo rank a call waits tens of
+    microseconds for Gloo's worker thread, and that wake-up jitters by more than the goal.)"""
+    runs = [cases.overhead_on_fake_group(20000) for _ in range(3)]
+    for variant, limit in (("distcomm", 1.0), ("facade", 1.5)):
+        added = (cases.median_of(runs, variant) - cases.median_of(runs, "raw")) * 1e6
+        name = "object API" if variant == "distcomm" else "facade"
+        detail = f"{cases.median_of(runs, variant) * 1e6:.2f} us vs raw {cases.median_of(runs, 'raw') * 1e6:.2f} us"
+        report(f"| added time per single-tensor all_reduce, {name}, 1 rank (fake group) | {added:+.2f} us | <= {limit} us | "
+               f"{'met' if added <= limit else 'NOT met'} | {detail} |")
 
 
 def main() -> None:
@@ -117,6 +122,7 @@ def main() -> None:
     for ranks in (1, 2):
         with World(ranks, timeout=120, call_timeout=900) as world:
             hot_path_goals(world, report)
+    single_tensor_overhead(report)
 
     runs = [cases.hot_path(2000) for _ in range(3)]
     r = ratio(runs, "distutils", "old style")

@@ -244,7 +244,7 @@ class Communicator:
         :class:`~distcomm.InconsistentInputError` on every rank.
         """
         if type(data) is torch.Tensor:  # the hot path: a tensor reduced in place, as it is
-            wire_op = reducing.IN_PLACE_OPS.get((data.dtype, op))
+            wire_op = _IN_PLACE_OPS.get((data.dtype, op))
             if wire_op is not None and data.is_contiguous() and self._device_types.get(data.device.type):
                 self._backend.all_reduce(data, wire_op)
                 return data
@@ -459,6 +459,7 @@ class Communicator:
 
 
 _objects = objects  # the module, where a parameter named ``objects`` hides it
+_IN_PLACE_OPS = reducing.IN_PLACE_OPS  # read on every hot-path call
 
 
 def _deprecated(old: str, new: str) -> None:

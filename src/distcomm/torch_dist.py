@@ -131,7 +131,7 @@ class TorchDistBackend(Backend):
             tensor.copy_(carrier)
             return
         try:  # call_torch's work, written out on the hottest path of all to save a call
-            dist.all_reduce(tensor, TO_TORCH[op], group=self._group)
+            dist.all_reduce(tensor, TO_TORCH[op], self._group)
         except RuntimeError as error:
             raise CollectiveError("all_reduce", self.rank, error) from error
 
