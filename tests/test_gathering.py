@@ -42,3 +42,24 @@ def test_same_shape_takes_a_tensor() -> None:
         comm.all_gather([1, 2], same_shape=True)
     (only,) = comm.all_gather(torch.ones(2), same_shape=True)
     assert only.tolist() == [1.0, 1.0]
+
+
+def gather_into_out(comm):
+    out = torch.empty(comm.world_size, 2)
+    first = comm.all_gather(torch.full((2,), float(comm.rank)), same_shape=True, out=out)
+    second = comm.all_gather_async(torch.full((2,), 5.0 + comm.rank), same_shape=True, out=out).wait()
+    return [t.data_ptr() for t in first] == [t.data_ptr() for t in second], out.tolist()
+
+
+def test_out_is_filled_and_reused(dist_world) -> None:
+    assert dist_world(2).run(gather_into_out) == [(True, [[5.0, 5.0], [6.0, 6.0]])] * 2
+
+
+def test_a_wrong_out_is_a_clear_error() -> None:
+    comm = LocalCommunicator()
+    with pytest.raises(InvalidArgumentError, match=r"out must be a contiguous float32\[1, 3\] tensor"):
+        comm.all_gather(torch.ones(3), same_shape=True, out=torch.empty(2, 3))
+    with pytest.raises(InvalidArgumentError, match="out is for same_shape=True"):
+        comm.all_gather(torch.ones(3), out=torch.empty(1, 3))
+    out = torch.empty(1, 3)
+    assert comm.all_gather(torch.ones(3), same_shape=True, out=out)[0].data_ptr() == out.data_ptr()

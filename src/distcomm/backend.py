@@ -69,9 +69,10 @@ class Backend(abc.ABC):
         """Reduce ``tensor`` in place (``op`` is never ``MEAN``)."""
 
     @abc.abstractmethod
-    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
-        """One new tensor of shape ``(world_size, *tensor.shape)``: every rank's tensor, in rank
-        order (every rank passes the same shape and dtype)."""
+    def all_gather(self, tensor: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """A tensor of shape ``(world_size, *tensor.shape)``: every rank's tensor, in rank order
+        (every rank passes the same shape and dtype). It is ``out`` when given (contiguous, of
+        that shape, dtype and device), else a new tensor."""
 
     def all_gather_uneven(self, tensor: torch.Tensor, shapes: list[torch.Size]) -> list[torch.Tensor]:
         """Every rank's tensor when shapes differ (``shapes``, known to all): pad, gather, trim."""
@@ -92,9 +93,9 @@ class Backend(abc.ABC):
         self.broadcast(tensor, src)
         return CompletedHandle(tensor)
 
-    def all_gather_async(self, tensor: torch.Tensor) -> Handle:
+    def all_gather_async(self, tensor: torch.Tensor, out: torch.Tensor | None = None) -> Handle:
         """Start an equal-shape gather; the handle's ``wait()`` returns the ``(world_size, ...)`` tensor."""
-        return CompletedHandle(self.all_gather(tensor))
+        return CompletedHandle(self.all_gather(tensor, out))
 
     @abc.abstractmethod
     def split(self, members: list[int]) -> Backend | None:

@@ -27,7 +27,7 @@ from distcomm.profiled import algorithm_bytes, bus_factor
 
 OPERATIONS = ("all_reduce", "all_gather", "broadcast", "all_gather_same", "dict_all_reduce", "reduce_dict")
 """The last three compare with what a user writes by hand: ``all_gather_into_tensor`` into a
-reused buffer; torch's flatten idiom over a dict of 50 tensors (of the given size each);
+reused buffer (distcomm given ``out=`` too; without it, in the goals' details); torch's flatten idiom over a dict of 50 tensors (of the given size each);
 ``stack`` + ``all_reduce`` + ``tolist`` of 50 scalar metrics. On two or more ranks the
 hand-written dict idioms also pay one small header gather, the layout agreement that
 distcomm adds."""
@@ -87,9 +87,11 @@ def _idiom_runners(comm: Communicator, operation: str, tensor: torch.Tensor, gro
 
     if operation == "all_gather_same":
         out = torch.empty(comm.world_size * tensor.numel(), dtype=tensor.dtype, device=tensor.device)
+        reused = torch.empty(comm.world_size, *tensor.shape, dtype=tensor.dtype, device=tensor.device)
         return {
             "raw": lambda: dist.all_gather_into_tensor(out, tensor, group=group),
-            "distcomm": lambda: comm.all_gather(tensor, same_shape=True),
+            "distcomm": lambda: comm.all_gather(tensor, same_shape=True, out=reused),
+            "distcomm, new buffer": lambda: comm.all_gather(tensor, same_shape=True),
         }
     if operation == "dict_all_reduce":
         grads = {f"layer{i}": tensor.clone() for i in range(DICT_LEAVES)}

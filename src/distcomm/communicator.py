@@ -58,7 +58,7 @@ class _SharedState:
         self.codec: ObjectCodec | None = None
 
 
-def _describe_gather(data: Any, *, same_shape: bool = False) -> str:
+def _describe_gather(data: Any, *, same_shape: bool = False, out: Any = None) -> str:
     """What must match across ranks in a gather: dtypes and dimensions, and shapes when promised equal."""
     return signature_of(data, shapes=same_shape) + (" same_shape" if same_shape else "")
 
@@ -273,7 +273,7 @@ class Communicator:
         return reducing.reduce_structure(self, data, reduce_op, "reduce_dict", detach=True)  # type: ignore[no-any-return]
 
     @collective(_describe_gather, lambda data, **_: data)
-    def all_gather(self, data: Any, *, same_shape: bool = False) -> list[Any]:
+    def all_gather(self, data: Any, *, same_shape: bool = False, out: torch.Tensor | None = None) -> list[Any]:
         """Return a list with every rank's ``data``, in rank order, on every rank.
 
         Tensors may differ in shape across ranks (not in dtype or number of
@@ -285,9 +285,16 @@ class Communicator:
         and dtype: the shapes are not exchanged, and the data moves in one collective
         into one buffer (the entries are views of it). A broken promise is not detected
         here; :class:`~distcomm.CheckedCommunicator` (``DISTCOMM_DEBUG=1``) catches it.
+        With it, ``out`` (a contiguous ``(world_size, *data.shape)`` tensor of ``data``'s
+        dtype and device) is filled and reused instead of a new buffer, as with
+        ``torch.distributed.all_gather_into_tensor``. Bad ``out`` or a non-tensor raises on
+        the rank that passed it, before it communicates; the others then fail within the
+        group's timeout.
         """
         if same_shape:
-            return gathering.gather_same_shape(self, data, "all_gather")
+            return gathering.gather_same_shape(self, data, "all_gather", out)
+        if out is not None:
+            raise InvalidArgumentError("all_gather: out is for same_shape=True, where every rank's shape is known")
         return gathering.gather_data(self, data)
 
     # ------------------------------------------------------- object collectives
@@ -443,18 +450,20 @@ class Communicator:
         return self._backend.broadcast_async(tensor, src)
 
     @collective(_describe_gather, lambda tensor, **_: tensor)
-    def all_gather_async(self, tensor: torch.Tensor, *, same_shape: bool = False) -> Handle:
+    def all_gather_async(self, tensor: torch.Tensor, *, same_shape: bool = False, out: torch.Tensor | None = None) -> Handle:
         """Start gathering ``tensor`` from every rank; ``wait()`` returns the list.
 
         Shapes may differ across ranks: they are exchanged first, synchronously (with
         the data itself for small tensors, which then makes the handle synchronous).
         Larger equal-shape data moves in the background. With ``same_shape=True`` (the
-        promise of :meth:`all_gather`) nothing is exchanged first.
+        promise of :meth:`all_gather`) nothing is exchanged first, and ``out`` may be given.
         """
         if not isinstance(tensor, torch.Tensor):
             raise InvalidArgumentError(f"all_gather_async takes a tensor, got {describe(tensor)}")
         if same_shape:
-            return gathering.gather_same_shape_async(self, tensor)
+            return gathering.gather_same_shape_async(self, tensor, out)
+        if out is not None:
+            raise InvalidArgumentError("all_gather_async: out is for same_shape=True, where every rank's shape is known")
         return gathering.gather_tensor(self, tensor, asynchronous=True)
 
 

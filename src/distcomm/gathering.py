@@ -55,26 +55,39 @@ def gather_data(comm: Communicator, data: Any) -> list[Any]:
     ]
 
 
-def gather_same_shape(comm: Communicator, tensor: Any, operation: str) -> list[torch.Tensor]:
-    """Every rank's ``tensor``, promised to have one shape and dtype everywhere: one collective."""
-    carrier = _same_shape_carrier(comm, tensor, operation)
-    out = comm.tensor_backend.all_gather(carrier)
-    return list((out if carrier is tensor else out.to(tensor.device)).unbind(0))
+def gather_same_shape(comm: Communicator, tensor: Any, operation: str, out: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """Every rank's ``tensor``, promised to have one shape and dtype everywhere: one collective,
+    into ``out`` when given (then the entries are views of it)."""
+    carrier = _same_shape_carrier(comm, tensor, operation, out)
+    gathered = comm.tensor_backend.all_gather(carrier, out)
+    return list((gathered if carrier is tensor else gathered.to(tensor.device)).unbind(0))
 
 
-def gather_same_shape_async(comm: Communicator, tensor: torch.Tensor) -> Handle:
+def gather_same_shape_async(comm: Communicator, tensor: torch.Tensor, out: torch.Tensor | None = None) -> Handle:
     """:func:`gather_same_shape` in the background."""
-    carrier = _same_shape_carrier(comm, tensor, "all_gather_async")
+    carrier = _same_shape_carrier(comm, tensor, "all_gather_async", out)
     home = tensor.device
-    return ThenHandle(comm.tensor_backend.all_gather_async(carrier), lambda out: list(out.to(home).unbind(0)))
+    return ThenHandle(comm.tensor_backend.all_gather_async(carrier, out), lambda gathered: list(gathered.to(home).unbind(0)))
 
 
-def _same_shape_carrier(comm: Communicator, tensor: Any, operation: str) -> torch.Tensor:
+def _same_shape_carrier(comm: Communicator, tensor: Any, operation: str, out: torch.Tensor | None) -> torch.Tensor:
     if not isinstance(tensor, torch.Tensor):
         raise InvalidArgumentError(f"{operation}(same_shape=True) takes a tensor, got {describe(tensor)}")
     if tensor.dtype not in DTYPE_CODES:
         raise InvalidArgumentError(f"{operation} does not support dtype {tensor.dtype}; convert the tensor first")
-    return comm._transport(tensor, operation)
+    carrier = comm._transport(tensor, operation)
+    if out is not None:
+        wanted = (comm.world_size, *tensor.shape)
+        if (
+            not isinstance(out, torch.Tensor) or tuple(out.shape) != wanted or out.dtype != tensor.dtype
+            or out.device != carrier.device or not out.is_contiguous() or carrier is not tensor
+        ):  # fmt: skip
+            raise InvalidArgumentError(
+                f"{operation}: out must be a contiguous {str(tensor.dtype).removeprefix('torch.')}{list(wanted)} "
+                f"tensor on {tensor.device} (world size first, then the input's shape), for an input the backend "
+                f"takes where it is; got {describe(out)}"
+            )
+    return carrier
 
 
 def gather_tensor(comm: Communicator, tensor: torch.Tensor, *, asynchronous: bool) -> Handle:

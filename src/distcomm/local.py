@@ -36,8 +36,11 @@ class LocalBackend(Backend):
     def all_reduce(self, tensor: torch.Tensor, op: ReduceOp) -> None:
         pass  # every reduction of one value is that value
 
-    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor.unsqueeze(0).clone()
+    def all_gather(self, tensor: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        if out is None:
+            return tensor.unsqueeze(0).clone()
+        out[0].copy_(tensor)
+        return out
 
     def split(self, members: list[int]) -> Backend | None:
         return LocalBackend(self._device)

@@ -135,18 +135,20 @@ class TorchDistBackend(Backend):
         except RuntimeError as error:
             raise CollectiveError("all_reduce", self.rank, error) from error
 
-    def _gather_buffers(self, tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """What to send, where it lands, and the caller's view of it: ``(world_size, *shape)``."""
+    def _gather_buffers(self, tensor: torch.Tensor, out: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What to send, where it lands (flat), and the caller's view of it: ``(world_size, *shape)``."""
         raw = self._as_bytes(tensor)
         send = (tensor if raw is None else raw).reshape(-1)
-        out = torch.empty(self.world_size * send.numel(), dtype=send.dtype, device=send.device)
-        view = out.view(self.world_size, -1)
+        if out is not None:
+            return send, out.view(-1) if raw is None else out.view(-1).view(torch.uint8), out
+        landing = torch.empty(self.world_size * send.numel(), dtype=send.dtype, device=send.device)
+        view = landing.view(self.world_size, -1)
         if raw is not None:
             view = view.view(tensor.dtype)
-        return send, out, view.reshape(self.world_size, *tensor.shape)
+        return send, landing, view.reshape(self.world_size, *tensor.shape)
 
-    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
-        send, out, result = self._gather_buffers(tensor)
+    def all_gather(self, tensor: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        send, out, result = self._gather_buffers(tensor, out)
         call_torch("all_gather", self.rank, _gather_into_tensor, out, send, group=self._group)
         return result
 
@@ -171,8 +173,8 @@ class TorchDistBackend(Backend):
         )
         return WorkHandle(work, tensor, "broadcast", self.rank)
 
-    def all_gather_async(self, tensor: torch.Tensor) -> Handle:
-        send, out, result = self._gather_buffers(tensor)
+    def all_gather_async(self, tensor: torch.Tensor, out: torch.Tensor | None = None) -> Handle:
+        send, out, result = self._gather_buffers(tensor, out)
         work = call_torch("all_gather", self.rank, _gather_into_tensor, out, send, group=self._group, async_op=True)
         return WorkHandle(work, result, "all_gather", self.rank)
 
