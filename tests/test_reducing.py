@@ -45,3 +45,29 @@ def test_a_lone_tensor_in_reduce_dict_is_left_alone() -> None:
     out = LocalCommunicator().reduce_dict({"loss": loss})
     out["loss"].add_(1)
     assert loss.item() == 3.0 and out["loss"] is not loss
+
+
+def fast_and_general_paths_meet(comm):
+    import collections
+
+    from distcomm import InconsistentInputError
+
+    r = comm.rank
+    same = {"b": torch.tensor([1.0 + r]), "a": torch.tensor([10.0 * (r + 1)])}
+    # rank 0: a plain dict of one dtype (the vectorised path); rank 1: an OrderedDict (the general path)
+    data = same if r == 0 else collections.OrderedDict(same)
+    summed = comm.all_reduce(data, "sum")
+    values = {k: v.tolist() for k, v in summed.items()}
+    other = {"a": torch.ones(1), "b": torch.ones(1, dtype=torch.float32 if r == 0 else torch.float64)}
+    try:
+        comm.all_reduce(other)
+    except InconsistentInputError as error:
+        return values, str(error)
+    return values, "no error"
+
+
+def test_ranks_on_the_vectorised_and_the_general_path_meet(dist_world) -> None:
+    results = dist_world(2).run(fast_and_general_paths_meet)
+    assert [values for values, _ in results] == [{"b": [3.0], "a": [30.0]}, {"b": [3.0], "a": [30.0]}]
+    messages = {message for _, message in results}
+    assert len(messages) == 1 and "first difference at ['b']: rank 0: tensor float32[1] on cpu; rank 1: tensor float64[1] on cpu" in messages.pop()

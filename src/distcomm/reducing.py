@@ -66,6 +66,10 @@ def reduce_structure(comm: Communicator, data: Any, op: ReduceOp, operation: str
     """Reduce numbers, arrays and nested data: agree on the layout, then reduce the leaves
     in an order every rank shares (sorted by key path), and rebuild the caller's structure.
     With ``detach``, tensors are left alone and the result holds new, detached tensors."""
+    if type(data) is dict:
+        as_dict = reduce_tensor_dict(comm, data, op, operation, detach)
+        if as_dict is not None:
+            return as_dict
     leaves, paths, spec = flatten(data)
     order = sorted(range(len(leaves)), key=paths.__getitem__)
     leaves, paths = [leaves[i] for i in order], [paths[i] for i in order]
@@ -75,6 +79,51 @@ def reduce_structure(comm: Communicator, data: Any, op: ReduceOp, operation: str
     for position, value in zip(order, reduced):
         results[position] = value
     return unflatten(spec, results)
+
+
+def reduce_tensor_dict(comm: Communicator, data: dict[Any, Any], op: ReduceOp, operation: str, detach: bool) -> dict[Any, Any] | None:
+    """The common case, vectorised: a plain dict of tensors of one dtype on one device, reduced
+    as they are. ``None`` when ``data`` is anything else (the general path takes it).
+
+    It agrees on exactly the layout the general path would claim and keeps its leaf order,
+    so ranks that take different paths still meet in the same agreement and collective.
+    """
+    values = list(data.values())
+    if not values or type(values[0]) is not torch.Tensor:
+        return None
+    first = values[0]
+    dtype, device = first.dtype, first.device
+    for value in values:
+        if type(value) is not torch.Tensor or value.dtype is not dtype or value.device != device or not value.is_contiguous():
+            return None
+    if not comm._accepts(device):
+        return None
+    plan = cached_plan(first, first, op, operation)
+    if plan.transport_dtype is not dtype or plan.mean_dtype not in (None, dtype):
+        return None
+    paths = {key: f"[{key!r}]" for key in data}
+    keys = sorted(data, key=paths.__getitem__)
+    ordered = [data[key] for key in keys]
+    if comm.world_size > 1:
+        layout = (("(op)", f"{operation} {op.value}"), *((paths[k], ("tensor", dtype, t.shape, device.type)) for k, t in zip(keys, ordered)))
+        agree(comm, operation, Claim(layout, (_NO_NUMBERS, 0)))
+    with torch.no_grad():
+        flat = _flatten_dense_tensors(ordered)  # type: ignore[no-untyped-call]
+        if len(ordered) == 1 and detach:
+            flat = flat.clone()  # a lone tensor comes back as a view of itself: leave the input alone
+        comm.tensor_backend.all_reduce(flat, plan.op)
+        if plan.mean_dtype is not None:
+            flat.div_(comm.world_size)
+        views = _views(flat, ordered)
+        if not detach:
+            torch._foreach_copy_(ordered, views)
+            return dict(data)
+    reduced = dict(zip(keys, views))
+    return {key: reduced[key] for key in data}
+
+
+_NO_NUMBERS = digest64(b"")
+"""The digest of the number kinds of a call that has no Python numbers."""
 
 
 def agree_on_leaves(comm: Communicator, leaves: list[Any], paths: list[str], op: ReduceOp, operation: str) -> tuple[list[Any], bool]:
