@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import pytest
 import torch
 
 from distcomm import LocalCommunicator
@@ -71,3 +74,54 @@ def test_ranks_on_the_vectorised_and_the_general_path_meet(dist_world) -> None:
     assert [values for values, _ in results] == [{"b": [3.0], "a": [30.0]}, {"b": [3.0], "a": [30.0]}]
     messages = {message for _, message in results}
     assert len(messages) == 1 and "first difference at ['b']: rank 0: tensor float32[1] on cpu; rank 1: tensor float64[1] on cpu" in messages.pop()
+
+
+def small_dicts_every_op(comm):
+    r = comm.rank
+    ints = {"a": torch.tensor([r + 1, -r], dtype=torch.int32), "b": torch.tensor(r + 2, dtype=torch.int32)}
+    out = {op: {k: v.tolist() for k, v in comm.all_reduce({k: t.clone() for k, t in ints.items()}, op).items()}
+           for op in ("sum", "min", "max", "product")}  # fmt: skip
+    floats = {f"m{i}": torch.tensor(float(r * i)) for i in range(30)}
+    out["mean"] = {k: v.item() for k, v in comm.reduce_dict(floats, "mean").items() if k in ("m0", "m29")}
+    return out
+
+
+@pytest.mark.parametrize("world_size", [2, 4])
+def test_small_dicts_reduced_with_their_agreement_give_every_op(dist_world, world_size) -> None:
+    n = world_size
+    ranks = range(n)
+    expected = {
+        "sum": {"a": [sum(r + 1 for r in ranks), -sum(ranks)], "b": sum(r + 2 for r in ranks)},
+        "min": {"a": [1, -(n - 1)], "b": 2},
+        "max": {"a": [n, 0], "b": n + 1},
+        "product": {"a": [math.prod(r + 1 for r in ranks), math.prod(-r for r in ranks)], "b": math.prod(r + 2 for r in ranks)},
+        "mean": {"m0": 0.0, "m29": pytest.approx(29 * sum(ranks) / n)},
+    }
+    assert dist_world(n).run(small_dicts_every_op) == [expected] * n
+
+
+def collectives_of_a_small_dict(comm):
+    from distcomm import Communicator
+    from distcomm.torch_dist import TorchDistBackend
+
+    calls = []
+
+    class Counting(TorchDistBackend):
+        def all_reduce(self, tensor, op):
+            calls.append("all_reduce")
+            super().all_reduce(tensor, op)
+
+        def all_gather(self, tensor, out=None):
+            calls.append("all_gather")
+            return super().all_gather(tensor, out)
+
+    counting = Communicator(Counting())
+    small = counting.reduce_dict({f"m{i}": torch.tensor(float(i)) for i in range(50)})
+    first = list(calls)
+    calls.clear()
+    counting.reduce_dict({f"m{i}": torch.ones(4096) for i in range(4)})  # too large to ride along
+    return first, list(calls), small["m7"].item()
+
+
+def test_a_small_dict_travels_with_its_agreement(dist_world) -> None:
+    assert dist_world(2).run(collectives_of_a_small_dict) == [(["all_gather"], ["all_gather", "all_reduce"], 14.0)] * 2

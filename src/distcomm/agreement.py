@@ -50,20 +50,53 @@ class Claim:
     problem: str | None = None
 
 
+INLINE_WORLD_MAX = 16
+"""Up to this world size, the header travels in a fixed slot with room for a small payload."""
+INLINE_SLOT_BYTES = 4096
+"""The slot's size (header included); every rank of a call sends the same size, inline data or not."""
+
+
 def agree(comm: Communicator, operation: str, claim: Claim) -> np.ndarray:
     """Every rank's ``claim.numbers``, one row per rank, once every layout matches.
 
     Raises :class:`~distcomm.InconsistentInputError` on every rank when some rank has a
     problem or the layouts differ.
     """
-    header = np.empty(3 + len(claim.numbers), dtype="<i8")
+    return agree_with_data(comm, operation, claim, None)[0]
+
+
+def agree_with_data(comm: Communicator, operation: str, claim: Claim, data: torch.Tensor | None) -> tuple[np.ndarray, torch.Tensor | None]:
+    """:func:`agree`, carrying ``data`` (a small flat tensor on ``comm.device``) in the same collective.
+
+    Returns every rank's numbers and, when every rank sent data (so every rank made the
+    same kind of call), every rank's data as a ``(world_size, n)`` tensor; else ``None``,
+    and every rank goes on with its data as if it had sent none. The slot has one size
+    for every call of a world, so ranks that send data and ranks that do not still meet.
+    """
+    words = 4 + len(claim.numbers)
+    header_bytes = -(-8 * words // 16) * 16  # a multiple of 16: any dtype's view of the data is aligned
+    inline = comm.world_size <= INLINE_WORLD_MAX
+    slot_bytes = max(INLINE_SLOT_BYTES, header_bytes) if inline else header_bytes
+    fits = data is not None and inline and header_bytes + data.numel() * data.element_size() <= slot_bytes
+    header = np.zeros(header_bytes // 8, dtype="<i8")
     header[0] = _REFUSED if claim.problem else _OK
     header[1] = digest64(repr(claim.layout).encode())
     header[2] = len(claim.layout)
-    header[3:] = claim.numbers
-    table = comm.tensor_backend.all_gather(torch.from_numpy(header).to(comm.device)).cpu().numpy()
+    header[3] = data.numel() * data.element_size() if fits else -1  # type: ignore[union-attr]
+    header[4:words] = claim.numbers
+    slot = torch.empty(slot_bytes, dtype=torch.uint8, device=comm.device)
+    slot[:header_bytes] = torch.from_numpy(header.view(np.uint8)).to(comm.device)
+    if fits:
+        flat = data.reshape(-1).view(torch.uint8)  # type: ignore[union-attr]
+        slot[header_bytes : header_bytes + flat.numel()] = flat
+    rows = comm.tensor_backend.all_gather(slot)
+    table = rows[:, :header_bytes].cpu().numpy().view("<i8")
     if not table[:, 0].any() and (table[:, 1:3] == table[0, 1:3]).all():
-        return table[:, 3:]
+        sizes = table[:, 3]
+        if fits and (sizes == sizes[0]).all():
+            gathered = rows[:, header_bytes : header_bytes + int(sizes[0])].view(data.dtype)  # type: ignore[union-attr]
+            return table[:, 4:words], gathered
+        return table[:, 4:words], None
     from distcomm.objects import all_gather_objects  # objects builds on this module
 
     claims = all_gather_objects(comm, (claim.problem, claim.layout), operation)

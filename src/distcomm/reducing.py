@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
-from distcomm.agreement import Claim, agree, digest64
+from distcomm.agreement import Claim, agree, agree_with_data, digest64
 from distcomm.conversion import check_transportable, from_tensor, to_tensor
 from distcomm.errors import InvalidArgumentError
 from distcomm.nested import flatten, unflatten
@@ -92,34 +92,66 @@ def reduce_tensor_dict(comm: Communicator, data: dict[Any, Any], op: ReduceOp, o
     if not values or type(values[0]) is not torch.Tensor:
         return None
     first = values[0]
-    dtype, device = first.dtype, first.device
+    dtype, device, shape, on_cpu = first.dtype, first.device, first.shape, first.is_cpu
+    alike = True  # every tensor of one shape: one stack, one unbind
     for value in values:
-        if type(value) is not torch.Tensor or value.dtype is not dtype or value.device != device or not value.is_contiguous():
+        if type(value) is not torch.Tensor or value.dtype is not dtype:
             return None
+        if (not value.is_cpu) if on_cpu else value.device != device:
+            return None
+        if not detach and not value.is_contiguous():  # filled in place: the general path checks it first
+            return None
+        alike = alike and value.shape == shape
     if not comm._accepts(device):
         return None
     plan = cached_plan(first, first, op, operation)
     if plan.transport_dtype is not dtype or plan.mean_dtype not in (None, dtype):
         return None
-    paths = {key: f"[{key!r}]" for key in data}
-    keys = sorted(data, key=paths.__getitem__)
-    ordered = [data[key] for key in keys]
-    if comm.world_size > 1:
-        layout = (("(op)", f"{operation} {op.value}"), *((paths[k], ("tensor", dtype, t.shape, device.type)) for k, t in zip(keys, ordered)))
-        agree(comm, operation, Claim(layout, (_NO_NUMBERS, 0)))
+    if comm.world_size == 1:  # no other rank to match: the caller's order serves
+        keys, ordered = list(data), values
+    else:
+        paths = {key: f"[{key!r}]" for key in data}
+        keys = sorted(data, key=paths.__getitem__)
+        ordered = [data[key] for key in keys]
     with torch.no_grad():
-        flat = _flatten_dense_tensors(ordered)  # type: ignore[no-untyped-call]
-        if len(ordered) == 1 and detach:
-            flat = flat.clone()  # a lone tensor comes back as a view of itself: leave the input alone
-        comm.tensor_backend.all_reduce(flat, plan.op)
+        if alike:  # one stack, and one unbind back
+            flat = torch.stack(ordered)
+        else:
+            flat = _flatten_dense_tensors(ordered)  # type: ignore[no-untyped-call]
+            if len(ordered) == 1 and detach:
+                flat = flat.clone()  # a lone tensor comes back as a view of itself: leave the input alone
+        gathered = None
+        if comm.world_size > 1:
+            layout = (("(op)", f"{operation} {op.value}"), *((paths[k], ("tensor", dtype, t.shape, device.type)) for k, t in zip(keys, ordered)))
+            small = flat if device == comm.device and dtype is not torch.bool else None
+            gathered = agree_with_data(comm, operation, Claim(layout, (_NO_NUMBERS, 0)), small)[1]
+        if gathered is not None:  # the data came with the agreement: reduce it here, in rank order
+            _reduce_rows(gathered, plan.op, out=flat.view(-1))
+        else:
+            comm.tensor_backend.all_reduce(flat, plan.op)
         if plan.mean_dtype is not None:
             flat.div_(comm.world_size)
-        views = _views(flat, ordered)
+        views = list(flat.unbind(0)) if alike else _views(flat, ordered)
         if not detach:
             torch._foreach_copy_(ordered, views)
             return dict(data)
     reduced = dict(zip(keys, views))
-    return {key: reduced[key] for key in data}
+    return reduced if comm.world_size == 1 else {key: reduced[key] for key in data}
+
+
+def _reduce_rows(rows: torch.Tensor, op: ReduceOp, out: torch.Tensor) -> None:
+    """Reduce every rank's row into ``out``, element by element in rank order, so that every
+    rank computes exactly the same bits."""
+    out.copy_(rows[0])
+    for row in rows[1:]:
+        if op is ReduceOp.SUM:
+            out.add_(row)
+        elif op is ReduceOp.PRODUCT:
+            out.mul_(row)
+        elif op is ReduceOp.MIN:
+            torch.minimum(out, row, out=out)
+        else:
+            torch.maximum(out, row, out=out)
 
 
 _NO_NUMBERS = digest64(b"")
