@@ -42,13 +42,13 @@ def hot_path_goals(world: World, report) -> None:  # type: ignore[no-untyped-def
     """The training-loop paths against the few lines a user would write instead, on ``world``'s ranks."""
     n = world.world_size
     where = f"{n} Gloo rank{'s' if n > 1 else ''}"
-    for op, size, calls, label, limit in (
-        ("dict_all_reduce", 4, 400, "dict all_reduce of 50 scalars / torch's flatten idiom", 1.2),
-        ("dict_all_reduce", 16384, 200, "dict all_reduce of 50 x 16 KiB / torch's flatten idiom", 1.2),
-        ("reduce_dict", 4, 400, "reduce_dict of 50 scalar tensors / stack + all_reduce + tolist", 1.3),
-        ("all_gather_same", 2**20, 100, "all_gather(same_shape=True, out=) of 1 MiB / all_gather_into_tensor", 1.1),
+    for op, size, leaves, calls, label, limit in (
+        ("dict_all_reduce", 4, 50, 400, "dict all_reduce of 50 scalars / torch's flatten idiom", 1.2),
+        ("dict_all_reduce", 16384, 200, 100, "dict all_reduce of 200 x 4096 floats / torch's flatten idiom", 1.2),
+        ("reduce_dict", 4, 50, 400, "reduce_dict of 50 scalar tensors / stack + all_reduce + tolist", 1.3),
+        ("all_gather_same", 2**20, 0, 100, "all_gather(same_shape=True, out=) of 1 MiB / all_gather_into_tensor", 1.1),
     ):
-        runs = repeat(world, cases.bench_case, op, size, calls, "cpu")
+        runs = repeat(world, cases.bench_case, op, size, calls, "cpu", leaves)
         r = ratio(runs, "distcomm", "raw")
         detail = f"{cases.median_of(runs, 'distcomm') * 1e6:.0f} us vs {cases.median_of(runs, 'raw') * 1e6:.0f} us"
         if "distcomm, new buffer" in runs[0]:

@@ -27,11 +27,12 @@ from distcomm.profiled import algorithm_bytes, bus_factor
 
 OPERATIONS = ("all_reduce", "all_gather", "broadcast", "all_gather_same", "dict_all_reduce", "reduce_dict")
 """The last three compare with what a user writes by hand: ``all_gather_into_tensor`` into a
-reused buffer (distcomm given ``out=`` too; without it, in the goals' details); torch's flatten idiom over a dict of 50 tensors (of the given size each);
-``stack`` + ``all_reduce`` + ``tolist`` of 50 scalar metrics. On two or more ranks the
-hand-written dict idioms also pay one small header gather, the layout agreement that
-distcomm adds."""
+reused buffer (distcomm given ``out=`` too); torch's flatten idiom over a dict of
+``--leaves`` tensors of the given size each; ``stack`` + ``all_reduce`` + ``tolist`` of
+``--leaves`` scalar metrics. On two or more ranks the hand-written dict idioms also pay
+one small header gather, the layout agreement that distcomm adds."""
 DICT_LEAVES = 50
+"""Tensors in the dict cases, unless ``--leaves`` says otherwise."""
 VARIANTS = ("raw", "distcomm", "facade")
 _UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "KIB": 2**10, "M": 2**20, "MB": 2**20, "MIB": 2**20, "G": 2**30, "GB": 2**30}
 
@@ -52,7 +53,7 @@ def format_size(size: int) -> str:
     return f"{size} B"
 
 
-def _runners(comm: Communicator, operation: str, tensor: torch.Tensor) -> dict[str, Callable[[], Any]]:
+def _runners(comm: Communicator, operation: str, tensor: torch.Tensor, leaves: int = DICT_LEAVES) -> dict[str, Callable[[], Any]]:
     group = getattr(comm, "group", None)
     outputs = [torch.empty_like(tensor) for _ in range(comm.world_size)]
     if operation == "all_reduce":
@@ -73,10 +74,10 @@ def _runners(comm: Communicator, operation: str, tensor: torch.Tensor) -> dict[s
             "distcomm": lambda: comm.broadcast(tensor, 0),
             "facade": lambda: distutils.broadcast(tensor, 0),
         }
-    return _idiom_runners(comm, operation, tensor, group)
+    return _idiom_runners(comm, operation, tensor, group, leaves)
 
 
-def _idiom_runners(comm: Communicator, operation: str, tensor: torch.Tensor, group: Any) -> dict[str, Callable[[], Any]]:
+def _idiom_runners(comm: Communicator, operation: str, tensor: torch.Tensor, group: Any, leaves: int) -> dict[str, Callable[[], Any]]:
     """Cases without a facade form, against the idiom a user would write instead."""
     header = torch.zeros(4, dtype=torch.int64, device=tensor.device)
     headers = torch.empty(4 * comm.world_size, dtype=torch.int64, device=tensor.device)
@@ -94,7 +95,7 @@ def _idiom_runners(comm: Communicator, operation: str, tensor: torch.Tensor, gro
             "distcomm, new buffer": lambda: comm.all_gather(tensor, same_shape=True),
         }
     if operation == "dict_all_reduce":
-        grads = {f"layer{i}": tensor.clone() for i in range(DICT_LEAVES)}
+        grads = {f"layer{i}": tensor.clone() for i in range(leaves)}
 
         def flatten_idiom() -> None:
             agree_by_hand()
@@ -106,7 +107,7 @@ def _idiom_runners(comm: Communicator, operation: str, tensor: torch.Tensor, gro
 
         return {"raw": flatten_idiom, "distcomm": lambda: comm.all_reduce(grads, "mean")}
     if operation == "reduce_dict":
-        metrics = {f"metric{i}": torch.tensor(float(i), device=tensor.device) for i in range(DICT_LEAVES)}
+        metrics = {f"metric{i}": torch.tensor(float(i), device=tensor.device) for i in range(leaves)}
 
         def stack_idiom() -> dict[str, float]:
             agree_by_hand()
@@ -140,12 +141,12 @@ def interleaved(runners: dict[str, Callable[[], Any]], calls: int, sync: Callabl
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def bench_case(comm: Communicator, operation: str, size: int, calls: int, device: str) -> dict[str, float]:
+def bench_case(comm: Communicator, operation: str, size: int, calls: int, device: str, leaves: int = DICT_LEAVES) -> dict[str, float]:
     """Run on every rank of a world: time one operation at one size, three ways."""
     target = torch.device("cuda", torch.cuda.current_device()) if device == "cuda" else torch.device("cpu")
     tensor = torch.ones(max(1, size // 4), dtype=torch.float32, device=target)
 
-    runners = _runners(comm, operation, tensor)
+    runners = _runners(comm, operation, tensor, leaves)
     if target.type == "cuda":  # time the device's work, not the launch
         runners = {name: _synchronized(run) for name, run in runners.items()}
 
@@ -196,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, choices=("cpu", "cuda"), help="where tensors live (default: cuda for nccl)")
     parser.add_argument("--ops", default=",".join(OPERATIONS[:3]), help=f"comma-separated, of: {','.join(OPERATIONS)}")
     parser.add_argument("--sizes", default="4,1K,64K,1M,4M", help="comma-separated message sizes, e.g. 4,1K,1M")
+    parser.add_argument("--leaves", type=int, default=DICT_LEAVES, help=f"tensors in the dict cases (default {DICT_LEAVES})")
     parser.add_argument("--calls", type=int, default=None, help="timed calls of each variant per case (default: by size)")
     args = parser.parse_args(argv)
     operations = [op.strip() for op in args.ops.split(",") if op.strip()]
@@ -214,6 +216,6 @@ def main(argv: list[str] | None = None) -> int:
         for index, (op, size) in enumerate(cases, 1):
             calls = args.calls or calls_for(size)
             print(f"[{index}/{len(cases)}] {op} {format_size(size)} x {calls} ...", file=sys.stderr, flush=True)
-            seconds = world.run(bench_case, op, size, calls, device)[0]
+            seconds = world.run(bench_case, op, size, calls, device, args.leaves)[0]
             print(table_row(op, size, args.ranks, seconds), flush=True)
     return 0
