@@ -59,6 +59,8 @@ def gather_same_shape(comm: Communicator, tensor: Any, operation: str, out: torc
     """Every rank's ``tensor``, promised to have one shape and dtype everywhere: one collective,
     into ``out`` when given (then the entries are views of it)."""
     carrier = _same_shape_carrier(comm, tensor, operation, out)
+    if comm.world_size == 1:  # the only rank's tensor: a copy, with no collective to wait for
+        return [tensor.clone() if out is None else out[0].copy_(tensor)]
     gathered = comm.tensor_backend.all_gather(carrier, out)
     return list((gathered if carrier is tensor else gathered.to(tensor.device)).unbind(0))
 

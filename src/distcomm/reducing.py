@@ -127,7 +127,7 @@ def reduce_tensor_dict(comm: Communicator, data: dict[Any, Any], op: ReduceOp, o
             gathered = agree_with_data(comm, operation, Claim(layout, (_NO_NUMBERS, 0)), small)[1]
         if gathered is not None:  # the data came with the agreement: reduce it here, in rank order
             _reduce_rows(gathered, plan.op, out=flat.view(-1))
-        else:
+        elif comm.world_size > 1:  # over one rank a reduction is the identity: no collective to wait for
             comm.tensor_backend.all_reduce(flat, plan.op)
         if plan.mean_dtype is not None:
             flat.div_(comm.world_size)
