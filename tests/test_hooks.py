@@ -13,6 +13,7 @@ from distcomm import (
     CheckedCommunicator,
     CheckHook,
     ClosedCommunicatorError,
+    FlightRecorder,
     Communicator,
     Hook,
     InvalidArgumentError,
@@ -59,7 +60,7 @@ CALLS = {
     "all_gather_async": lambda c: c.all_gather_async(torch.ones(2)).wait(),
 }
 DEPRECATED = {"all_gather_objects": "all_gather_object", "gather_objects": "gather_object", "scatter_objects": "scatter_object"}
-NOT_COLLECTIVES = {"close", "register_hook", "remove_hook"}
+NOT_COLLECTIVES = {"close", "register_hook", "remove_hook", "dump_flight_record"}
 
 
 def public_methods() -> set[str]:
@@ -162,8 +163,9 @@ def test_split_passes_hooks_on() -> None:
 def test_checked_and_profiled_are_views_that_leave_the_inner_communicator_alone() -> None:
     inner = LocalCommunicator()
     both = ProfiledCommunicator(CheckedCommunicator(inner))
-    assert [type(h) for h in both.hooks] == [CheckHook, ProfileHook]  # timers run closest to the call
-    assert inner.hooks == () and both.group is None and both.device == inner.device
+    # the recorder first and last, timers closest to the call
+    assert [type(h) for h in both.hooks] == [FlightRecorder, CheckHook, ProfileHook]
+    assert inner.hooks == (inner.flight_recorder,) and both.group is None and both.device == inner.device
     both.all_reduce(torch.ones(2))
     assert [(r["op"], r["count"]) for r in both.summary()] == [("all_reduce", 1)]
     both.close()

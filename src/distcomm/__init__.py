@@ -20,6 +20,7 @@ from distcomm.errors import (
     InvalidArgumentError,
     ObjectDecodeError,
 )
+from distcomm.flight_recorder import FlightRecorder
 from distcomm.handles import Handle
 from distcomm.hooks import Call, Hook, HookHandle
 from distcomm.helpers import all_ranks, any_rank, main_process_first, rank_zero_only, split_between_ranks
@@ -44,6 +45,7 @@ __all__ = [
     "ConfigurationError",
     "DistCommError",
     "DistributedConfig",
+    "FlightRecorder",
     "Handle",
     "Hook",
     "HookHandle",

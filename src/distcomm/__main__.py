@@ -1,4 +1,4 @@
-"""Command line: ``python -m distcomm info`` and ``python -m distcomm bench``."""
+"""Command line: ``python -m distcomm info``, ``bench`` and ``trace``."""
 
 from __future__ import annotations
 
@@ -13,11 +13,16 @@ def main(argv: list[str] | None = None) -> int:
     info = commands.add_parser("info", help="report the environment: versions, backends, devices, launcher")
     info.add_argument("--json", action="store_true", help="print the report as JSON")
     commands.add_parser("bench", help="time collectives against raw torch.distributed (bench --help)", add_help=False)
+    commands.add_parser("trace", help="read the ranks' flight records and say who is stuck where (trace --help)", add_help=False)
     args, rest = parser.parse_known_args(argv)
     if args.command == "bench":
         from distcomm.bench import main as bench
 
         return bench(rest)
+    if args.command == "trace":
+        from distcomm.trace import main as trace
+
+        return trace(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "info":

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime
 import warnings
+from pathlib import Path
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar, cast, overload
@@ -32,6 +33,7 @@ from distcomm.agreement import Claim, agree
 from distcomm.backend import Backend
 from distcomm.conversion import check_transportable, describe
 from distcomm.errors import InvalidArgumentError
+from distcomm.flight_recorder import FlightRecorder, default_recorder
 from distcomm.handles import CompletedHandle, Handle
 from distcomm.hooks import Hook, HookHandle, collective
 from distcomm.objects import OBJECT_SLOT_BYTES
@@ -85,6 +87,9 @@ class Communicator:
         self._state = _SharedState()
         self._hooks: tuple[Hook, ...] = ()
         self._device_types: dict[str, bool] = {}
+        self._recorder: FlightRecorder | None = None
+        self._record_group: Any = None
+        self._record_into(default_recorder())
         # Plain attributes rather than properties: read on every hot-path call.
         self.rank, self.world_size, self.local_rank = backend.rank, backend.world_size, backend.local_rank
 
@@ -127,19 +132,44 @@ class Communicator:
 
     @property
     def hooks(self) -> tuple[Hook, ...]:
-        """The hooks every collective of this communicator passes through, in the order they run."""
-        return self._hooks
+        """The hooks every collective of this communicator passes through, in the order they run
+        (the flight recorder, when one records, first)."""
+        return self._hooks if self._recorder is None else (self._recorder, *self._hooks)
 
     def register_hook(self, hook: Hook) -> HookHandle:
-        """Pass every collective through ``hook`` from now on; the handle's ``remove()`` stops it."""
+        """Pass every collective through ``hook`` from now on; the handle's ``remove()`` stops it.
+
+        A :class:`~distcomm.FlightRecorder` takes the place of the one recording now.
+        """
         if not isinstance(hook, Hook):
             raise InvalidArgumentError(f"register_hook takes a distcomm.hooks.Hook, got {describe(hook)}")
-        self._hooks = tuple(sorted((*self._hooks, hook), key=lambda h: h.order))
+        if isinstance(hook, FlightRecorder):
+            self._record_into(hook)
+        else:
+            self._hooks = tuple(sorted((*self._hooks, hook), key=lambda h: h.order))
         return HookHandle(self, hook)
 
     def remove_hook(self, hook: Hook) -> None:
         """Stop passing collectives through ``hook`` (harmless when it is not attached)."""
+        if hook is self._recorder:
+            self._recorder = None
         self._hooks = tuple(h for h in self._hooks if h is not hook)
+
+    def _record_into(self, recorder: FlightRecorder | None) -> None:
+        """Record this communicator's calls into ``recorder``, under its group's name (the same on every rank)."""
+        self._recorder = recorder
+        if recorder is not None:
+            self._record_group = recorder.group(str(getattr(self._backend.group, "group_name", "") or self._backend.name))
+
+    @property
+    def flight_recorder(self) -> FlightRecorder | None:
+        """The recorder of this communicator's calls (``None`` with ``DISTCOMM_FLIGHT_RECORDER=0``)."""
+        return self._recorder
+
+    def dump_flight_record(self, reason: str = "requested") -> Path | None:
+        """Write this rank's flight record now (see :mod:`distcomm.flight_recorder`); its path,
+        or ``None`` when nothing records or it could not be written. Never raises."""
+        return None if self._recorder is None else self._recorder.dump(reason)
 
     # ------------------------------------------------------------- object codec
 
@@ -410,6 +440,7 @@ class Communicator:
         child = type(self).__new__(type(self))
         Communicator.__init__(child, backend)
         child.object_codec = self.object_codec
+        child._record_into(self._recorder)
         for hook in self._hooks:
             derived = hook.for_split(child)
             if derived is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, TypeVar, cast
 
@@ -146,32 +147,71 @@ _TEMPLATE = """
 def {name}(self, {parameters}):
     if self._state.closed:
         raise closed(self)
-    if self._hooks:
-        return hooked(self, ({positional}), {{{keywords}}})
+    recorder = self._recorder
+    if recorder is None:
+        if self._hooks:
+            return hooked(self, ({positional}), {{{keywords}}})
+        try:
+            return method(self, {arguments})
+        except CollectiveError as error:
+            raise_named(error, self.rank)
+    entry = recorder.begin(self._record_group, {name!r}, {data}, {detail_name!r}, {detail})
+    if self._hooks:  # failures come out of the hooks already named
+        try:
+            result = hooked(self, ({positional}), {{{keywords}}})
+        except BaseException as error:
+            recorder.end(entry, error)
+            raise
+        entry[END] = now()
+        entry[STATE] = COMPLETED
+        return result
     try:
-        return method(self, {arguments})
+        result = method(self, {arguments})
     except CollectiveError as error:
-        raise_named(error, self.rank)
+        named = renamed(error, {name!r}, self.rank)
+        recorder.end(entry, named)
+        if named is error:
+            raise
+        raise named from error
+    except BaseException as error:
+        recorder.end(entry, error)
+        raise
+    entry[END] = now()
+    entry[STATE] = COMPLETED
+    return result
 """
 
 
 def _with_signature_of(method: Callable[..., Any], closed: Any, hooked: Any, raise_named: Any) -> Callable[..., Any]:
+    from distcomm import flight_recorder  # it builds on this module
+
     """The wrapper of a collective, written with the method's own parameters: a call through it
-    packs no ``*args``/``**kwargs``, which keeps the hot paths within a microsecond of torch."""
+    packs no ``*args``/``**kwargs``, which keeps the hot paths within a microsecond of torch.
+    The flight recorder, on by default, is called here directly rather than through the
+    general hook dispatch, for the same reason; it still sees every call first and last."""
     parameters = list(inspect.signature(method).parameters.values())[1:]  # without self
     positional = [p.name for p in parameters if p.kind is p.POSITIONAL_OR_KEYWORD]
     keywords = [p.name for p in parameters if p.kind is p.KEYWORD_ONLY]
     if len(positional) + len(keywords) != len(parameters):
         raise TypeError(f"a collective takes plain and keyword-only parameters: {method.__qualname__}")
+    detail_name = positional[1] if len(positional) > 1 else ""
     source = _TEMPLATE.format(
         name=method.__name__,
+        data=positional[0] if positional else "None",
+        detail_name=detail_name,
+        detail=detail_name or "None",
         parameters=", ".join(positional + (["*"] + keywords if keywords else [])),
         positional="".join(f"{name}, " for name in positional),
         keywords=", ".join(f"{name!r}: {name}" for name in keywords),
         arguments=", ".join(positional + [f"{name}={name}" for name in keywords]),
     ).replace("(self, )", "(self)")
     namespace: dict[str, Any] = {}
-    scope = {"method": method, "closed": closed, "hooked": hooked, "raise_named": raise_named, "CollectiveError": CollectiveError}
+    scope = {
+        "method": method, "closed": closed, "hooked": hooked, "raise_named": raise_named,
+        "CollectiveError": CollectiveError, "renamed": renamed,
+        "END": flight_recorder.END, "STATE": flight_recorder.STATE, "COMPLETED": flight_recorder.COMPLETED,
+        "now": time.monotonic_ns,
+    }  # fmt: skip
     exec(compile(source, f"<distcomm collective {method.__qualname__}>", "exec"), scope, namespace)  # noqa: S102
     run = namespace[method.__name__]
     run.__defaults__, run.__kwdefaults__ = method.__defaults__, method.__kwdefaults__

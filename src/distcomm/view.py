@@ -21,7 +21,8 @@ class CommunicatorView(Communicator):
         super().__init__(inner.tensor_backend)
         self.inner = inner
         self._state = inner._state
-        self._hooks = inner.hooks
+        self._hooks = inner._hooks
+        self._recorder, self._record_group = inner._recorder, inner._record_group
         self.register_hook(hook)
 
     def __repr__(self) -> str:

@@ -87,8 +87,10 @@ def _serve(rank: int, world_size: int, backend: str, init_method: str, timeout: 
     os.environ.update(
         {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size), "OMP_NUM_THREADS": "1"}
     )
+    # Flight records of a failed call land in the world's private directory, not the caller's.
+    os.environ.setdefault("DISTCOMM_FLIGHT_RECORDER_DIR", os.path.join(workdir, "flight-records"))
     stack_file = open(os.path.join(workdir, f"stack-{rank}.txt"), "w")  # noqa: SIM115 (lives with the process)
-    faulthandler.register(signal.SIGUSR1, file=stack_file, all_threads=True)
+    faulthandler.register(signal.SIGUSR2, file=stack_file, all_threads=True)  # SIGUSR1 dumps the flight record
     import torch
 
     from distcomm.active import instrument, set_communicator
@@ -295,7 +297,7 @@ class World:
         for rank in ranks:
             process = self._processes[rank]
             if process.pid is not None and process.is_alive():
-                os.kill(process.pid, signal.SIGUSR1)
+                os.kill(process.pid, signal.SIGUSR2)
         time.sleep(0.3)
         stacks = {}
         for rank in ranks:

@@ -1,0 +1,342 @@
+"""The flight recorder: every rank remembers its last collectives, to say after a hang who
+was stuck where.
+
+One :class:`FlightRecorder` per process keeps a ring buffer of the last ``size`` public
+collectives of every communicator: the group, a sequence number per group, the
+operation, the data's dtypes and shapes, the reduce op or root, the caller's file, line
+and function (the first frame outside distcomm), and the state (started, completed,
+failed) with monotonic times. It is cheap enough to stay on (about a microsecond per
+call); ``DISTCOMM_FLIGHT_RECORDER=0`` turns it off, and then nothing is paid.
+
+It writes one JSON-lines file per rank (``<job>-rank<R>.jsonl`` in its directory) when a
+collective raises :class:`~distcomm.CollectiveError`, on ``SIGUSR1``, on
+:meth:`Communicator.dump_flight_record`, and, when asked, from a watchdog thread once a
+call has been in flight too long. ``python -m distcomm trace DIR`` reads the files of all
+ranks and names the stuck ranks and calls. Writing a dump never raises into the caller.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import itertools
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from distcomm.errors import CollectiveError
+from distcomm.hooks import Hook
+
+if TYPE_CHECKING:
+    from types import CodeType, FrameType
+
+    from distcomm.communicator import Communicator
+
+logger = logging.getLogger(__name__)
+
+SWITCH = "DISTCOMM_FLIGHT_RECORDER"
+"""``0`` (or false, no, off) turns the recorder off."""
+SIZE_VARIABLE = "DISTCOMM_FLIGHT_RECORDER_SIZE"
+DIRECTORY_VARIABLE = "DISTCOMM_FLIGHT_RECORDER_DIR"
+WATCHDOG_VARIABLE = "DISTCOMM_FLIGHT_RECORDER_WATCHDOG"
+"""Seconds a call may be in flight before the watchdog writes a dump (unset: no watchdog)."""
+DEFAULT_SIZE = 4096
+DEFAULT_DIRECTORY = "distcomm-flight-records"
+
+STARTED, COMPLETED, FAILED = "started", "completed", "failed"
+_getframe, _now, _Tensor = sys._getframe, time.monotonic_ns, torch.Tensor  # looked up on every call
+
+
+_internal_files: dict[str, bool] = {}
+"""Whether a source file is distcomm's own (then its caller is looked at instead), by file name."""
+_PACKAGE_DIRECTORY = str(Path(__file__).resolve().parent)
+# An entry is a list, filled at the start and completed at the end (cheaper than an object);
+# a collective's wrapper completes a successful one itself, at END and STATE.
+_GROUP, _SEQ, _OP, _DTYPE, _SHAPE, _DETAIL_NAME, _DETAIL, _CODE, _LINE, _START, _END, _STATE, _ERROR = range(13)
+END, STATE = _END, _STATE
+
+
+class FlightRecorder(Hook):
+    """A ring buffer of this process's last collectives, and the dumps written from it.
+
+    Communicators record into :func:`default_recorder` unless told otherwise; attach
+    another with ``comm.register_hook(FlightRecorder(...))``.
+    """
+
+    order = -100  # outermost: it sees every call start, and every failure, checks included
+
+    def __init__(self, size: int = DEFAULT_SIZE, directory: str | os.PathLike[str] | None = None, watchdog_seconds: float | None = None) -> None:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"a flight recorder keeps a positive number of calls, got size={size!r}")
+        self.entries: collections.deque[list[Any]] = collections.deque(maxlen=size)
+        self._append = self.entries.append
+        self.directory = Path(directory or os.environ.get(DIRECTORY_VARIABLE) or Path.cwd() / DEFAULT_DIRECTORY)
+        self._groups: dict[str, tuple[str, Iterator[int]]] = {}
+        self._lock = threading.Lock()
+        self.watchdog_seconds: float | None = None
+        if watchdog_seconds is not None:
+            self.watch(watchdog_seconds)
+
+    def watch(self, seconds: float) -> None:
+        """Start a watchdog thread that dumps once for each call in flight longer than ``seconds``."""
+        if not seconds > 0:
+            raise ValueError(f"the watchdog needs a positive number of seconds, got {seconds!r}")
+        if self.watchdog_seconds is None:
+            _Watchdog(self, seconds).start()
+        self.watchdog_seconds = seconds
+
+    # ------------------------------------------------------------------ recording
+
+    def group(self, name: str) -> tuple[str, Iterator[int]]:
+        """The key a communicator of group ``name`` records under: the name and its call counter
+        (one counter per group, shared by every communicator over it)."""
+        with self._lock:
+            key = self._groups.get(name)
+            if key is None:
+                key = self._groups[name] = (name, itertools.count(1))
+            return key
+
+    def begin(self, group_key: tuple[str, Iterator[int]], operation: str, data: Any, detail_name: str, detail: Any) -> list[Any]:
+        """Record that ``operation`` starts now (called by the collective's wrapper, whose caller
+        is two frames up); returns the entry that :meth:`end` completes."""
+        group, counter = group_key
+        sequence = next(counter)
+        frame: FrameType | None = _getframe(2)
+        while frame is not None:  # up to the first frame outside distcomm: the call site
+            inside = _internal_files.get(frame.f_code.co_filename)
+            if inside is None:
+                inside = _internal_files[frame.f_code.co_filename] = os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIRECTORY)
+            if not inside:
+                break
+            frame = frame.f_back
+        dtype: Any
+        if type(data) is _Tensor:
+            dtype, shape = data.dtype, data.shape
+        else:
+            dtype, shape = type(data), None
+        code = line = None
+        if frame is not None:
+            code, line = frame.f_code, frame.f_lineno
+        entry = [group, sequence, operation, dtype, shape, detail_name, detail, code, line, _now(), 0, STARTED, None]
+        self._append(entry)
+        return entry
+
+    def end(self, entry: list[Any], error: BaseException | None) -> None:
+        """Complete ``entry``: completed, or failed with ``error`` (a failed collective dumps)."""
+        entry[_END] = time.monotonic_ns()
+        if error is None:
+            entry[_STATE] = COMPLETED
+            return
+        entry[_STATE], entry[_ERROR] = FAILED, f"{type(error).__name__}: {error}"
+        if isinstance(error, CollectiveError):
+            self.dump(f"{entry[_OP]} #{entry[_SEQ]} failed: {error}")
+
+    def for_split(self, child: Communicator) -> Hook | None:
+        return None  # a split communicator records into its parent's recorder, passed on directly
+
+    # ------------------------------------------------------------------- reading
+
+    def records(self) -> list[dict[str, Any]]:
+        """The recorded calls, oldest first, as plain dicts (what a dump writes)."""
+        with self._lock:
+            entries = [list(entry) for entry in self.entries]
+        return [_as_record(entry) for entry in entries]
+
+    def in_flight(self, longer_than_seconds: float = 0.0) -> list[dict[str, Any]]:
+        """Calls started and not finished, that have run for more than ``longer_than_seconds``."""
+        now = time.monotonic_ns()
+        limit = longer_than_seconds * 1e9
+        return [_as_record(e) for e in list(self.entries) if e[_STATE] == STARTED and now - e[_START] > limit]
+
+    def dump(self, reason: str = "requested") -> Path | None:
+        """Write this rank's records to ``<directory>/<job>-rank<R>.jsonl``; the path, or ``None``
+        when it could not be written (logged, never raised)."""
+        try:
+            rank, world_size = _identity()
+            self.directory.mkdir(parents=True, exist_ok=True)
+            path = self.directory / f"{_job_name()}-rank{rank}.jsonl"
+            header = {
+                "kind": "header", "rank": rank, "world_size": world_size, "job": _job_name(), "host": socket.gethostname(),
+                "pid": os.getpid(), "reason": reason, "wall_time": time.time(), "monotonic_ns": time.monotonic_ns(),
+            }  # fmt: skip
+            lines = [json.dumps(header)] + [json.dumps(record) for record in self.records()]
+            temporary = path.with_suffix(f".tmp{os.getpid()}")
+            temporary.write_text("\n".join(lines) + "\n")
+            os.replace(temporary, path)
+            logger.warning("flight record of rank %d written to %s (%s)", rank, path, reason)
+            return path
+        except Exception as error:  # noqa: BLE001 (a dump must never break the training loop)
+            logger.error("could not write the flight record: %s", error)
+            return None
+
+
+def _as_record(entry: list[Any]) -> dict[str, Any]:
+    if entry[_SHAPE] is not None:
+        data = f"{str(entry[_DTYPE]).removeprefix('torch.')}{list(entry[_SHAPE])}"
+    else:
+        data = entry[_DTYPE].__name__
+    code: CodeType | None = entry[_CODE]
+    end = entry[_END] or None
+    return {
+        "kind": "call", "group": entry[_GROUP], "seq": entry[_SEQ], "op": entry[_OP], "data": data,
+        "detail": _detail_text(entry[_DETAIL_NAME], entry[_DETAIL]),
+        "file": code.co_filename if code else None, "line": entry[_LINE], "function": code.co_name if code else None,
+        "state": entry[_STATE], "start_ns": entry[_START], "end_ns": end,
+        "duration_ms": None if end is None else (end - entry[_START]) / 1e6, "error": entry[_ERROR],
+    }  # fmt: skip
+
+
+def _detail_text(name: str, value: Any) -> str:
+    """``op=sum``, ``src=1``: the argument that must match across ranks besides the data."""
+    if not name:
+        return ""
+    if not isinstance(value, (str, int)):
+        value = getattr(value, "value", None) or getattr(value, "name", None) or value  # a ReduceOp, ours or torch's
+    return f"{name}={value}"
+
+
+def _identity() -> tuple[int, int]:
+    """This process's global rank and the world size, as torch.distributed or the launcher says."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    for rank_name, size_name in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS"), ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE")):
+        rank, size = os.environ.get(rank_name, ""), os.environ.get(size_name, "")
+        if rank.isdigit() and size.isdigit():
+            return int(rank), int(size)
+    return 0, 1
+
+
+def _job_name() -> str:
+    for name in ("DISTCOMM_JOB", "SLURM_JOB_ID", "LSB_JOBID", "TORCHELASTIC_RUN_ID"):
+        value = os.environ.get(name)
+        if value:
+            return "".join(c if c.isalnum() or c in "-_." else "_" for c in value)
+    return "job"
+
+
+class _Watchdog(threading.Thread):
+    """Dumps once for each call that has been in flight longer than ``seconds``."""
+
+    def __init__(self, recorder: FlightRecorder, seconds: float) -> None:
+        super().__init__(name="distcomm-flight-watchdog", daemon=True)
+        self.recorder = recorder
+
+    def run(self) -> None:
+        reported: set[tuple[str, int]] = set()
+        while True:
+            seconds = self.recorder.watchdog_seconds or 1.0
+            time.sleep(min(1.0, seconds / 4))
+            for record in self.recorder.in_flight(seconds):
+                key = (record["group"], record["seq"])
+                if key not in reported:
+                    reported.add(key)
+                    self.recorder.dump(f"watchdog: {record['op']} #{record['seq']} in flight over {seconds:g} s")
+
+
+# ----------------------------------------------------------------- the default
+
+_default: FlightRecorder | None = None
+_default_lock = threading.Lock()
+
+
+def default_recorder() -> FlightRecorder | None:
+    """The process's recorder, made on first use; ``None`` when ``DISTCOMM_FLIGHT_RECORDER=0``."""
+    global _default
+    if _default is not None:
+        return _default
+    value = os.environ.get(SWITCH, "1").strip().lower()
+    if value in ("0", "false", "no", "off"):
+        return None
+    with _default_lock:
+        if _default is None:
+            size = os.environ.get(SIZE_VARIABLE, "")
+            watchdog = os.environ.get(WATCHDOG_VARIABLE, "")
+            _default = FlightRecorder(
+                int(size) if size.isdigit() and int(size) > 0 else DEFAULT_SIZE,
+                watchdog_seconds=float(watchdog) if _is_number(watchdog) else None,
+            )
+            _dump_on_signal(_default)
+    return _default
+
+
+def _is_number(text: str) -> bool:
+    with contextlib.suppress(ValueError):
+        return float(text) > 0
+    return False
+
+
+def _dump_on_signal(recorder: FlightRecorder) -> None:
+    """Dump on ``SIGUSR1``, also while the main thread is blocked inside a collective.
+
+    Python runs signal handlers only between bytecodes of the main thread, which a rank
+    stuck in a collective never reaches; the signal's wake-up byte, written by the C
+    handler, reaches a helper thread that writes the dump. Nothing is installed where
+    the application handles ``SIGUSR1`` itself or already uses the wake-up file.
+    """
+    if not hasattr(signal, "SIGUSR1") or threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, None):
+        return
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    try:
+        previous = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    except (ValueError, OSError):
+        previous = None
+    if previous != -1:  # it could not be set, or someone else listens there: leave it to them
+        if previous is not None:
+            signal.set_wakeup_fd(previous)
+        os.close(read_end)
+        os.close(write_end)
+        return
+    signal.signal(signal.SIGUSR1, _ignore)
+    global _listening
+    _listening = True
+
+    def listen() -> None:
+        while True:
+            try:
+                received = os.read(read_end, 64)
+            except OSError:
+                return
+            if signal.SIGUSR1 in received:
+                recorder.dump("SIGUSR1")
+
+    threading.Thread(target=listen, name="distcomm-flight-signal", daemon=True).start()
+
+
+
+_listening = False
+"""Whether this process listens for SIGUSR1 (then a forked child must not inherit the pipe)."""
+
+
+def _ignore(signum: int, frame: object) -> None:
+    """The Python-level SIGUSR1 handler: the listening thread does the work."""
+
+
+def _after_fork_in_child() -> None:
+    """A forked child starts with no recorder: the parent's records and signal pipe are not its own."""
+    global _default, _default_lock, _listening
+    _default_lock = threading.Lock()  # another thread may have held it at the fork
+    if _listening:
+        with contextlib.suppress(ValueError, OSError):
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+        _listening = False
+    _default = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

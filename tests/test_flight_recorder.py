@@ -1,0 +1,185 @@
+"""The flight recorder: real ranks that hang or fail leave records that name the rank, call and line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from distcomm import CollectiveError, FlightRecorder, LocalCommunicator, distutils, flight_recorder, use_communicator
+from distcomm.testing import World
+from distcomm.trace import analyse, load, render
+
+TIMEOUT = 3.0
+HERE = Path(__file__).name
+
+
+def line_of(marker: str) -> int:
+    """The line of this file that carries ``marker`` in a comment."""
+    for number, text in enumerate(Path(__file__).read_text().splitlines(), 1):
+        if text.rstrip().endswith(f"# {marker}"):
+            return number
+    raise LookupError(marker)
+
+
+@pytest.fixture(scope="module")
+def world():
+    with World(2, timeout=TIMEOUT, call_timeout=60.0) as w:
+        yield w
+
+
+def two_good_calls(comm, directory: str) -> None:
+    comm.flight_recorder.directory = Path(directory)
+    tensor = torch.ones(4)
+    comm.all_reduce(tensor)
+    comm.all_reduce(tensor)
+
+
+def dump_by_signal() -> None:
+    """What an operator does to a rank that is still alive: ``kill -USR1``."""
+    os.kill(os.getpid(), signal.SIGUSR1)
+    time.sleep(1.0)  # the listening thread writes it
+
+
+def rank_1_skips(comm, directory: str):
+    two_good_calls(comm, directory)
+    if comm.rank == 0:
+        comm.all_reduce(torch.ones(4))  # SKIPPED-BY-RANK-1
+    else:
+        time.sleep(TIMEOUT + 1.5)
+        dump_by_signal()
+
+
+def ranks_call_different_collectives(comm, directory: str):
+    two_good_calls(comm, directory)
+    try:
+        if comm.rank == 0:
+            comm.all_reduce(torch.ones(4))  # RANK-0-REDUCES
+        else:
+            comm.broadcast(torch.ones(4), src=0)  # RANK-1-BROADCASTS
+    finally:
+        time.sleep(TIMEOUT + 1.5)
+        dump_by_signal()
+
+
+def rank_1_stops_or_dies(comm, directory: str, how: str):
+    pids = comm.all_gather_object(os.getpid())
+    two_good_calls(comm, directory)
+    if comm.rank == 1:
+        os.kill(os.getpid(), signal.SIGSTOP if how == "stop" else signal.SIGKILL)
+    try:
+        comm.all_reduce(torch.ones(4))  # WAITS-FOR-RANK-1
+    finally:
+        if how == "stop":
+            os.kill(pids[1], signal.SIGKILL)  # the test's clean-up: nothing could be read from a stopped rank
+
+
+def verdict_of(directory: Path) -> dict:
+    headers, calls = load(directory)
+    return analyse(headers, calls)
+
+
+def wait_for_files(directory: Path, count: int, seconds: float) -> float:
+    start = time.monotonic()
+    while len(list(directory.glob("*.jsonl"))) < count and time.monotonic() - start < seconds:
+        time.sleep(0.1)
+    return time.monotonic() - start
+
+
+def test_a_rank_that_skips_a_collective_is_named(world, tmp_path) -> None:
+    started = time.monotonic()
+    outcomes = world.run_outcomes(rank_1_skips, str(tmp_path))
+    assert isinstance(outcomes[0].error, CollectiveError) and outcomes[1].ok
+    assert {p.name for p in tmp_path.glob("*.jsonl")} == {"job-rank0.jsonl", "job-rank1.jsonl"}
+    assert time.monotonic() - started < TIMEOUT + 10
+    verdict = verdict_of(tmp_path)
+    (group,) = verdict["groups"]
+    stuck = group["unfinished"][0]
+    assert stuck["op"] == "all_reduce" and stuck["state"] == "failed" and stuck["line"] == line_of("SKIPPED-BY-RANK-1")
+    assert list(group["behind"]) == [1] and group["behind"][1]["state"] == "completed"
+    assert group["all_completed_up_to"] == group["furthest_call"] - 1 and group["first_difference"] is None
+    text = render(verdict, str(tmp_path))
+    assert f"rank 1 never reached #{group['furthest_call']}" in text
+    assert f"rank 0 failed in all_reduce #{group['furthest_call']} (all_reduce float32[4] op=sum at {HERE}:{line_of('SKIPPED-BY-RANK-1')}" in text
+
+
+def test_ranks_that_call_different_collectives_are_shown_side_by_side(world, tmp_path) -> None:
+    world.run_outcomes(ranks_call_different_collectives, str(tmp_path))
+    group = verdict_of(tmp_path)["groups"][0]
+    difference = group["first_difference"]
+    assert difference["seq"] == group["all_completed_up_to"] + 1
+    calls = difference["calls"]
+    assert (calls[0]["op"], calls[0]["detail"], calls[0]["line"]) == ("all_reduce", "op=sum", line_of("RANK-0-REDUCES"))
+    assert (calls[1]["op"], calls[1]["detail"], calls[1]["line"]) == ("broadcast", "src=0", line_of("RANK-1-BROADCASTS"))
+    text = render(verdict_of(tmp_path), str(tmp_path))
+    assert "ranks made different calls at" in text and "rank 1: broadcast float32[4] src=0 at" in text
+
+
+@pytest.mark.parametrize("how", ["stop", "kill"])
+def test_a_stopped_or_killed_rank_is_named(world, tmp_path, how) -> None:
+    started = time.monotonic()
+    outcomes = world.run_outcomes(rank_1_stops_or_dies, str(tmp_path), how)
+    assert isinstance(outcomes[0].error, CollectiveError)
+    assert wait_for_files(tmp_path, 1, 5) < 5 and time.monotonic() - started < TIMEOUT + 15
+    verdict = verdict_of(tmp_path)
+    assert verdict["ranks_without_records"] == [1] and verdict["world_size"] == 2
+    stuck = verdict["groups"][0]["unfinished"][0]
+    assert stuck["op"] == "all_reduce" and stuck["line"] == line_of("WAITS-FOR-RANK-1")
+    assert "rank(s) 1 left no record" in render(verdict, str(tmp_path))
+
+
+# ------------------------------------------------------------------ one process
+
+
+def test_a_world_of_one_and_the_facade_are_recorded(tmp_path) -> None:
+    comm = LocalCommunicator()
+    recorder = FlightRecorder(size=3, directory=tmp_path)
+    comm.register_hook(recorder)
+    with use_communicator(comm):
+        distutils.all_reduce(torch.ones(2))  # FACADE-CALL
+        comm.broadcast_object("x", src=0)
+        comm.all_reduce({"a": 1.0}, "mean")
+        comm.barrier()
+    records = recorder.records()
+    assert [r["op"] for r in records] == ["broadcast_object", "all_reduce", "barrier"]  # the ring keeps 3
+    assert [r["seq"] for r in records] == [2, 3, 4] and records[0]["detail"] == "src=0" and records[1]["data"] == "dict"
+    path = comm.dump_flight_record("test")
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert lines[0]["kind"] == "header" and lines[0]["reason"] == "test" and len(lines) == 4
+    recorder.entries.clear()
+    distutils.all_reduce(torch.ones(2))  # not in a use_communicator block: the active communicator records elsewhere
+    with use_communicator(comm):
+        distutils.all_reduce(torch.ones(2))  # FACADE-CALL-2
+    (record,) = recorder.records()
+    assert (record["file"], record["line"], record["function"]) == (
+        __file__, line_of("FACADE-CALL-2"), "test_a_world_of_one_and_the_facade_are_recorded"
+    )
+
+
+def test_a_failed_dump_never_raises(tmp_path) -> None:
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    recorder = FlightRecorder(directory=blocked)
+    assert recorder.dump() is None
+
+
+def test_the_watchdog_dumps_a_call_in_flight_too_long(tmp_path) -> None:
+    recorder = FlightRecorder(directory=tmp_path, watchdog_seconds=0.3)
+    entry = recorder.begin(recorder.group("test"), "all_reduce", torch.ones(1), "op", "sum")
+    assert wait_for_files(tmp_path, 1, 5) < 5
+    (record,) = [json.loads(line) for line in next(tmp_path.glob("*.jsonl")).read_text().splitlines()][1:]
+    assert record["state"] == "started" and record["op"] == "all_reduce"
+    recorder.end(entry, None)
+
+
+def test_it_can_be_switched_off(monkeypatch) -> None:
+    monkeypatch.setattr(flight_recorder, "_default", None)
+    monkeypatch.setenv("DISTCOMM_FLIGHT_RECORDER", "0")
+    comm = LocalCommunicator()
+    assert comm.flight_recorder is None and comm.dump_flight_record() is None and comm.hooks == ()
+    comm.all_reduce(torch.ones(1))
