@@ -169,8 +169,9 @@ def timed(fn: Callable[[], Any]) -> float:
 
 
 def overhead_on_fake_group(calls: int) -> dict[str, float]:
-    """raw dist.all_reduce, the object API and the facade on torch's fake process group (whose
-    collectives do nothing), alternating call by call: the time each adds is its own Python."""
+    """raw dist.all_reduce, the object API (with the flight recorder, as by default, and without)
+    and the facade on torch's fake process group (whose collectives do nothing), alternating
+    call by call: the time each adds is its own Python."""
     from torch.testing._internal.distributed.fake_pg import FakeStore  # torch's own test backend
 
     from distcomm import TorchDistCommunicator, set_communicator
@@ -178,11 +179,14 @@ def overhead_on_fake_group(calls: int) -> dict[str, float]:
     dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=1)
     try:
         comm = TorchDistCommunicator()
+        unrecorded = TorchDistCommunicator()
+        if unrecorded.flight_recorder is not None:
+            unrecorded.remove_hook(unrecorded.flight_recorder)
         previous = set_communicator(comm)
         tensor = torch.ones(1)
         result = interleaved(
             {"raw": lambda: dist.all_reduce(tensor), "distcomm": lambda: comm.all_reduce(tensor),
-             "facade": lambda: distutils.all_reduce(tensor)},
+             "facade": lambda: distutils.all_reduce(tensor), "distcomm unrecorded": lambda: unrecorded.all_reduce(tensor)},
             calls,
             lambda: None,
         )  # fmt: skip

@@ -170,7 +170,7 @@ def test_a_failed_dump_never_raises(tmp_path) -> None:
 
 def test_the_watchdog_dumps_a_call_in_flight_too_long(tmp_path) -> None:
     recorder = FlightRecorder(directory=tmp_path, watchdog_seconds=0.3)
-    entry = recorder.begin(recorder.group("test"), "all_reduce", torch.ones(1), "op", "sum")
+    entry = recorder.begin(recorder.group("test"), ("all_reduce", "op"), torch.ones(1), "sum")
     assert wait_for_files(tmp_path, 1, 5) < 5
     (record,) = [json.loads(line) for line in next(tmp_path.glob("*.jsonl")).read_text().splitlines()][1:]
     assert record["state"] == "started" and record["op"] == "all_reduce"

@@ -62,7 +62,7 @@ _internal_files: dict[str, bool] = {}
 _PACKAGE_DIRECTORY = str(Path(__file__).resolve().parent)
 # An entry is a list, filled at the start and completed at the end (cheaper than an object);
 # a collective's wrapper completes a successful one itself, at END and STATE.
-_GROUP, _SEQ, _OP, _DTYPE, _SHAPE, _DETAIL_NAME, _DETAIL, _CODE, _LINE, _START, _END, _STATE, _ERROR = range(13)
+_GROUP, _SEQ, _CALL, _DTYPE, _SHAPE, _DETAIL, _CODE, _LINE, _START, _END, _STATE, _ERROR = range(12)
 END, STATE = _END, _STATE
 
 
@@ -80,12 +80,22 @@ class FlightRecorder(Hook):
             raise ValueError(f"a flight recorder keeps a positive number of calls, got size={size!r}")
         self.entries: collections.deque[list[Any]] = collections.deque(maxlen=size)
         self._append = self.entries.append
-        self.directory = Path(directory or os.environ.get(DIRECTORY_VARIABLE) or Path.cwd() / DEFAULT_DIRECTORY)
+        self.directory = directory or os.environ.get(DIRECTORY_VARIABLE) or Path.cwd() / DEFAULT_DIRECTORY
         self._groups: dict[str, tuple[str, Iterator[int]]] = {}
         self._lock = threading.Lock()
         self.watchdog_seconds: float | None = None
         if watchdog_seconds is not None:
             self.watch(watchdog_seconds)
+
+    @property
+    def directory(self) -> Path:
+        """Where dumps go: one ``<job>-rank<R>.jsonl`` per rank (``DISTCOMM_FLIGHT_RECORDER_DIR``,
+        else ``./distcomm-flight-records``)."""
+        return self._directory
+
+    @directory.setter
+    def directory(self, value: str | os.PathLike[str]) -> None:
+        self._directory = Path(value)
 
     def watch(self, seconds: float) -> None:
         """Start a watchdog thread that dumps once for each call in flight longer than ``seconds``."""
@@ -106,11 +116,10 @@ class FlightRecorder(Hook):
                 key = self._groups[name] = (name, itertools.count(1))
             return key
 
-    def begin(self, group_key: tuple[str, Iterator[int]], operation: str, data: Any, detail_name: str, detail: Any) -> list[Any]:
-        """Record that ``operation`` starts now (called by the collective's wrapper, whose caller
-        is two frames up); returns the entry that :meth:`end` completes."""
-        group, counter = group_key
-        sequence = next(counter)
+    def begin(self, group_key: tuple[str, Iterator[int]], call: tuple[str, str], data: Any, detail: Any) -> list[Any]:
+        """Record that ``call`` (the operation and the name of its ``detail`` argument) starts now.
+        Called by the collective's wrapper, whose caller is two frames up; returns the entry
+        that :meth:`end` completes."""
         frame: FrameType | None = _getframe(2)
         while frame is not None:  # up to the first frame outside distcomm: the call site
             inside = _internal_files.get(frame.f_code.co_filename)
@@ -119,15 +128,12 @@ class FlightRecorder(Hook):
             if not inside:
                 break
             frame = frame.f_back
-        dtype: Any
         if type(data) is _Tensor:
-            dtype, shape = data.dtype, data.shape
+            entry = [group_key, next(group_key[1]), call, data.dtype, data.shape, detail, frame, 0, _now(), 0, STARTED, None]
         else:
-            dtype, shape = type(data), None
-        code = line = None
-        if frame is not None:
-            code, line = frame.f_code, frame.f_lineno
-        entry = [group, sequence, operation, dtype, shape, detail_name, detail, code, line, _now(), 0, STARTED, None]
+            entry = [group_key, next(group_key[1]), call, type(data), None, detail, frame, 0, _now(), 0, STARTED, None]
+        if frame is not None:  # keep the code and line, never the frame (it holds the caller's locals)
+            entry[_CODE], entry[_LINE] = frame.f_code, frame.f_lineno
         self._append(entry)
         return entry
 
@@ -139,7 +145,7 @@ class FlightRecorder(Hook):
             return
         entry[_STATE], entry[_ERROR] = FAILED, f"{type(error).__name__}: {error}"
         if isinstance(error, CollectiveError):
-            self.dump(f"{entry[_OP]} #{entry[_SEQ]} failed: {error}")
+            self.dump(f"{entry[_CALL][0]} #{entry[_SEQ]} failed: {error}")
 
     def for_split(self, child: Communicator) -> Hook | None:
         return None  # a split communicator records into its parent's recorder, passed on directly
@@ -188,8 +194,8 @@ def _as_record(entry: list[Any]) -> dict[str, Any]:
     code: CodeType | None = entry[_CODE]
     end = entry[_END] or None
     return {
-        "kind": "call", "group": entry[_GROUP], "seq": entry[_SEQ], "op": entry[_OP], "data": data,
-        "detail": _detail_text(entry[_DETAIL_NAME], entry[_DETAIL]),
+        "kind": "call", "group": entry[_GROUP][0], "seq": entry[_SEQ], "op": entry[_CALL][0], "data": data,
+        "detail": _detail_text(entry[_CALL][1], entry[_DETAIL]),
         "file": code.co_filename if code else None, "line": entry[_LINE], "function": code.co_name if code else None,
         "state": entry[_STATE], "start_ns": entry[_START], "end_ns": end,
         "duration_ms": None if end is None else (end - entry[_START]) / 1e6, "error": entry[_ERROR],

@@ -155,7 +155,7 @@ def {name}(self, {parameters}):
             return method(self, {arguments})
         except CollectiveError as error:
             raise_named(error, self.rank)
-    entry = recorder.begin(self._record_group, {name!r}, {data}, {detail_name!r}, {detail})
+    entry = recorder.begin(self._record_group, CALL, {data}, {detail})
     if self._hooks:  # failures come out of the hooks already named
         try:
             result = hooked(self, ({positional}), {{{keywords}}})
@@ -210,7 +210,7 @@ def _with_signature_of(method: Callable[..., Any], closed: Any, hooked: Any, rai
         "method": method, "closed": closed, "hooked": hooked, "raise_named": raise_named,
         "CollectiveError": CollectiveError, "renamed": renamed,
         "END": flight_recorder.END, "STATE": flight_recorder.STATE, "COMPLETED": flight_recorder.COMPLETED,
-        "now": time.monotonic_ns,
+        "now": time.monotonic_ns, "CALL": (method.__name__, detail_name),
     }  # fmt: skip
     exec(compile(source, f"<distcomm collective {method.__qualname__}>", "exec"), scope, namespace)  # noqa: S102
     run = namespace[method.__name__]
