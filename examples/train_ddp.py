@@ -1,9 +1,14 @@
-"""Data-parallel training across local Gloo ranks, through an injected communicator.
+"""Data-parallel training across local ranks, through an injected communicator.
 
     python examples/train_ddp.py                        # 2 local processes (the default)
     python examples/train_ddp.py --world-size 4
-    torchrun --nproc-per-node 2 examples/train_ddp.py   # the same trainer under torchrun
+    torchrun --nproc-per-node 8 examples/train_ddp.py   # the same trainer under torchrun
     python examples/train_ddp.py --world-size 1         # one process, LocalCommunicator
+    python examples/train_ddp.py --backend gloo         # stay on the CPU where GPUs exist
+
+``--backend auto`` (the default) trains on NCCL with one GPU per rank where there are
+enough GPUs, and on Gloo with CPU tensors otherwise; ``--device`` overrides where the
+model and data live.
 
 Each rank trains on its own shard of a synthetic regression problem; gradients are
 averaged with one ``all_reduce`` per step (all parameters in one collective), and
@@ -53,10 +58,25 @@ def shard(rank: int, world_size: int, samples: int = 256) -> tuple[torch.Tensor,
     return inputs[rank::world_size], targets[rank::world_size]
 
 
-def train(comm: Communicator, steps: int) -> list[float]:
+def choose(backend: str, device: str, ranks_here: int, gpus: int) -> tuple[str, str]:
+    """The backend and device type to train on: NCCL and one GPU per rank where there are
+    enough GPUs (and nothing asked otherwise), else Gloo on the CPU."""
+    if backend == "auto":
+        backend = "nccl" if device != "cpu" and gpus >= ranks_here > 0 else "gloo"
+    if backend == "nccl" and gpus < ranks_here:
+        raise SystemExit(f"NCCL needs one GPU per rank: {ranks_here} ranks here but {gpus} GPU(s); use --backend gloo")
+    if device == "auto":
+        device = "cuda" if backend == "nccl" else "cpu"
+    if device == "cuda" and gpus == 0:
+        raise SystemExit("--device cuda needs a CUDA GPU and none is available")
+    return backend, device
+
+
+def train(comm: Communicator, steps: int, device: str = "cpu") -> list[float]:
     torch.manual_seed(comm.rank)  # different initial weights per rank: the broadcast aligns them
-    trainer = Trainer(torch.nn.Linear(4, 1), comm)
-    inputs, targets = shard(comm.rank, comm.world_size)
+    where = torch.device("cuda", comm.local_rank % torch.cuda.device_count()) if device == "cuda" else torch.device("cpu")
+    trainer = Trainer(torch.nn.Linear(4, 1).to(where), comm)
+    inputs, targets = (t.to(where) for t in shard(comm.rank, comm.world_size))
     for step in range(steps):
         metrics = trainer.step(inputs, targets)
         if comm.is_master and (step % 10 == 0 or step == steps - 1):
@@ -70,29 +90,35 @@ def train(comm: Communicator, steps: int) -> list[float]:
     return weights.tolist()
 
 
-def run_rank(rank: int, world_size: int, rendezvous: str, steps: int) -> None:
+def run_rank(rank: int, world_size: int, rendezvous: str, steps: int, backend: str, device: str) -> None:
     logging.basicConfig(level=logging.INFO, format=f"[rank {rank}] %(message)s")
-    with TorchDistCommunicator.init("gloo", rank=rank, world_size=world_size, init_method=rendezvous, timeout=60) as comm:
-        train(comm, steps)
+    with TorchDistCommunicator.init(backend, rank=rank, world_size=world_size, init_method=rendezvous, timeout=60, local_rank=rank) as comm:
+        train(comm, steps, device)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--world-size", type=int, default=2)
+    parser.add_argument("--world-size", type=int, default=2, help="local processes to spawn (ignored under torchrun)")
     parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--backend", choices=("auto", "gloo", "nccl"), default="auto")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     args = parser.parse_args()
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_RANK" in os.environ and "MASTER_ADDR" in os.environ:
-        rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-        logging.basicConfig(level=logging.INFO, format=f"[rank {rank}] %(message)s")
-        with TorchDistCommunicator.init("gloo", rank=rank, world_size=world_size, timeout=60) as comm:
-            train(comm, args.steps)
+        backend, device = choose(args.backend, args.device, int(os.environ.get("LOCAL_WORLD_SIZE", "1")), gpus)
+        logging.basicConfig(level=logging.INFO, format=f"[rank {os.environ['RANK']}] %(message)s")
+        with TorchDistCommunicator.init(backend, timeout=60) as comm:  # rank and world size from torchrun
+            train(comm, args.steps, device)
     elif args.world_size == 1:
+        _, device = choose(args.backend, args.device, 1, gpus)
         logging.basicConfig(level=logging.INFO, format="[local] %(message)s")
-        train(LocalCommunicator(), args.steps)
+        train(LocalCommunicator(), args.steps, device)
     else:
+        backend, device = choose(args.backend, args.device, args.world_size, gpus)
         with tempfile.TemporaryDirectory() as tmp:
-            mp.spawn(run_rank, args=(args.world_size, f"file://{tmp}/rendezvous", args.steps), nprocs=args.world_size)
-        print(f"trained on {args.world_size} Gloo ranks: OK")
+            rendezvous = f"file://{tmp}/rendezvous"
+            mp.spawn(run_rank, args=(args.world_size, rendezvous, args.steps, backend, device), nprocs=args.world_size)
+        print(f"trained on {args.world_size} {'NCCL' if backend == 'nccl' else 'Gloo'} ranks: OK")
 
 
 if __name__ == "__main__":

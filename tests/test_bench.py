@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from distcomm import InvalidArgumentError
 from distcomm.bench import calls_for, format_size, parse_size
@@ -38,3 +39,19 @@ def test_a_real_run_prints_a_table_and_progress() -> None:
 def test_unknown_op_is_refused() -> None:
     done = subprocess.run([sys.executable, "-m", "distcomm", "bench", "--ops", "all_to_all"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "unknown op 'all_to_all'" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--sizes", "3X"], "cannot read the size '3X'"),
+        (["--backend", "nccl"] if not torch.cuda.is_available() else ["--backend", "nccl", "--ranks", "64"], "one CUDA GPU per rank"),
+        (["--ranks", "0"], "positive numbers"),
+    ],
+)
+def test_bad_options_are_usage_errors(argv, message, capsys) -> None:
+    from distcomm.bench import main
+
+    with pytest.raises(SystemExit) as raised:
+        main(argv)
+    assert raised.value.code == 2 and message in capsys.readouterr().err

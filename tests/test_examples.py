@@ -18,3 +18,23 @@ def test_demo_runs_single_process_with_a_local_communicator() -> None:
     done = subprocess.run([sys.executable, str(EXAMPLE), "--world-size", "1", "--steps", "3"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "[local]" in done.stderr
+
+
+def test_the_demo_chooses_nccl_and_gpus_only_where_there_are_enough() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_ddp", EXAMPLE)
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    assert demo.choose("auto", "auto", 8, 8) == ("nccl", "cuda")
+    assert demo.choose("auto", "auto", 2, 0) == ("gloo", "cpu")
+    assert demo.choose("auto", "auto", 2, 1) == ("gloo", "cpu")  # two ranks, one GPU: NCCL would refuse
+    assert demo.choose("auto", "cpu", 8, 8) == ("gloo", "cpu")
+    assert demo.choose("gloo", "cuda", 2, 1) == ("gloo", "cuda")
+    for args, message in ((("nccl", "auto", 2, 1), "one GPU per rank"), (("gloo", "cuda", 2, 0), "needs a CUDA GPU")):
+        try:
+            demo.choose(*args)
+        except SystemExit as error:
+            assert message in str(error)
+        else:
+            raise AssertionError(f"{args} should have been refused")

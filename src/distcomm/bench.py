@@ -204,8 +204,22 @@ def main(argv: list[str] | None = None) -> int:
     for op in operations:
         if op not in OPERATIONS:
             parser.error(f"unknown op {op!r}: choose from {', '.join(OPERATIONS)}")
-    sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
+    try:
+        sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
+    except InvalidArgumentError as error:
+        parser.error(str(error))
+    if not sizes:
+        parser.error("--sizes names no size: give e.g. 4,1K,1M")
+    if args.ranks < 1 or args.leaves < 1 or (args.calls is not None and args.calls < 1):
+        parser.error("--ranks, --leaves and --calls take positive numbers")
     device = args.device or ("cuda" if args.backend == "nccl" else "cpu")
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if args.backend == "nccl" and gpus < args.ranks:
+        parser.error(f"--backend nccl needs one CUDA GPU per rank: {args.ranks} ranks, {gpus} GPU(s) here; use --backend gloo")
+    if device == "cuda" and gpus == 0:
+        parser.error("--device cuda needs a CUDA GPU and none is available")
+    if args.backend == "mpi" and not dist.is_mpi_available():
+        parser.error("--backend mpi: this build of torch has no MPI")
     from distcomm.testing.world import World
 
     cases = [(op, size) for op in operations for size in sizes]

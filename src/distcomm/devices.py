@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 
 import torch
+
+from distcomm.errors import ConfigurationError
 
 logger = logging.getLogger(__name__)
 
@@ -44,3 +47,30 @@ def get_device_for_local_rank() -> str:
     guess = "cuda" if torch.cuda.is_available() else "cpu"
     logger.warning("%s is not set (no device was assigned to this process); using %r", CURRENT_DEVICE_STR, guess)
     return guess
+
+
+def nccl_device(local_rank: int, device_count: int, environ: Mapping[str, str] | None = None) -> torch.device:
+    """The GPU an NCCL rank binds to, or a :class:`ConfigurationError` when ranks would share one.
+
+    NCCL needs one GPU per rank: it fails inside its own init ("Duplicate GPU detected")
+    when two ranks of a machine pick the same device. Say so before, in words: which
+    local ranks would share which device, and what to do. A process narrowed to one GPU
+    by ``CUDA_VISIBLE_DEVICES`` uses it as ``cuda:0``.
+    """
+    environ = os.environ if environ is None else environ
+    if device_count < 1:
+        raise ConfigurationError("backend 'nccl' needs a CUDA GPU and this process sees none: use 'gloo'")
+    visible = [v for v in environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    if len(visible) == 1 and device_count == 1:
+        return torch.device("cuda", 0)
+    local_world = environ.get("LOCAL_WORLD_SIZE", "")
+    ranks_here = int(local_world) if local_world.isdigit() else local_rank + 1
+    if ranks_here > device_count:
+        shared = local_rank % device_count
+        partners = [r for r in range(shared, max(ranks_here, local_rank + 1), device_count) if r != local_rank]
+        raise ConfigurationError(
+            f"{ranks_here} NCCL ranks on this machine but {device_count} GPU(s): local rank {local_rank} would share "
+            f"cuda:{shared} with local rank(s) {', '.join(map(str, partners))}, which NCCL refuses. Start one rank per "
+            f"GPU (torchrun --nproc-per-node {device_count}), or use backend 'gloo'"
+        )
+    return torch.device("cuda", local_rank)

@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 
 from distcomm.backend import Backend
+from distcomm.devices import nccl_device
 from distcomm.communicator import Communicator
 from distcomm.errors import CollectiveError, ConfigurationError, DistCommError, InvalidArgumentError, call_torch
 from distcomm.handles import Handle, WorkHandle
@@ -270,7 +271,7 @@ class TorchDistCommunicator(Communicator):
         if backend == "nccl":
             if not torch.cuda.is_available():
                 raise InvalidArgumentError("backend 'nccl' needs CUDA, and none is available: use 'gloo'")
-            device_id = torch.device("cuda", local_rank % torch.cuda.device_count())
+            device_id = nccl_device(local_rank, torch.cuda.device_count())
             torch.cuda.set_device(device_id)
         init: dict[str, Any] = {"init_method": init_method, "rank": rank, "world_size": world_size, "timeout": timeout}
         try:
