@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import ast
-import inspect
 import logging
-import re
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,16 +13,10 @@ import torch.distributed as dist
 import distcomm
 from distcomm import ConfigurationError, DistCommError, InvalidArgumentError, distutils
 from distcomm.communicator import Handle
-
-SPEC = Path(__file__).parent / "data" / "distutils-api.rst"
-
+import api_spec
 
 def documented() -> tuple[list[str], dict[str, str]]:
-    """The attribute names and the function signatures (as text) of the documented API."""
-    text = SPEC.read_text()
-    attributes = re.findall(r"^\.\. py:data:: (\w+)", text, re.M)
-    functions = dict(re.findall(r"^\.\. py:function:: (\w+)(\(.*)$", text, re.M))
-    return attributes, functions
+    return api_spec.documented("distutils-api.rst")
 
 
 def test_exactly_the_documented_names() -> None:
@@ -39,21 +29,7 @@ def test_exactly_the_documented_names() -> None:
 
 @pytest.mark.parametrize("name", sorted(documented()[1]))
 def test_same_parameters_and_defaults_as_documented(name: str) -> None:
-    signature_text = documented()[1][name]
-    params = signature_text[: signature_text.rindex(")") + 1]
-    node = ast.parse(f"def f{params}: pass").body[0]
-    assert isinstance(node, ast.FunctionDef)
-    expected_names = [a.arg for a in node.args.args]
-    defaults = [ast.unparse(d) for d in node.args.defaults]
-    expected_defaults = dict(zip(expected_names[len(expected_names) - len(defaults) :], defaults))
-    actual = inspect.signature(getattr(distutils, name)).parameters
-    assert list(actual) == expected_names
-    for param, expression in expected_defaults.items():
-        assert actual[param].default is eval(expression, {"dist": dist, "torch": torch}) or (
-            actual[param].default == eval(expression, {"dist": dist, "torch": torch})
-        ), param
-    for param in set(expected_names) - set(expected_defaults):
-        assert actual[param].default is inspect.Parameter.empty, param
+    api_spec.check_signature(distutils, name, documented()[1][name])
 
 
 def test_os_environ_get_or_throw(monkeypatch) -> None:

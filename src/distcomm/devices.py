@@ -14,6 +14,8 @@ logger = logging.getLogger(__name__)
 
 CURRENT_DEVICE_STR = "CURRRENT_DEVICE"
 """Name of the environment variable holding this process's device type (sic: three R's)."""
+CURRENT_DEVICE_TYPE_STR = "CURRRENT_DEVICE_TYPE"
+"""Today's fairchem's name for it: it holds ``"cpu"``, ``"cuda"`` or ``"cuda:N"``."""
 
 
 def assign_device_for_local_rank(cpu: bool, local_rank: int) -> None:
@@ -74,3 +76,33 @@ def nccl_device(local_rank: int, device_count: int, environ: Mapping[str, str] |
             f"GPU (torchrun --nproc-per-node {device_count}), or use backend 'gloo'"
         )
     return torch.device("cuda", local_rank)
+
+
+def set_device_for_local_rank(cpu: bool, local_rank: int) -> None:
+    """Today's fairchem's way: record the device type in ``CURRRENT_DEVICE_TYPE`` and bind
+    GPU ``local_rank`` with ``torch.cuda.set_device`` (every GPU stays visible)."""
+    if cpu:
+        os.environ[CURRENT_DEVICE_TYPE_STR] = "cpu"
+        return
+    if not torch.cuda.is_available():
+        raise ConfigurationError("cpu is false but no CUDA GPU is available: set cpu to true, or run where a GPU is")
+    os.environ[CURRENT_DEVICE_TYPE_STR] = "cuda"
+    torch.cuda.set_device(local_rank)
+
+
+def current_device_string() -> str:
+    """``"cpu"`` or ``"cuda:N"`` (the current GPU) as ``CURRRENT_DEVICE_TYPE`` says; when nothing
+    was assigned, the best guess, recorded there, with a warning."""
+    current = os.environ.get(CURRENT_DEVICE_TYPE_STR)
+    if current is None:
+        current = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
+        os.environ[CURRENT_DEVICE_TYPE_STR] = current
+        logger.warning("assign_device_for_local_rank was never called: defaulting to %s", current)
+        return current
+    if current == "cpu":
+        return "cpu"
+    if torch.device(current).type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigurationError(f"{CURRENT_DEVICE_TYPE_STR}={current} but no CUDA GPU is available")
+        return f"cuda:{torch.cuda.current_device()}"
+    raise ValueError(f"unsupported device type: {current}")

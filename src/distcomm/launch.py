@@ -25,7 +25,7 @@ from distcomm.active import forget_default_group, instrument, set_communicator
 from distcomm.communicator import Communicator
 from distcomm.config import DistributedConfig
 from distcomm.devices import assign_device_for_local_rank
-from distcomm.errors import CollectiveError, ConfigurationError, DistCommError
+from distcomm.errors import CollectiveError, ConfigurationError
 from distcomm.torch_dist import TorchDistCommunicator
 
 logger = logging.getLogger(__name__)
@@ -113,6 +113,27 @@ def identity_from_environment(environ: Mapping[str, str] | None = None) -> tuple
         f"rank and world_size were not given and no launcher exported them (looked for {names}): "
         "pass rank= and world_size=, or start the job with torchrun, srun or jsrun"
     )
+
+
+def init_method_url(
+    kind: str, world_size: int | None, rank: int | None = None, node_list: str | None = None, filename: str | None = None
+) -> str:
+    """A rendezvous URL of ``kind`` ``"tcp"`` (the first host of a SLURM ``node_list`` on
+    :data:`DISTRIBUTED_PORT`, or on a free port for a world of one) or ``"file"`` (``filename``,
+    else a new temporary file), with ``world_size`` and ``rank`` in its query where given,
+    as torch's rendezvous reads them. Anything else is a ``ValueError``."""
+    if kind == "tcp":
+        host = slurm_hostnames(node_list or "", os.environ.get("PATH", os.defpath))[0]
+        url = f"tcp://{host}:{find_free_port() if world_size == 1 else DISTRIBUTED_PORT}"
+    elif kind == "file":
+        if filename is None:
+            with tempfile.NamedTemporaryFile(prefix="distcomm-rendezvous-", delete=False) as handle:
+                filename = handle.name
+        url = f"file://{filename}"
+    else:
+        raise ValueError(f"Invalid init_method: {kind}")
+    query = "&".join(f"{name}={value}" for name, value in (("world_size", world_size), ("rank", rank)) if value is not None)
+    return f"{url}?{query}" if query else url
 
 
 def slurm_hostnames(node_list: str, path: str | None = None) -> list[str]:
@@ -235,6 +256,13 @@ def _plan_lsf(config: DistributedConfig, environ: Mapping[str, str]) -> LaunchPl
 
 
 def _plan_torchrun(config: DistributedConfig, environ: Mapping[str, str]) -> LaunchPlan:
+    if "MASTER_ADDR" not in environ and (config.init_method or "").startswith("file://"):
+        # A shared-file rendezvous needs no address: each process says its rank (fairchem's local "file" mode).
+        rank = _int_variable("RANK", environ) if "RANK" in environ else 0
+        if rank >= config.world_size:
+            raise ConfigurationError(f"RANK={rank} is not below world_size={config.world_size}")
+        local_rank = _int_variable("LOCAL_RANK", environ) if "LOCAL_RANK" in environ else 0
+        return LaunchPlan("file", rank, config.world_size, local_rank, config.init_method or "", config.resolved_backend)
     if "MASTER_ADDR" not in environ:
         if config.world_size != 1:
             raise ConfigurationError(
@@ -270,8 +298,9 @@ def plan_launch(
         plan = _plan_lsf(settings, environ)
     else:
         plan = _plan_torchrun(settings, environ)
-    if settings.init_method is not None and plan.launcher in ("torchrun", "single"):
-        plan = attrs.evolve(plan, init_method=settings.init_method)
+    explicit = settings.init_method
+    if explicit is not None and (plan.launcher in ("torchrun", "single") or explicit.startswith("file://")):
+        plan = attrs.evolve(plan, init_method=explicit)  # a shared-file rendezvous wins under SLURM and LSF too
     return plan
 
 
@@ -288,8 +317,8 @@ def setup(config: MutableMapping[str, Any] | DistributedConfig) -> Communicator:
     ``DISTCOMM_PROFILE`` ask for). A dict config gets ``init_method``, ``rank``
     and ``local_rank`` written back, as legacy callers expect."""
     settings = DistributedConfig.from_mapping(config)
-    if dist.is_initialized():
-        raise DistCommError("torch.distributed is already initialized: call cleanup() before setup() again")
+    if dist.is_initialized():  # a ValueError, as torch's own "initialize the default process group twice"
+        raise ConfigurationError("torch.distributed is already initialized: call cleanup() before setup() again")
     plan = plan_launch(settings)
     if isinstance(config, MutableMapping):
         if plan.launcher == "slurm":
