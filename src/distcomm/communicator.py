@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import datetime
 import warnings
-from pathlib import Path
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar, cast, overload
@@ -35,7 +34,7 @@ from distcomm.conversion import check_transportable, describe
 from distcomm.errors import InvalidArgumentError
 from distcomm.flight_recorder import FlightRecorder, default_recorder
 from distcomm.handles import CompletedHandle, Handle
-from distcomm.hooks import Hook, HookHandle, collective
+from distcomm.hooks import Hook, HookRegistry, collective
 from distcomm.objects import OBJECT_SLOT_BYTES
 from distcomm.ops import ReduceOp, ReduceOpLike, parse_reduce_op
 from distcomm.reduction import PYTHON_PROTOTYPES, plan_reduction, reduce_alone
@@ -65,7 +64,7 @@ def _describe_gather(data: Any, *, same_shape: bool = False, out: Any = None) ->
     return signature_of(data, shapes=same_shape) + (" same_shape" if same_shape else "")
 
 
-class Communicator:
+class Communicator(HookRegistry):
     """One object to talk to the other ranks of a job, over a :class:`~distcomm.backend.Backend`.
 
     Most code gets one from :class:`~distcomm.TorchDistCommunicator`,
@@ -127,49 +126,6 @@ class Communicator:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(rank={self.rank}, world_size={self.world_size}, backend={self.backend!r})"
-
-    # --------------------------------------------------------------------- hooks
-
-    @property
-    def hooks(self) -> tuple[Hook, ...]:
-        """The hooks every collective of this communicator passes through, in the order they run
-        (the flight recorder, when one records, first)."""
-        return self._hooks if self._recorder is None else (self._recorder, *self._hooks)
-
-    def register_hook(self, hook: Hook) -> HookHandle:
-        """Pass every collective through ``hook`` from now on; the handle's ``remove()`` stops it.
-
-        A :class:`~distcomm.FlightRecorder` takes the place of the one recording now.
-        """
-        if not isinstance(hook, Hook):
-            raise InvalidArgumentError(f"register_hook takes a distcomm.hooks.Hook, got {describe(hook)}")
-        if isinstance(hook, FlightRecorder):
-            self._record_into(hook)
-        else:
-            self._hooks = tuple(sorted((*self._hooks, hook), key=lambda h: h.order))
-        return HookHandle(self, hook)
-
-    def remove_hook(self, hook: Hook) -> None:
-        """Stop passing collectives through ``hook`` (harmless when it is not attached)."""
-        if hook is self._recorder:
-            self._recorder = None
-        self._hooks = tuple(h for h in self._hooks if h is not hook)
-
-    def _record_into(self, recorder: FlightRecorder | None) -> None:
-        """Record this communicator's calls into ``recorder``, under its group's name (the same on every rank)."""
-        self._recorder = recorder
-        if recorder is not None:
-            self._record_group = recorder.group(str(getattr(self._backend.group, "group_name", "") or self._backend.name))
-
-    @property
-    def flight_recorder(self) -> FlightRecorder | None:
-        """The recorder of this communicator's calls (``None`` with ``DISTCOMM_FLIGHT_RECORDER=0``)."""
-        return self._recorder
-
-    def dump_flight_record(self, reason: str = "requested") -> Path | None:
-        """Write this rank's flight record now (see :mod:`distcomm.flight_recorder`); its path,
-        or ``None`` when nothing records or it could not be written. Never raises."""
-        return None if self._recorder is None else self._recorder.dump(reason)
 
     # ------------------------------------------------------------- object codec
 

@@ -22,10 +22,14 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, TypeVar, cast
 
-from distcomm.errors import ClosedCommunicatorError, CollectiveError, renamed
+from distcomm.errors import ClosedCommunicatorError, CollectiveError, InvalidArgumentError, renamed
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from distcomm.backend import Backend
     from distcomm.communicator import Communicator
+    from distcomm.flight_recorder import FlightRecorder
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -112,6 +116,58 @@ class HookHandle:
 
     def __exit__(self, *exc_info: object) -> None:
         self.remove()
+
+
+class HookRegistry:
+    """The hooks of a communicator (its base class): attach, detach, list; and its flight recorder."""
+
+    _hooks: tuple[Hook, ...]
+    _recorder: FlightRecorder | None
+    _record_group: Any
+    _backend: Backend
+
+    @property
+    def hooks(self) -> tuple[Hook, ...]:
+        """The hooks every collective of this communicator passes through, in the order they run
+        (the flight recorder, when one records, first)."""
+        return self._hooks if self._recorder is None else (self._recorder, *self._hooks)
+
+    def register_hook(self, hook: Hook) -> HookHandle:
+        """Pass every collective through ``hook`` from now on; the handle's ``remove()`` stops it.
+
+        A :class:`~distcomm.FlightRecorder` takes the place of the one recording now.
+        """
+        from distcomm.flight_recorder import FlightRecorder  # it builds on this module
+
+        if not isinstance(hook, Hook):
+            raise InvalidArgumentError(f"register_hook takes a distcomm.hooks.Hook, got {type(hook).__name__}")
+        if isinstance(hook, FlightRecorder):
+            self._record_into(hook)
+        else:
+            self._hooks = tuple(sorted((*self._hooks, hook), key=lambda h: h.order))
+        return HookHandle(self, hook)  # type: ignore[arg-type]
+
+    def remove_hook(self, hook: Hook) -> None:
+        """Stop passing collectives through ``hook`` (harmless when it is not attached)."""
+        if hook is self._recorder:
+            self._recorder = None
+        self._hooks = tuple(h for h in self._hooks if h is not hook)
+
+    def _record_into(self, recorder: FlightRecorder | None) -> None:
+        """Record this communicator's calls into ``recorder``, under its group's name (the same on every rank)."""
+        self._recorder = recorder
+        if recorder is not None:
+            self._record_group = recorder.group(str(getattr(self._backend.group, "group_name", "") or self._backend.name))
+
+    @property
+    def flight_recorder(self) -> FlightRecorder | None:
+        """The recorder of this communicator's calls (``None`` with ``DISTCOMM_FLIGHT_RECORDER=0``)."""
+        return self._recorder
+
+    def dump_flight_record(self, reason: str = "requested") -> Path | None:
+        """Write this rank's flight record now (see :mod:`distcomm.flight_recorder`); its path,
+        or ``None`` when nothing records or it could not be written. Never raises."""
+        return None if self._recorder is None else self._recorder.dump(reason)
 
 
 COLLECTIVES: dict[str, Callable[..., Any]] = {}
