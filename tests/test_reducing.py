@@ -120,8 +120,12 @@ def collectives_of_a_small_dict(comm):
     first = list(calls)
     calls.clear()
     counting.reduce_dict({f"m{i}": torch.ones(4096) for i in range(4)})  # too large to ride along
-    return first, list(calls), small["m7"].item()
+    large = list(calls)
+    calls.clear()
+    floats = counting.reduce_dict({f"m{i}": float(i + comm.rank) for i in range(50)}, "mean")
+    return first, large, list(calls), small["m7"].item(), floats["m7"]
 
 
 def test_a_small_dict_travels_with_its_agreement(dist_world) -> None:
-    assert dist_world(2).run(collectives_of_a_small_dict) == [(["all_gather"], ["all_gather", "all_reduce"], 14.0)] * 2
+    expected = (["all_gather"], ["all_gather", "all_reduce"], ["all_gather"], 14.0, 7.5)
+    assert dist_world(2).run(collectives_of_a_small_dict) == [expected] * 2

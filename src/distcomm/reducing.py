@@ -14,12 +14,13 @@ import numpy as np
 import torch
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
-from distcomm.agreement import Claim, agree, agree_with_data, digest64
+from distcomm.agreement import Claim, agree_with_data, digest64
 from distcomm.conversion import check_transportable, from_tensor, to_tensor
 from distcomm.errors import InvalidArgumentError
 from distcomm.nested import flatten, unflatten
 from distcomm.objects import all_gather_objects
 from distcomm.ops import ReduceOp
+from distcomm.rules import INT64_MAX, INT64_MIN
 from distcomm.reduction import (
     KIND_CODES,
     PYTHON_KINDS,
@@ -73,8 +74,12 @@ def reduce_structure(comm: Communicator, data: Any, op: ReduceOp, operation: str
     leaves, paths, spec = flatten(data)
     order = sorted(range(len(leaves)), key=paths.__getitem__)
     leaves, paths = [leaves[i] for i in order], [paths[i] for i in order]
-    leaves, exact = agree_on_leaves(comm, leaves, paths, op, operation)
-    reduced = reduce_leaves(comm, leaves, paths, op, exact=exact, operation=operation, detach=detach)
+    numbers = _numbers_inline(comm, leaves)
+    leaves, exact, rows = agree_on_leaves(comm, leaves, paths, op, operation, numbers)
+    if rows is not None:  # Python numbers of one kind rode with the agreement: reduce them here
+        reduced = _reduce_numbers(comm, leaves[0], rows, op)
+    else:
+        reduced = reduce_leaves(comm, leaves, paths, op, exact=exact, operation=operation, detach=detach)
     results: list[Any] = [None] * len(order)
     for position, value in zip(order, reduced):
         results[position] = value
@@ -158,10 +163,14 @@ _NO_NUMBERS = digest64(b"")
 """The digest of the number kinds of a call that has no Python numbers."""
 
 
-def agree_on_leaves(comm: Communicator, leaves: list[Any], paths: list[str], op: ReduceOp, operation: str) -> tuple[list[Any], bool]:
+def agree_on_leaves(
+    comm: Communicator, leaves: list[Any], paths: list[str], op: ReduceOp, operation: str, numbers: torch.Tensor | None = None
+) -> tuple[list[Any], bool, torch.Tensor | None]:
     """Check the leaves, agree on their layout with the other ranks, and widen Python
-    numbers to the kind every rank can share. Returns the leaves and whether Python
-    numbers must be reduced exactly (an int result could leave int64)."""
+    numbers to the kind every rank can share. Returns the leaves, whether Python numbers
+    must be reduced exactly (an int result could leave int64), and, when ``numbers`` (the
+    leaves as one tensor) rode with the agreement on every rank and may be used as they
+    are, every rank's row of them."""
     alone = comm.world_size == 1  # nothing to agree with: only check the leaves
     layout: list[tuple[str, Any]] = [("(op)", f"{operation} {op.value}")]
     kinds = bytearray()
@@ -189,14 +198,39 @@ def agree_on_leaves(comm: Communicator, leaves: list[Any], paths: list[str], op:
     if alone:
         if problem is not None:
             raise problem
-        return leaves, needs_exact(op, [bits], 1)
+        return leaves, needs_exact(op, [bits], 1), None
     claim = Claim(tuple(layout), (digest64(bytes(kinds)), bits), str(problem) if problem else None)
-    table = agree(comm, operation, claim)
+    table, rows = agree_with_data(comm, operation, claim, numbers)
     if (table[:, 0] != table[0, 0]).any():
         widest = [max(column) for column in zip(*all_gather_objects(comm, bytes(kinds), operation))]
         wider = iter(PYTHON_KINDS[code] for code in widest)
         leaves = [promote(leaf, next(wider)) if type(leaf) in KIND_CODES else leaf for leaf in leaves]
-    return leaves, needs_exact(op, table[:, 1].tolist(), comm.world_size)
+        rows = None  # some rank widens its numbers: they travel again, as the widest kind
+    exact = needs_exact(op, table[:, 1].tolist(), comm.world_size)
+    return leaves, exact, None if exact else rows
+
+
+def _numbers_inline(comm: Communicator, leaves: list[Any]) -> torch.Tensor | None:
+    """The leaves as one tensor when they are Python floats, or Python ints, all of one kind
+    (what may ride with the layout agreement); else ``None``."""
+    if comm.world_size == 1 or not leaves:
+        return None
+    kind = type(leaves[0])
+    if kind not in (float, int) or any(type(leaf) is not kind for leaf in leaves):
+        return None
+    if kind is int and not all(INT64_MIN <= leaf <= INT64_MAX for leaf in leaves):
+        return None
+    return torch.tensor(leaves, dtype=PYTHON_PROTOTYPES[kind].dtype, device=comm.device)
+
+
+def _reduce_numbers(comm: Communicator, first: Any, rows: torch.Tensor, op: ReduceOp) -> list[Any]:
+    """Python numbers reduced from every rank's row, in rank order, as the general path would."""
+    plan = cached_plan(first, PYTHON_PROTOTYPES[type(first)], op, "all_reduce")
+    out = torch.empty_like(rows[0])
+    _reduce_rows(rows, plan.op, out=out)
+    if plan.mean_dtype is not None:
+        out = out.to(plan.mean_dtype).div_(comm.world_size)
+    return out.tolist()
 
 
 def _leaf_layout(comm: Communicator, leaf: Any, tensor: torch.Tensor) -> tuple[Any, ...]:
