@@ -215,19 +215,11 @@ def {name}(self, {parameters}):
         except CollectiveError as error:
             raise_named(error, self.rank)
     entry = recorder.begin(self._record_group, CALL, {data}, {detail})
-    if self._hooks:  # failures come out of the hooks already named
-        try:
-            result = hooked(self, ({positional}), {{{keywords}}})
-        except BaseException as error:
-            recorder.end(entry, error)
-            raise
-        entry[END] = now()
-        entry[STATE] = COMPLETED
-        return result
+    hooks = self._hooks
     try:
-        result = method(self, {arguments})
+        result = hooked(self, ({positional}), {{{keywords}}}) if hooks else method(self, {arguments})
     except CollectiveError as error:
-        named = renamed(error, {name!r}, self.rank)
+        named = error if hooks else renamed(error, {name!r}, self.rank)  # the hooks' path names its own
         recorder.end(entry, named)
         if named is error:
             raise
