@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from distcomm import PickleCodec, RestrictedCodec, UnsafeObjectError
-from distcomm.communicator import OBJECT_SLOT_BYTES
+from distcomm.opening import body_room
+from wire import forged_slot
 
 
 class _Calls:
@@ -82,9 +83,8 @@ def send_a_lying_slot(comm, claimed: int, safe: bool):
     if safe:
         comm.object_codec = RestrictedCodec()
     if comm.rank == 1:  # a peer whose slot announces a payload it never sends
-        slot = torch.zeros(OBJECT_SLOT_BYTES, dtype=torch.uint8)
-        slot[:8] = torch.from_numpy(np.array([claimed], dtype="<i8").view(np.uint8))
-        comm.tensor_backend.all_gather(slot)
+        body = claimed.to_bytes(8, "little") + bytes(body_room(2) - 8)  # a full head, then nothing more
+        comm.tensor_backend.all_gather(forged_slot(2, "all_gather_object objects", body))
         return "sent"
     before = _peak_rss_mib()
     try:

@@ -20,7 +20,8 @@ import attrs
 import numpy as np
 import torch
 
-from distcomm.errors import InconsistentInputError
+from distcomm.errors import InconsistentInputError, WireFormatError
+from distcomm.opening import Opening, body_room, open_call
 
 if TYPE_CHECKING:
     from distcomm.communicator import Communicator
@@ -50,12 +51,6 @@ class Claim:
     problem: str | None = None
 
 
-INLINE_WORLD_MAX = 16
-"""Up to this world size, the header travels in a fixed slot with room for a small payload."""
-INLINE_SLOT_BYTES = 4096
-"""The slot's size (header included); every rank of a call sends the same size, inline data or not."""
-
-
 def agree(comm: Communicator, operation: str, claim: Claim) -> np.ndarray:
     """Every rank's ``claim.numbers``, one row per rank, once every layout matches.
 
@@ -70,37 +65,61 @@ def agree_with_data(comm: Communicator, operation: str, claim: Claim, data: torc
 
     Returns every rank's numbers and, when every rank sent data (so every rank made the
     same kind of call), every rank's data as a ``(world_size, n)`` tensor; else ``None``,
-    and every rank goes on with its data as if it had sent none. The slot has one size
-    for every call of a world, so ranks that send data and ranks that do not still meet.
+    and every rank goes on with its data as if it had sent none. The agreement is the
+    call's opening step (:mod:`distcomm.opening`), so ranks in another call raise too.
     """
     words = 4 + len(claim.numbers)
     header_bytes = -(-8 * words // 16) * 16  # a multiple of 16: any dtype's view of the data is aligned
-    inline = comm.world_size <= INLINE_WORLD_MAX
-    slot_bytes = max(INLINE_SLOT_BYTES, header_bytes) if inline else header_bytes
-    fits = data is not None and inline and header_bytes + data.numel() * data.element_size() <= slot_bytes
+    nbytes = -1 if data is None else data.numel() * data.element_size()
+    fits = data is not None and header_bytes + nbytes <= body_room(comm.world_size)
     header = np.zeros(header_bytes // 8, dtype="<i8")
-    header[0] = _REFUSED if claim.problem else _OK
-    header[1] = digest64(repr(claim.layout).encode())
-    header[2] = len(claim.layout)
-    header[3] = data.numel() * data.element_size() if fits else -1  # type: ignore[union-attr]
-    header[4:words] = claim.numbers
-    slot = torch.empty(slot_bytes, dtype=torch.uint8, device=comm.device)
-    slot[:header_bytes] = torch.from_numpy(header.view(np.uint8)).to(comm.device)
-    if fits:
-        flat = data.reshape(-1).view(torch.uint8)  # type: ignore[union-attr]
-        slot[header_bytes : header_bytes + flat.numel()] = flat
-    rows = comm.tensor_backend.all_gather(slot)
-    table = rows[:, :header_bytes].cpu().numpy().view("<i8")
+    header[:words] = (_REFUSED if claim.problem else _OK, digest64(repr(claim.layout).encode()), len(claim.layout),
+                      nbytes if fits else -1, *claim.numbers)  # fmt: skip
+    opening = open_call(comm, operation, "layout", header.view(np.uint8), data if fits else None, comm.device)
+    table = _read_headers(opening, operation, words, header_bytes, data)
     if not table[:, 0].any() and (table[:, 1:3] == table[0, 1:3]).all():
         sizes = table[:, 3]
         if fits and (sizes == sizes[0]).all():
-            gathered = rows[:, header_bytes : header_bytes + int(sizes[0])].view(data.dtype)  # type: ignore[union-attr]
+            gathered = opening.data(header_bytes, int(sizes[0])).view(data.dtype)  # type: ignore[union-attr]
             return table[:, 4:words], gathered
         return table[:, 4:words], None
-    from distcomm.objects import all_gather_objects  # objects builds on this module
-
-    claims = all_gather_objects(comm, (claim.problem, claim.layout), operation)
+    claims = exchange_claims(comm, operation, (claim.problem, claim.layout))
     raise InconsistentInputError(explain(operation, claims))
+
+
+def _read_headers(opening: Opening, operation: str, words: int, header_bytes: int, data: torch.Tensor | None) -> np.ndarray:
+    """Every rank's agreement header, one row per rank, each checked against the wire format."""
+    rows = []
+    itemsize = 1 if data is None else data.element_size()
+    for rank, size in enumerate(opening.sizes):
+        row = opening.words(rank, words)
+        problem = None
+        if row is None:
+            problem = f"a body of {size} bytes, shorter than the {8 * words}-byte agreement header"
+        elif row[0] not in (_OK, _REFUSED) or row[2] < 0:
+            problem = f"an agreement header with status {row[0]} and {row[2]} layout entries"
+        elif row[3] != -1 and not (0 <= row[3] == size - header_bytes and row[3] % itemsize == 0):
+            problem = f"{row[3]} bytes of inline data in a body of {size} bytes"
+        if problem is not None:
+            raise WireFormatError(f"{operation}: rank {rank} sent {problem}")
+        rows.append(row)
+    return np.stack(rows)
+
+
+def exchange_claims(comm: Communicator, operation: str, claim: tuple[str | None, Layout]) -> list[tuple[str | None, Layout]]:
+    """Every rank's ``(problem, layout)``, to explain a mismatch; a peer's malformed claim is a
+    :class:`~distcomm.errors.WireFormatError`."""
+    from distcomm.objects import exchange  # objects builds on this module
+
+    claims = []
+    for rank, payload in enumerate(exchange(comm, claim, operation, step="explain")):
+        value = comm.object_codec.decode(payload)
+        if not (isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], (str, type(None)))
+                and isinstance(value[1], tuple)
+                and all(isinstance(e, tuple) and len(e) == 2 and isinstance(e[0], str) for e in value[1])):  # fmt: skip
+            raise WireFormatError(f"{operation}: rank {rank} sent a malformed layout claim: {value!r:.80}")
+        claims.append(value)
+    return claims
 
 
 def explain(operation: str, claims: Sequence[tuple[str | None, Layout]]) -> str:
@@ -119,7 +138,7 @@ def explain(operation: str, claims: Sequence[tuple[str | None, Layout]]) -> str:
 
 def show(description: Any) -> str:
     """A layout description in words: ``tensor float32[2, 3] on cpu``."""
-    if not isinstance(description, tuple):
+    if not (isinstance(description, tuple) and len(description) in (3, 4) and isinstance(description[2], tuple)):
         return str(description)
     kind, dtype, shape, *device = description
     text = f"{kind} {str(dtype).removeprefix('torch.')}{list(shape)}"

@@ -36,6 +36,7 @@ from distcomm.flight_recorder import FlightRecorder, default_recorder
 from distcomm.handles import CompletedHandle, Handle
 from distcomm.hooks import Hook, HookRegistry, collective
 from distcomm.objects import OBJECT_SLOT_BYTES
+from distcomm.opening import open_call
 from distcomm.ops import ReduceOp, ReduceOpLike, parse_reduce_op
 from distcomm.reduction import PYTHON_PROTOTYPES, plan_reduction, reduce_alone
 from distcomm.rules import INT64_MAX, INT64_MIN
@@ -190,8 +191,9 @@ class Communicator(HookRegistry):
 
     @collective()
     def barrier(self) -> None:
-        """Block until every rank has called ``barrier``."""
-        self._backend.barrier()
+        """Block until every rank has called ``barrier`` (a rank in another collective makes every rank raise)."""
+        if self.world_size > 1:
+            open_call(self, "barrier", "barrier")
 
     @collective(lambda data, src=0: f"{tensor_layout(data)} src={src}", lambda data, src=0: data)
     def broadcast(self, data: T, src: int = 0) -> T:

@@ -26,10 +26,15 @@ _PYTHON_NUMBER_DTYPES: dict[type, torch.dtype] = {
 ACCEPTED = "a tensor, a Python number, a NumPy array or number, or a dict/list/tuple of those"
 
 
+def dtype_name(dtype: Any) -> str:
+    """``float32`` for ``torch.float32``: a dtype as error messages and records show it."""
+    return str(dtype).removeprefix("torch.")
+
+
 def describe(value: Any) -> str:
     """A short name for a value's kind, for error messages: ``float32[2, 3]``, ``int``."""
     if isinstance(value, torch.Tensor):
-        return f"{str(value.dtype).removeprefix('torch.')}{list(value.shape)}"
+        return f"{dtype_name(value.dtype)}{list(value.shape)}"
     if isinstance(value, np.ndarray):
         return f"numpy.{value.dtype}{list(value.shape)}"
     return type(value).__name__

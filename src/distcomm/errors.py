@@ -54,6 +54,12 @@ class ObjectDecodeError(DistCommError):
     """
 
 
+class WireFormatError(ObjectDecodeError):
+    """A peer's bytes do not follow distcomm's wire format (a length, dimension, count or code out
+    of bounds, or no call header at all): raised on the receiving ranks, before anything is
+    allocated for what the bytes announce."""
+
+
 class CollectiveError(DistCommError, RuntimeError):
     """A collective that was started but could not complete.
 

@@ -1,8 +1,8 @@
 """Gathers: every rank's tensor (of any shape), number or nested data, on every rank.
 
-The wire format of a tensor gather: each rank sends one fixed-size slot holding a
-header (number of dimensions, dtype code, shape) and, when the tensor is small, the
-tensor's bytes too. Small tensors therefore take one collective; larger ones take the
+The wire format of a tensor gather: each rank's opening slot (:mod:`distcomm.opening`)
+holds a header (number of dimensions, dtype code, shape) and, when the tensor is small,
+the tensor's bytes too. Small tensors therefore take one collective; larger ones take the
 headers and then the data (padded on backends that cannot gather uneven sizes). A
 rank that cannot take part (a dtype or number of dimensions no header can describe)
 says so in its header, and every rank raises the same error.
@@ -15,21 +15,21 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from distcomm.agreement import explain
-from distcomm.conversion import describe
-from distcomm.errors import InconsistentInputError, InvalidArgumentError
+from distcomm.agreement import by_rank, exchange_claims, explain
+from distcomm.conversion import describe, dtype_name
+from distcomm.errors import InconsistentInputError, InvalidArgumentError, WireFormatError
 from distcomm.handles import CompletedHandle, Handle, ThenHandle
 from distcomm.nested import flatten, is_container, unflatten
-from distcomm.objects import OBJECT_SLOT_BYTES, all_gather_objects
+from distcomm.objects import all_gather_objects
+from distcomm.opening import Opening, body_room, open_call
 from distcomm.rules import DTYPE_CODES, DTYPES
+from distcomm.serialization import max_payload_bytes
 
 if TYPE_CHECKING:
     from distcomm.communicator import Communicator
 
 MAX_GATHER_DIMS = 16
 HEADER_WORDS = 2 + MAX_GATHER_DIMS
-INLINE_BYTES = OBJECT_SLOT_BYTES - 8 * HEADER_WORDS
-"""Tensors up to this size travel inside their header's slot: one collective."""
 
 
 def gather_data(comm: Communicator, data: Any) -> list[Any]:
@@ -38,20 +38,31 @@ def gather_data(comm: Communicator, data: Any) -> list[Any]:
         return gather_tensor(comm, data, asynchronous=False).wait()  # type: ignore[no-any-return]
     if not is_container(data):
         return all_gather_objects(comm, data, "all_gather")
-    leaves, _, spec = flatten(data)
+    leaves, paths, spec = flatten(data)
     skeleton = [None if isinstance(leaf, torch.Tensor) else leaf for leaf in leaves]
-    per_rank = all_gather_objects(comm, (spec, skeleton), "all_gather")
-    if any(rank_spec != spec for rank_spec, _ in per_rank):
+    tensors = tuple(i for i, leaf in enumerate(leaves) if isinstance(leaf, torch.Tensor))
+    per_rank = all_gather_objects(comm, (spec, skeleton, tensors), "all_gather")
+    for rank, entry in enumerate(per_rank):
+        if not (isinstance(entry, tuple) and len(entry) == 3 and isinstance(entry[1], list) and isinstance(entry[2], tuple)):
+            raise WireFormatError(f"all_gather: rank {rank} sent a malformed structure: {entry!r:.80}")
+    if any(rank_spec != spec for rank_spec, _, _ in per_rank):
         raise InconsistentInputError(
             "all_gather: ranks passed differently shaped structures: "
-            + "; ".join(f"rank {r}: {s}" for r, (s, _) in enumerate(per_rank))
+            + "; ".join(f"rank {r}: {s}" for r, (s, _, _) in enumerate(per_rank))
         )
-    columns = {
-        i: gather_tensor(comm, leaf, asynchronous=False).wait() for i, leaf in enumerate(leaves) if isinstance(leaf, torch.Tensor)
-    }
+    for rank, (_, rank_leaves, rank_tensors) in enumerate(per_rank):
+        if len(rank_leaves) != len(leaves) or not set(rank_tensors) <= set(range(len(leaves))):
+            raise WireFormatError(f"all_gather: rank {rank} sent leaves that do not fit its structure")
+    if any(rank_tensors != tensors for _, _, rank_tensors in per_rank):
+        where = min(set().union(*(set(t) for _, _, t in per_rank)) - set.intersection(*(set(t) for _, _, t in per_rank)))
+        kinds = ["tensor" if where in t else type(skel[where]).__name__ for _, skel, t in per_rank]
+        raise InconsistentInputError(
+            f"all_gather: ranks passed a tensor at {paths[where] or 'the top level'} where others did not: {by_rank(kinds)}"
+        )
+    columns = {i: gather_tensor(comm, leaves[i], asynchronous=False).wait() for i in tensors}
     return [
         unflatten(spec, [columns[i][r] if i in columns else v for i, v in enumerate(rank_leaves)])
-        for r, (_, rank_leaves) in enumerate(per_rank)
+        for r, (_, rank_leaves, _) in enumerate(per_rank)
     ]
 
 
@@ -85,7 +96,7 @@ def _same_shape_carrier(comm: Communicator, tensor: Any, operation: str, out: to
             or out.device != carrier.device or not out.is_contiguous() or carrier is not tensor
         ):  # fmt: skip
             raise InvalidArgumentError(
-                f"{operation}: out must be a contiguous {str(tensor.dtype).removeprefix('torch.')}{list(wanted)} "
+                f"{operation}: out must be a contiguous {dtype_name(tensor.dtype)}{list(wanted)} "
                 f"tensor on {tensor.device} (world size first, then the input's shape), for an input the backend "
                 f"takes where it is; got {describe(out)}"
             )
@@ -97,7 +108,7 @@ def gather_tensor(comm: Communicator, tensor: torch.Tensor, *, asynchronous: boo
     the headers then the data, which moves asynchronously when asked and shapes are equal.
     The handle's result is a list of new tensors on ``tensor``'s device."""
     backend = comm.tensor_backend
-    carrier = comm._transport(tensor, "all_gather")
+    carrier = comm._transport(tensor.detach(), "all_gather")  # a gather is not differentiable: never the graph
     inline, shapes = exchange_headers(comm, carrier)
     home = tensor.device
     if inline is not None:
@@ -112,10 +123,12 @@ def gather_tensor(comm: Communicator, tensor: torch.Tensor, *, asynchronous: boo
 
 
 def exchange_headers(comm: Communicator, tensor: torch.Tensor) -> tuple[list[torch.Tensor] | None, list[torch.Size]]:
-    """Every rank's shape, and every rank's tensor too when all of them fit in a slot.
+    """Every rank's shape, and every rank's tensor too when all of them fit in the opening slot.
 
     Different dtypes or numbers of dimensions, or a refusal, raise the same clear error
-    on every rank, since every rank sees every header.
+    on every rank, since every rank sees every header; a header that breaks the wire
+    format (a dimension out of bounds, an unknown dtype code) is a
+    :class:`~distcomm.errors.WireFormatError`.
     """
     problem = None
     code = DTYPE_CODES.get(tensor.dtype)
@@ -125,31 +138,55 @@ def exchange_headers(comm: Communicator, tensor: torch.Tensor) -> tuple[list[tor
         problem = f"all_gather takes at most {MAX_GATHER_DIMS} dimensions, got {tensor.dim()}"
     header = np.full(HEADER_WORDS, -1, dtype="<i8")
     nbytes = tensor.numel() * tensor.element_size()
-    slot = torch.zeros(OBJECT_SLOT_BYTES, dtype=torch.uint8, device=tensor.device)
+    inline = None
     if problem is None:
         header[0], header[1] = tensor.dim(), code
         header[2 : 2 + tensor.dim()] = tensor.shape
-        if nbytes <= INLINE_BYTES:
-            slot[header.nbytes : header.nbytes + nbytes] = tensor.reshape(-1).view(torch.uint8)
-    slot[: header.nbytes] = torch.from_numpy(header.view(np.uint8)).to(tensor.device)
-    slots = comm.tensor_backend.all_gather(slot)
-    headers = slots[:, : header.nbytes].cpu().numpy().view("<i8")
-    if any(h[0] < 0 or not 0 <= h[1] < len(DTYPES) or h[0] > MAX_GATHER_DIMS for h in headers):
-        claims = all_gather_objects(comm, (problem, ()), "all_gather")
+        if nbytes <= body_room(comm.world_size) - header.nbytes:
+            inline = tensor
+    opening = open_call(comm, "all_gather", "tensor", header.view(np.uint8), inline, tensor.device)
+    headers = [_read_header(comm, opening, rank) for rank in range(comm.world_size)]
+    if any(h is None for h in headers):
+        claims = exchange_claims(comm, "all_gather", (problem, ()))
         raise InconsistentInputError(explain("all_gather", claims))
-    shapes = [torch.Size(h[2 : 2 + int(h[0])].tolist()) for h in headers]
-    dtypes = [DTYPES[int(h[1])] for h in headers]
+    dtypes = [DTYPES[code] for code, _, _ in headers]  # type: ignore[misc]
+    shapes = [shape for _, shape, _ in headers]  # type: ignore[misc]
     if len(set(dtypes)) > 1 or len({len(s) for s in shapes}) > 1:
-        listing = "; ".join(
-            f"rank {r}: {str(d).removeprefix('torch.')}{list(s)}" for r, (d, s) in enumerate(zip(dtypes, shapes))
-        )
+        listing = "; ".join(f"rank {r}: {dtype_name(d)}{list(s)}" for r, (d, s) in enumerate(zip(dtypes, shapes)))
         raise InconsistentInputError(
             f"all_gather: every rank must pass the same dtype and number of dimensions ({listing}); "
             "convert with .to(dtype) or reshape before gathering"
         )
-    sizes = [shape.numel() * tensor.element_size() for shape in shapes]
-    if max(sizes) > INLINE_BYTES:
+    if not all(is_inline for _, _, is_inline in headers):  # type: ignore[misc]
         return None, shapes
     start = header.nbytes
-    inline = [s[start : start + n].view(tensor.dtype).reshape(shape).clone() for s, n, shape in zip(slots, sizes, shapes)]
-    return inline, shapes
+    sizes = [shape.numel() * tensor.element_size() for shape in shapes]
+    rows = opening.data(start, max(sizes))
+    return [row[:n].view(tensor.dtype).reshape(shape).clone() for row, n, shape in zip(rows, sizes, shapes)], shapes
+
+
+def _read_header(comm: Communicator, opening: Opening, rank: int) -> tuple[int, torch.Size, bool] | None:
+    """``rank``'s dtype code, shape and whether its data came inline; ``None`` for a refusal.
+    Anything outside the wire format raises :class:`~distcomm.errors.WireFormatError`."""
+    words = opening.words(rank, HEADER_WORDS)
+    if words is None:
+        raise WireFormatError(f"all_gather: rank {rank} sent a tensor header of {opening.sizes[rank]} bytes")
+    dims, code = int(words[0]), int(words[1])
+    if dims == -1 and code == -1:
+        return None
+    shape = words[2 : 2 + dims] if 0 <= dims <= MAX_GATHER_DIMS else np.zeros(0, dtype="<i8")
+    if not (0 <= dims <= MAX_GATHER_DIMS and 0 <= code < len(DTYPES)) or (shape < 0).any():
+        raise WireFormatError(f"all_gather: rank {rank} sent a tensor header with {dims} dimensions, dtype code {code}, shape {shape.tolist()}")
+    nbytes = DTYPES[code].itemsize
+    for n in shape.tolist():
+        nbytes *= n
+    limit = max_payload_bytes(comm.object_codec)
+    if nbytes > limit:
+        raise WireFormatError(
+            f"all_gather: rank {rank} announced a tensor of shape {shape.tolist()} ({nbytes} bytes), over the "
+            f"limit of {limit} bytes a peer may make this rank allocate (the object codec's max_bytes)"
+        )
+    body = opening.sizes[rank] - 8 * HEADER_WORDS
+    if body not in (0, nbytes):
+        raise WireFormatError(f"all_gather: rank {rank} announced {nbytes} bytes of tensor data and sent {body}")
+    return code, torch.Size(shape.tolist()), body == nbytes

@@ -1,8 +1,8 @@
 """Object collectives: picklable objects between ranks, and the wire format they travel in.
 
-An object travels as a fixed-size slot: an 8-byte little-endian length, then as much of
-the payload as fits. Payloads that fit (most of them) take one collective; larger ones
-take a second for the rest. A rank that cannot send its object (unpicklable, too large,
+An object travels in the call's opening slot (:mod:`distcomm.opening`): an 8-byte
+little-endian length, then as much of the payload as fits. Payloads that fit (most of
+them) take one collective; larger ones take a second for the rest. A rank that cannot send its object (unpicklable, too large,
 a bad argument) sends the reason instead, with the length negated, so every rank raises
 the same error instead of some of them waiting forever.
 """
@@ -17,46 +17,22 @@ import torch
 
 from distcomm.agreement import explain
 from distcomm.conversion import describe
-from distcomm.errors import InconsistentInputError, InvalidArgumentError
+from distcomm.errors import InconsistentInputError, InvalidArgumentError, WireFormatError
+from distcomm.opening import Opening, body_room, open_call, slot_bytes
 from distcomm.serialization import UnsafeObjectError, max_payload_bytes
 
 if TYPE_CHECKING:
     from distcomm.communicator import Communicator
 
-OBJECT_SLOT_BYTES = 4096
-"""Object collectives send payloads up to this size (header included) in one collective."""
-HEADER_BYTES = 8
-SLOT_PAYLOAD_BYTES = OBJECT_SLOT_BYTES - HEADER_BYTES
+OBJECT_SLOT_BYTES = slot_bytes(1)
+"""Object collectives send payloads up to about this size in one collective (worlds of up to 16 ranks)."""
+LENGTH_BYTES = 8
 
 DeviceLike = torch.device | str | None
 
 
-def make_slot(payload: bytes, device: torch.device, *, refused: bool = False) -> torch.Tensor:
-    """A fixed-size buffer: an 8-byte length, then as much of the payload as fits.
-
-    A rank that cannot send its object sends the reason instead, with the length negated.
-    """
-    if refused:
-        payload = payload[:SLOT_PAYLOAD_BYTES] or b"?"
-    slot = np.zeros(OBJECT_SLOT_BYTES, dtype=np.uint8)
-    slot[:HEADER_BYTES] = np.array([-len(payload) if refused else len(payload)], dtype="<i8").view(np.uint8)
-    head = payload[:SLOT_PAYLOAD_BYTES]
-    slot[HEADER_BYTES : HEADER_BYTES + len(head)] = np.frombuffer(head, dtype=np.uint8)
-    return torch.from_numpy(slot).to(device)
-
-
-def slot_length(slot: np.ndarray) -> int:
-    """The length a slot announces (negative: a refusal)."""
-    return int(slot[:HEADER_BYTES].view("<i8")[0])
-
-
-def refusal_text(slot: np.ndarray, length: int) -> str:
-    """The reason a rank sent in its slot instead of an object (``length`` is negative)."""
-    size = min(-length, SLOT_PAYLOAD_BYTES)
-    return bytes(slot[HEADER_BYTES : HEADER_BYTES + size]).decode(errors="replace")
-
-
 def target_device(comm: Communicator, device: DeviceLike) -> torch.device:
+    """Where an object collective's bytes travel: ``device``, else the communicator's."""
     return comm.device if device is None else torch.device(device)
 
 
@@ -78,34 +54,50 @@ def encode(comm: Communicator, obj: Any, operation: str) -> tuple[bytes, Invalid
     return payload, None
 
 
-def check_length(comm: Communicator, operation: str, rank: int, n: int) -> None:
-    """Refuse a payload size announced by ``rank`` over the codec's limit, before allocating for it."""
+def slot_body(payload: bytes, room: int, *, refused: bool = False) -> bytes:
+    """An object's opening body: its length (negated for a refusal), then as much as fits."""
+    head = payload[: room - LENGTH_BYTES] if not refused else (payload[: room - LENGTH_BYTES] or b"?")
+    length = -len(head) if refused else len(payload)
+    return length.to_bytes(LENGTH_BYTES, "little", signed=True) + head
+
+
+def read_body(comm: Communicator, opening: Opening, rank: int, operation: str) -> tuple[int, bytes]:
+    """The length ``rank`` announced (negative: a refusal, whose text follows) and the bytes that came
+    inline, checked: a refusal's text and an inline head must be exactly as long as announced,
+    and a payload within the codec's limit, before anything is allocated for it."""
+    words = opening.words(rank, 1)
+    if words is None:
+        raise WireFormatError(f"{operation}: rank {rank} sent an object slot with no length")
+    length, head = int(words[0]), opening.body(rank)[LENGTH_BYTES:].tobytes()
     limit = max_payload_bytes(comm.object_codec)
-    if n > limit:
+    if length > limit:
         raise UnsafeObjectError(
-            f"{operation}: rank {rank} announced a payload of {n} bytes, over the codec's limit of "
+            f"{operation}: rank {rank} announced a payload of {length} bytes, over the codec's limit of "
             f"{limit} bytes; nothing was allocated for it (raise the codec's max_bytes if it is genuine)"
         )
+    room = body_room(comm.world_size) - LENGTH_BYTES
+    if length < 0 and len(head) != -length or length >= 0 and len(head) != min(length, room):
+        raise WireFormatError(f"{operation}: rank {rank} announced {length} bytes and sent {len(head)} in its slot")
+    return length, head
 
 
-def exchange(comm: Communicator, obj: Any, operation: str, device: DeviceLike = None) -> list[bytes]:
+def exchange(comm: Communicator, obj: Any, operation: str, device: DeviceLike = None, *, step: str = "objects") -> list[bytes]:
     """Every rank's encoded ``obj``, in rank order (not yet decoded)."""
     payload, refusal = encode(comm, obj, operation)
     target = target_device(comm, device)
-    backend = comm.tensor_backend
-    slots = backend.all_gather(make_slot(payload, target, refused=refusal is not None)).cpu().numpy()
-    lengths = [slot_length(slot) for slot in slots]
-    if min(lengths) < 0:
-        problems = [refusal_text(slot, n) if n < 0 else None for slot, n in zip(slots, lengths)]
+    body = slot_body(payload, body_room(comm.world_size), refused=refusal is not None)
+    opening = open_call(comm, operation, step, body, device=target)
+    slots = [read_body(comm, opening, rank, operation) for rank in range(comm.world_size)]
+    if any(length < 0 for length, _ in slots):
+        problems = [head.decode(errors="replace") if length < 0 else None for length, head in slots]
         raise InconsistentInputError(explain(operation, [(p, ()) for p in problems])) from refusal
-    for rank, n in enumerate(lengths):
-        check_length(comm, operation, rank, n)
-    if max(lengths) <= SLOT_PAYLOAD_BYTES:
-        return [slot[HEADER_BYTES : HEADER_BYTES + n].tobytes() for slot, n in zip(slots, lengths)]
-    padded = torch.zeros(max(lengths), dtype=torch.uint8)
+    if all(len(head) == length for length, head in slots):
+        return [head for _, head in slots]
+    longest = max(length for length, _ in slots)
+    padded = torch.zeros(longest, dtype=torch.uint8)
     padded[: len(payload)] = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
-    full = backend.all_gather(padded.to(target)).cpu().numpy()
-    return [row[:n].tobytes() for row, n in zip(full, lengths)]
+    full = comm.tensor_backend.all_gather(padded.to(target)).cpu().numpy()
+    return [row[:length].tobytes() for row, (length, _) in zip(full, slots)]
 
 
 def all_gather_objects(comm: Communicator, obj: Any, operation: str = "all_gather_object", device: DeviceLike = None) -> list[Any]:
@@ -114,17 +106,16 @@ def all_gather_objects(comm: Communicator, obj: Any, operation: str = "all_gathe
     return [decode(payload) for payload in exchange(comm, obj, operation, device)]
 
 
-def _refused_by(comm: Communicator, src: int, message: str, operation: str) -> str:
-    """The message every rank raises when ``src`` sent a refusal instead of its object."""
-    return explain(operation, [(message if rank == src else None, ()) for rank in range(comm.world_size)])
-
-
 def broadcast_object(
     comm: Communicator, obj: Any, src: int, operation: str, device: DeviceLike = None, problem: str | None = None
 ) -> Any:
-    """``src``'s ``obj`` on every rank; ``src`` sends ``problem`` instead of ``obj`` when it has one."""
+    """``src``'s ``obj`` on every rank; ``src`` sends ``problem`` instead of ``obj`` when it has one.
+
+    The first step is the opening (every rank's slot, ``src``'s carrying the object's
+    head), so a rank in another call fails on every rank; a larger object's rest follows
+    in one broadcast.
+    """
     target = target_device(comm, device)
-    backend = comm.tensor_backend
     refusal: InvalidArgumentError | None = None
     payload = b""
     if comm.rank == src:
@@ -132,26 +123,19 @@ def broadcast_object(
             payload, refusal = problem.encode(), InvalidArgumentError(problem)
         else:
             payload, refusal = encode(comm, obj, operation)
-    slot = make_slot(payload, target, refused=refusal is not None)
-    backend.broadcast(slot, src)
-    if comm.rank == src:
-        if refusal is not None:
-            raise InconsistentInputError(_refused_by(comm, src, payload.decode(), operation)) from refusal
-        if len(payload) > SLOT_PAYLOAD_BYTES:
-            rest = torch.frombuffer(bytearray(payload[SLOT_PAYLOAD_BYTES:]), dtype=torch.uint8)
-            backend.broadcast(rest.to(target), src)
-        return obj
-    head = slot.cpu().numpy()
-    length = slot_length(head)
+    body = slot_body(payload, body_room(comm.world_size), refused=refusal is not None)
+    opening = open_call(comm, operation, f"object from {src}", body, device=target)
+    length, head = read_body(comm, opening, src, operation)
     if length < 0:
-        raise InconsistentInputError(_refused_by(comm, src, refusal_text(head, length), operation))
-    check_length(comm, operation, src, length)
-    data = head[HEADER_BYTES : HEADER_BYTES + length].tobytes()
-    if length > len(data):
-        rest = torch.empty(length - len(data), dtype=torch.uint8, device=target)
-        backend.broadcast(rest, src)
-        data += rest.cpu().numpy().tobytes()
-    return comm.object_codec.decode(data)
+        message = explain(operation, [(head.decode(errors="replace") if rank == src else None, ()) for rank in range(comm.world_size)])
+        raise InconsistentInputError(message) from refusal
+    if len(head) < length:
+        rest = torch.empty(length - len(head), dtype=torch.uint8, device=target)
+        if comm.rank == src:
+            rest.copy_(torch.frombuffer(bytearray(payload[len(head) :]), dtype=torch.uint8))
+        comm.tensor_backend.broadcast(rest, src)
+        head += rest.cpu().numpy().tobytes()
+    return obj if comm.rank == src else comm.object_codec.decode(head)
 
 
 def scatter_problem(comm: Communicator, objects: Any, src: int) -> str | None:

@@ -16,7 +16,7 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from distcomm.agreement import Claim, agree_with_data, digest64
 from distcomm.conversion import check_transportable, from_tensor, to_tensor
-from distcomm.errors import InvalidArgumentError
+from distcomm.errors import InvalidArgumentError, WireFormatError
 from distcomm.nested import flatten, unflatten
 from distcomm.objects import all_gather_objects
 from distcomm.ops import ReduceOp
@@ -202,12 +202,22 @@ def agree_on_leaves(
     claim = Claim(tuple(layout), (digest64(bytes(kinds)), bits), str(problem) if problem else None)
     table, rows = agree_with_data(comm, operation, claim, numbers)
     if (table[:, 0] != table[0, 0]).any():
-        widest = [max(column) for column in zip(*all_gather_objects(comm, bytes(kinds), operation))]
+        widest = [max(column) for column in zip(*_every_ranks_kinds(comm, bytes(kinds), operation))]
         wider = iter(PYTHON_KINDS[code] for code in widest)
         leaves = [promote(leaf, next(wider)) if type(leaf) in KIND_CODES else leaf for leaf in leaves]
         rows = None  # some rank widens its numbers: they travel again, as the widest kind
     exact = needs_exact(op, table[:, 1].tolist(), comm.world_size)
     return leaves, exact, None if exact else rows
+
+
+def _every_ranks_kinds(comm: Communicator, kinds: bytes, operation: str) -> list[bytes]:
+    """Every rank's number kinds (one code a number leaf), checked: the layouts agreed, so each
+    must be as long as this rank's, with codes this version knows."""
+    every = all_gather_objects(comm, kinds, operation)
+    for rank, theirs in enumerate(every):
+        if not (isinstance(theirs, bytes) and len(theirs) == len(kinds) and all(c < len(PYTHON_KINDS) for c in theirs)):
+            raise WireFormatError(f"{operation}: rank {rank} sent number kinds {theirs!r:.80} that do not fit the agreed layout")
+    return every
 
 
 def _numbers_inline(comm: Communicator, leaves: list[Any]) -> torch.Tensor | None:
@@ -288,7 +298,11 @@ def reduce_leaves(
             groups.setdefault(group, []).extend(members)
     results: list[Any] = [None] * len(leaves)
     if numbers:
-        columns = list(zip(*all_gather_objects(comm, [leaves[i] for i in numbers], operation)))
+        every = all_gather_objects(comm, [leaves[i] for i in numbers], operation)
+        for rank, theirs in enumerate(every):
+            if not (type(theirs) is list and len(theirs) == len(numbers) and all(type(v) in KIND_CODES for v in theirs)):
+                raise WireFormatError(f"{operation}: rank {rank} sent numbers {theirs!r:.80} that do not fit the agreed layout")
+        columns = list(zip(*every))
         for i, value in zip(numbers, reduce_exactly(columns, op, comm.world_size)):
             results[i] = value
     with torch.no_grad():  # collectives are not differentiable; leaves that require grad are filled in place

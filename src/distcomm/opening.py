@@ -1,0 +1,163 @@
+"""The opening step every distcomm collective starts with: one slot per rank that says which
+call the rank is in.
+
+Where distcomm chooses the wire format (layout agreements, objects, tensor gather
+headers, barriers), a call's first step is one ``all_gather`` of a fixed-size slot:
+
+==========  =====  ==========================================================
+bytes       what   meaning
+==========  =====  ==========================================================
+0-7         magic  ``distcom1``: the bytes are a distcomm call header, version 1
+8-39        tag    the call and its step, in ASCII (``all_reduce layout``)
+40-47       size   how many body bytes follow (int64, little-endian)
+48-         body   the step's own header words and, when it fits, its data
+==========  =====  ==========================================================
+
+The slot has one size for every call of a world (:func:`slot_bytes`), so ranks in
+different calls still meet in the same collective instead of aborting the process;
+every rank then reads every rank's tag and raises the same
+:class:`~distcomm.InconsistentInputError` naming each rank's call. Nothing a peer sends
+is trusted: a missing magic, an unreadable tag or a body size out of bounds raises
+:class:`~distcomm.errors.WireFormatError` on the ranks that received it. The step's
+own body is parsed by its module (:mod:`~distcomm.agreement`, :mod:`~distcomm.objects`,
+:mod:`~distcomm.gathering`), with the same rule.
+
+Collectives that move a lone tensor as it is (the hot paths) take no opening step; the
+README's "When ranks call different collectives" says which pairs torch cannot tell
+apart there, and :class:`~distcomm.CheckedCommunicator` catches them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import attrs
+import numpy as np
+import torch
+
+from distcomm.errors import InconsistentInputError, WireFormatError
+
+if TYPE_CHECKING:
+    from distcomm.communicator import Communicator
+
+MAGIC = b"distcom1"
+TAG_BYTES = 32
+PREFIX_BYTES = len(MAGIC) + TAG_BYTES + 8
+SMALL_WORLD_MAX = 16
+"""Up to this world size the slot has room for small payloads (4 KB a rank); above it, 512 bytes."""
+
+
+def slot_bytes(world_size: int) -> int:
+    """The opening slot's size in a world of ``world_size`` ranks: the same for every call."""
+    return 4096 if world_size <= SMALL_WORLD_MAX else 512
+
+
+def body_room(world_size: int) -> int:
+    """How many body bytes an opening slot holds in a world of ``world_size`` ranks."""
+    return slot_bytes(world_size) - PREFIX_BYTES
+
+
+@attrs.frozen
+class Opening:
+    """Every rank's opening slot: ``rows`` on the device the call used, ``host`` on the CPU
+    (the prefixes and bodies), and each rank's body size (already checked)."""
+
+    rows: torch.Tensor
+    host: np.ndarray
+    sizes: tuple[int, ...]
+
+    def body(self, rank: int) -> np.ndarray:
+        """Rank ``rank``'s body bytes (a view)."""
+        return self.host[rank, PREFIX_BYTES : PREFIX_BYTES + self.sizes[rank]]
+
+    def words(self, rank: int, count: int) -> np.ndarray | None:
+        """The first ``count`` int64 words of ``rank``'s body, or ``None`` when its body is shorter."""
+        if self.sizes[rank] < 8 * count:
+            return None
+        return self.body(rank)[: 8 * count].view("<i8")
+
+    def data(self, offset: int, nbytes: int) -> torch.Tensor:
+        """Bytes ``offset`` to ``offset + nbytes`` of every rank's body, as a ``(world, nbytes)``
+        uint8 tensor on the call's device (the caller has checked the bounds)."""
+        start = PREFIX_BYTES + offset
+        return self.rows[:, start : start + nbytes]
+
+
+def tag_of(operation: str, step: str) -> bytes:
+    """The tag of ``step`` in ``operation``, as it travels: ASCII, cut or padded to 32 bytes."""
+    text = f"{operation} {step}".encode("ascii", errors="replace")[:TAG_BYTES]
+    return text.ljust(TAG_BYTES, b"\0")
+
+
+def open_call(
+    comm: Communicator,
+    operation: str,
+    step: str,
+    body: bytes | np.ndarray = b"",
+    data: torch.Tensor | None = None,
+    device: torch.device | None = None,
+) -> Opening:
+    """All-gather one opening slot per rank and check that every rank is in the same call.
+
+    ``body`` (host bytes) and then ``data`` (a flat tensor's bytes, copied on its
+    device) must fit :func:`body_room`. Raises the same
+    :class:`~distcomm.InconsistentInputError` on every rank when ranks are in different
+    calls, and :class:`~distcomm.errors.WireFormatError` when a peer's slot is not one.
+    """
+    world = comm.world_size
+    size = slot_bytes(world)
+    head = bytes(body) if isinstance(body, np.ndarray) else body
+    extra = 0 if data is None else data.numel() * data.element_size()
+    if len(head) + extra > size - PREFIX_BYTES:
+        raise AssertionError(f"an opening body of {len(head) + extra} bytes does not fit a {size}-byte slot")
+    prefix = MAGIC + tag_of(operation, step) + (len(head) + extra).to_bytes(8, "little", signed=True)
+    host = np.zeros(size, dtype=np.uint8)
+    host[: PREFIX_BYTES + len(head)] = np.frombuffer(prefix + head, dtype=np.uint8)
+    target = device or (comm.device if data is None else data.device)
+    slot = torch.from_numpy(host).to(target)
+    if data is not None and extra:
+        start = PREFIX_BYTES + len(head)
+        slot[start : start + extra] = data.detach().reshape(-1).view(torch.uint8)
+    rows = comm.tensor_backend.all_gather(slot)
+    table = rows.cpu().numpy() if rows.device.type == "cpu" or data is None else rows[:, : PREFIX_BYTES + len(head)].cpu().numpy()
+    return Opening(rows, table, read_prefixes(table, operation, step, size))
+
+
+def read_prefixes(table: np.ndarray, operation: str, step: str, size: int) -> tuple[int, ...]:
+    """Check every rank's prefix in ``table`` (one row per rank); every rank's body size.
+
+    Every rank reads the same table, so every rank raises the same error.
+    """
+    magic, mine = np.frombuffer(MAGIC, dtype=np.uint8), tag_of(operation, step)
+    strangers = [rank for rank, row in enumerate(table) if not np.array_equal(row[: len(MAGIC)], magic)]
+    if strangers:
+        raise WireFormatError(
+            f"{operation}: rank(s) {', '.join(map(str, strangers))} sent bytes that are not a distcomm call header: "
+            "they are in a collective that sends a lone tensor as it is, in a raw torch.distributed call, or "
+            "run another version of distcomm (see 'When ranks call different collectives' in the README)"
+        )
+    tags = [bytes(row[len(MAGIC) : len(MAGIC) + TAG_BYTES]) for row in table]
+    if any(tag != mine for tag in tags):
+        calls = [_readable(tag) for tag in tags]
+        listing = "; ".join(f"rank {rank}: {call}" for rank, call in enumerate(calls))
+        raise InconsistentInputError(
+            f"{operation}: ranks are in different collectives ({listing}); every rank must make the same "
+            "calls in the same order"
+        )
+    sizes = table[:, len(MAGIC) + TAG_BYTES : PREFIX_BYTES].copy().view("<i8")[:, 0]
+    room = size - PREFIX_BYTES
+    bad = [rank for rank, n in enumerate(sizes) if not 0 <= n <= room]
+    if bad:
+        raise WireFormatError(
+            f"{operation}: rank(s) {', '.join(map(str, bad))} announced an opening body of "
+            f"{', '.join(str(int(sizes[r])) for r in bad)} bytes, outside 0..{room}"
+        )
+    return tuple(int(n) for n in sizes)
+
+
+def _readable(tag: bytes) -> str:
+    """A peer's tag in words (printable ASCII only; anything else is shown escaped)."""
+    text = tag.rstrip(b"\0")
+    if text and all(32 <= byte < 127 for byte in text):
+        return text.decode("ascii")
+    return f"unreadable tag {text[:16]!r}"
