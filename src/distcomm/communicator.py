@@ -193,7 +193,7 @@ class Communicator(HookRegistry):
     def barrier(self) -> None:
         """Block until every rank has called ``barrier`` (a rank in another collective makes every rank raise)."""
         if self.world_size > 1:
-            open_call(self, "barrier", "barrier")
+            open_call(self, "barrier", "")
 
     @collective(lambda data, src=0: f"{tensor_layout(data)} src={src}", lambda data, src=0: data)
     def broadcast(self, data: T, src: int = 0) -> T:

@@ -20,7 +20,7 @@ from distcomm.conversion import describe, dtype_name
 from distcomm.errors import InconsistentInputError, InvalidArgumentError, WireFormatError
 from distcomm.handles import CompletedHandle, Handle, ThenHandle
 from distcomm.nested import flatten, is_container, unflatten
-from distcomm.objects import all_gather_objects
+from distcomm.objects import all_gather_objects, exchange
 from distcomm.opening import Opening, body_room, open_call
 from distcomm.rules import DTYPE_CODES, DTYPES
 from distcomm.serialization import max_payload_bytes
@@ -41,7 +41,7 @@ def gather_data(comm: Communicator, data: Any) -> list[Any]:
     leaves, paths, spec = flatten(data)
     skeleton = [None if isinstance(leaf, torch.Tensor) else leaf for leaf in leaves]
     tensors = tuple(i for i, leaf in enumerate(leaves) if isinstance(leaf, torch.Tensor))
-    per_rank = all_gather_objects(comm, (spec, skeleton, tensors), "all_gather")
+    per_rank = [comm.object_codec.decode(p) for p in exchange(comm, (spec, skeleton, tensors), "all_gather", step="structure")]
     for rank, entry in enumerate(per_rank):
         if not (isinstance(entry, tuple) and len(entry) == 3 and isinstance(entry[1], list) and isinstance(entry[2], tuple)):
             raise WireFormatError(f"all_gather: rank {rank} sent a malformed structure: {entry!r:.80}")

@@ -8,18 +8,26 @@ its own class, and a dict keeps its key order.
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 import attrs
 
+from distcomm.errors import InvalidArgumentError
+
+
 @attrs.frozen
 class TreeSpec:
-    """The shape of a nested structure: its container types and keys, without the leaves."""
+    """The shape of a nested structure: its container types and keys, without the leaves.
+
+    ``factory`` is a ``defaultdict``'s ``default_factory``, which its rebuild needs.
+    """
 
     container: type | None
     keys: tuple[Any, ...] = ()
     children: tuple[TreeSpec, ...] = ()
+    factory: Any = None
 
     @property
     def is_leaf(self) -> bool:
@@ -31,7 +39,7 @@ class TreeSpec:
             return next(leaves)
         values = [child.build(leaves) for child in self.children]
         if issubclass(self.container, dict):
-            return _make_dict(self.container, zip(self.keys, values))
+            return _make_dict(self.container, self.factory, list(zip(self.keys, values)))
         if issubclass(self.container, tuple) and hasattr(self.container, "_fields"):
             return self.container(*values)  # a namedtuple
         return cast(Any, self.container)(values)
@@ -41,11 +49,25 @@ LEAF = TreeSpec(None)
 """The spec of every leaf (specs are immutable, so one serves all)."""
 
 
-def _make_dict(container: type, items: Any) -> dict[Any, Any]:
+def _make_dict(container: type, factory: Any, items: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    """A ``container`` holding ``items``, as the caller's mapping was: a ``defaultdict`` keeps its
+    factory, a ``Counter`` its counts (its constructor would count the pairs instead)."""
+    if issubclass(container, collections.defaultdict):
+        return container(factory, items)  # type: ignore[no-any-return]
+    if issubclass(container, collections.Counter):
+        counter = container()
+        dict.update(counter, items)
+        return counter  # type: ignore[no-any-return]
     try:
-        return container(items)  # type: ignore[no-any-return]
-    except TypeError:  # e.g. defaultdict, whose constructor takes a factory first
-        return dict(items)
+        rebuilt = container(items)
+    except TypeError as error:
+        raise InvalidArgumentError(
+            f"cannot rebuild a {container.__qualname__} from its items ({error}); pass a dict, or a "
+            "mapping whose constructor takes (key, value) pairs"
+        ) from error
+    if len(rebuilt) != len(items):
+        raise InvalidArgumentError(f"a {container.__qualname__} built from {len(items)} items holds {len(rebuilt)}; pass a dict")
+    return rebuilt  # type: ignore[no-any-return]
 
 
 def is_container(value: Any) -> bool:
@@ -62,7 +84,8 @@ def flatten(data: Any) -> tuple[list[Any], list[str], TreeSpec]:
         if isinstance(value, dict):
             keys = tuple(value.keys())
             children = tuple([walk(value[k], f"{path}[{k!r}]") for k in keys])
-            return TreeSpec(type(value), keys, children)
+            factory = value.default_factory if isinstance(value, collections.defaultdict) else None
+            return TreeSpec(type(value), keys, children, factory)
         if isinstance(value, (list, tuple)):
             children = tuple([walk(v, f"{path}[{i}]") for i, v in enumerate(value)])
             return TreeSpec(type(value), (), children)

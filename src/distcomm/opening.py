@@ -85,7 +85,7 @@ class Opening:
 
 def tag_of(operation: str, step: str) -> bytes:
     """The tag of ``step`` in ``operation``, as it travels: ASCII, cut or padded to 32 bytes."""
-    text = f"{operation} {step}".encode("ascii", errors="replace")[:TAG_BYTES]
+    text = f"{operation} {step}".strip().encode("ascii", errors="replace")[:TAG_BYTES]
     return text.ljust(TAG_BYTES, b"\0")
 
 
@@ -140,9 +140,8 @@ def read_prefixes(table: np.ndarray, operation: str, step: str, size: int) -> tu
     if any(tag != mine for tag in tags):
         calls = [_readable(tag) for tag in tags]
         listing = "; ".join(f"rank {rank}: {call}" for rank, call in enumerate(calls))
-        raise InconsistentInputError(
-            f"{operation}: ranks are in different collectives ({listing}); every rank must make the same "
-            "calls in the same order"
+        raise InconsistentInputError(  # the same words on every rank, whichever call it is in
+            f"ranks are in different collectives ({listing}); every rank must make the same calls in the same order"
         )
     sizes = table[:, len(MAGIC) + TAG_BYTES : PREFIX_BYTES].copy().view("<i8")[:, 0]
     room = size - PREFIX_BYTES

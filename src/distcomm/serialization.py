@@ -110,57 +110,79 @@ class _Pickler(pickle.Pickler):
         return None
 
 
-_SIZED_CONSTRUCTORS = frozenset(
-    {("builtins", n) for n in ("bytes", "bytearray", "list", "tuple", "dict", "set", "frozenset", "range")}
-    | {("collections", n) for n in ("OrderedDict", "Counter", "deque")}
-)
-"""Allowed callables whose arguments can ask for a huge allocation from a tiny payload."""
+_SIZED_CONSTRUCTORS: dict[Any, str] = {
+    **{getattr(builtins, n): f"builtins.{n}" for n in ("bytes", "bytearray", "list", "tuple", "dict", "set", "frozenset", "range")},
+    **{getattr(collections, n): f"collections.{n}" for n in ("OrderedDict", "Counter", "deque", "defaultdict")},
+}
+"""Allowed callables whose arguments can ask for a huge allocation from a tiny payload, by name."""
 
 
-class _Bounded:
-    """An allowed constructor that refuses arguments that would make more than the limits allow."""
-
-    def __init__(self, name: str, make: Any, max_bytes: int, max_items: int) -> None:
-        self._name, self._make, self._max_bytes, self._max_items = name, make, max_bytes, max_items
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        for arg in (*args, *kwargs.values()):
-            self._check(arg)
-        value = self._make(*args, **kwargs)
-        self._check(value)
-        return value
-
-    def _check(self, arg: Any) -> None:
-        if isinstance(arg, int) and not isinstance(arg, bool) and arg > self._max_bytes:
-            raise UnsafeObjectError(f"refusing {self._name}({arg}): it would allocate over {self._max_bytes} bytes")
-        if isinstance(arg, (str, bytes, bytearray, int, float, complex, bool)) or arg is None:
-            return
-        try:
-            size = len(arg)
-        except (TypeError, OverflowError):
-            if isinstance(arg, range):  # too long to count
-                raise UnsafeObjectError(f"refusing {self._name} of a range too long to count") from None
-            return
-        if size > self._max_items:
-            raise UnsafeObjectError(
-                f"refusing {self._name} of {size} items: the limit is {self._max_items} (RestrictedCodec max_items)"
-            )
+def _check_argument(name: str, arg: Any, max_bytes: int, max_items: int) -> None:
+    """Refuse an argument of ``name`` that would make it allocate more than the limits allow."""
+    if isinstance(arg, int) and not isinstance(arg, bool) and arg > max_bytes:
+        raise UnsafeObjectError(f"refusing {name}({arg}): it would allocate over {max_bytes} bytes")
+    if isinstance(arg, (str, bytes, bytearray, int, float, complex, bool)) or arg is None:
+        return
+    try:
+        size = len(arg)
+    except (TypeError, OverflowError):
+        if isinstance(arg, range):  # too long to count
+            raise UnsafeObjectError(f"refusing {name} of a range too long to count") from None
+        return
+    if size > max_items:
+        raise UnsafeObjectError(f"refusing {name} of {size} items: the limit is {max_items} (RestrictedCodec max_items)")
 
 
-class _Unpickler(pickle.Unpickler):
+class _Unpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
+    """Pickle's own Python unpickler with an allowlist, and bounds on every call it makes.
+
+    ``find_class`` gives back the real classes (a ``dict`` in a payload is ``dict``);
+    the opcodes that call something (REDUCE, NEWOBJ, NEWOBJ_EX, INST, OBJ) check the
+    arguments of the size-taking constructors before calling, and their results after.
+    """
+
+    dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
+
     def __init__(self, payload: bytes, allowed: set[tuple[str, str]], max_bytes: int, max_items: int) -> None:
         super().__init__(io.BytesIO(payload))
         self._allowed = allowed
         self._max_bytes = max_bytes
         self._max_items = max_items
 
-    def find_class(self, module: str, name: str) -> Any:
-        found = self._find_allowed(module, name)
-        if (module, name) in _SIZED_CONSTRUCTORS:
-            return _Bounded(f"{module}.{name}", found, self._max_bytes, self._max_items)
-        return found
+    def _call(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], make: Any) -> Any:
+        name = _SIZED_CONSTRUCTORS.get(func) if isinstance(func, type) else None
+        if name is None:
+            return make()
+        for arg in (*args, *kwargs.values()):
+            _check_argument(name, arg, self._max_bytes, self._max_items)
+        value = make()
+        _check_argument(name, value, self._max_bytes, self._max_items)
+        return value
 
-    def _find_allowed(self, module: str, name: str) -> Any:
+    def load_reduce(self) -> None:
+        args = self.stack.pop()
+        func = self.stack[-1]
+        self.stack[-1] = self._call(func, args, {}, lambda: func(*args))
+
+    def load_newobj(self) -> None:
+        args = self.stack.pop()
+        cls = self.stack.pop()
+        self.append(self._call(cls, args, {}, lambda: cls.__new__(cls, *args)))
+
+    def load_newobj_ex(self) -> None:
+        kwargs = self.stack.pop()
+        args = self.stack.pop()
+        cls = self.stack.pop()
+        self.append(self._call(cls, args, kwargs, lambda: cls.__new__(cls, *args, **kwargs)))
+
+    def _instantiate(self, klass: Any, args: tuple[Any, ...]) -> None:
+        self.append(self._call(klass, tuple(args), {}, lambda: klass(*args)))
+
+    dispatch[pickle.REDUCE[0]] = load_reduce
+    dispatch[pickle.NEWOBJ[0]] = load_newobj
+    dispatch[pickle.NEWOBJ_EX[0]] = load_newobj_ex
+
+    def find_class(self, module: str, name: str) -> Any:
         if module == "builtins" and name in _SAFE_BUILTINS:
             return getattr(builtins, name)
         if (module, name) in self._allowed or (module, name) in _SAFE_GLOBALS:
@@ -184,10 +206,18 @@ class _Unpickler(pickle.Unpickler):
             if not raw:
                 return torch.empty(shape, dtype=torch_dtype)
             return torch.frombuffer(bytearray(raw), dtype=torch_dtype).reshape(shape)
-        if kind == "ndarray" and isinstance(dtype, str) and np.dtype(dtype).kind in _NUMPY_KINDS:
+        if kind == "ndarray" and isinstance(dtype, str) and _numpy_kind(dtype) in _NUMPY_KINDS:
             _check_size(kind, shape, np.dtype(dtype).itemsize, raw)
             return np.frombuffer(raw, dtype=np.dtype(dtype)).reshape(shape).copy()
         raise UnsafeObjectError(f"refusing to rebuild a {kind!r} of dtype {dtype!r}")
+
+
+def _numpy_kind(dtype: str) -> str:
+    """The kind letter of a NumPy dtype string a peer sent, or ``""`` when it names none."""
+    try:
+        return np.dtype(dtype).kind
+    except (TypeError, ValueError):
+        return ""
 
 
 def _check_size(kind: str, shape: tuple[int, ...], itemsize: int, raw: bytes) -> None:
