@@ -67,7 +67,10 @@ class PickleCodec:
         return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
 
     def decode(self, payload: bytes) -> Any:
-        return pickle.loads(payload)
+        try:
+            return pickle.loads(payload)
+        except Exception as error:
+            raise ObjectDecodeError(f"a peer's payload could not be unpickled: {type(error).__name__}: {error}") from error
 
 
 _SAFE_BUILTINS = frozenset(

@@ -1,0 +1,197 @@
+"""The wire format is parsed, not trusted: whatever a peer sends, the receiving rank raises a
+distcomm error or returns correct data, and allocates nothing beyond the bounds.
+
+A fuzz test feeds random and truncated slots of every layout (object slots, layout
+agreements, tensor gather headers) to the parsers as a receiving rank reads them; then
+real Gloo ranks send the forged slots the adversarial trials found.
+"""
+
+from __future__ import annotations
+
+import random
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from distcomm import InconsistentInputError, RestrictedCodec
+from distcomm.agreement import _read_headers
+from distcomm.errors import DistCommError, ObjectDecodeError, WireFormatError
+from distcomm.gathering import HEADER_WORDS, _read_header
+from distcomm.objects import read_body
+from distcomm.opening import PREFIX_BYTES, Opening, body_room, read_prefixes, slot_bytes, tag_of
+from distcomm.serialization import PickleCodec
+from wire import forged_slot
+
+EXTREMES = [0, 1, -1, 2, 15, 16, 17, 63, 64, 4096, 2**31, 2**40, 2**50, 2**62, -(2**63), 2**63 - 1]
+
+
+def received(world_size: int, tag: str, honest: bytes, forged: bytes, announced: int | None = None) -> Opening:
+    """The opening an honest rank 0 reads when rank 1 forged its slot."""
+    rows = torch.stack([forged_slot(world_size, tag, honest), forged_slot(world_size, tag, forged, announced=announced)])
+    table = rows.numpy()
+    operation, step = tag.split(" ", 1)
+    return Opening(rows, table, read_prefixes(table, operation, step, slot_bytes(world_size)))
+
+
+def random_body(rng: random.Random, room: int, words: int) -> tuple[bytes, int | None]:
+    """Random words (extremes among them), random bytes, or a truncation; and what to announce."""
+    choice = rng.randrange(4)
+    if choice == 0:
+        body = np.array([rng.choice(EXTREMES) for _ in range(words)], dtype="<i8").tobytes()
+    elif choice == 1:
+        body = rng.randbytes(rng.randrange(room))
+    elif choice == 2:
+        body = np.array([rng.choice(EXTREMES) for _ in range(words)], dtype="<i8").tobytes()[: rng.randrange(8 * words)]
+    else:
+        body = rng.randbytes(8 * words)
+    announced = rng.choice([None, None, None, len(body) + rng.randrange(1, 64), rng.choice(EXTREMES)])
+    return body, announced
+
+
+def parse_every_layout(opening_for: Any, world_size: int, codec: Any) -> None:
+    comm = SimpleNamespace(world_size=world_size, object_codec=codec)
+    read_body(comm, opening_for("all_gather_object objects"), 1, "all_gather_object")
+    _read_headers(opening_for("all_reduce layout"), "all_reduce", 6, 48, torch.zeros(3, dtype=torch.float64))
+    _read_header(comm, opening_for("all_gather tensor"), 1)
+
+
+@pytest.mark.parametrize("world_size", [2, 17])
+@pytest.mark.parametrize("codec", [PickleCodec(), RestrictedCodec()], ids=["pickle", "safe"])
+def test_random_and_truncated_slots_raise_distcomm_errors_or_parse(world_size: int, codec: Any) -> None:
+    rng = random.Random(world_size)
+    room = body_room(world_size)
+    honest = {
+        "all_gather_object objects": (5).to_bytes(8, "little") + b"hello",
+        "all_reduce layout": np.array([0, 7, 1, 24, 0, 0], dtype="<i8").tobytes() + bytes(24),
+        "all_gather tensor": np.array([1, 8, 3] + [-1] * (HEADER_WORDS - 3), dtype="<i8").tobytes() + bytes(12),
+    }
+    outcomes = {"parsed": 0, "refused": 0}
+    for _ in range(3000):
+        body, announced = random_body(rng, room, HEADER_WORDS)
+
+        def opening_for(tag: str) -> Opening:
+            return received(world_size, tag, honest[tag], body, announced)
+
+        for tag in honest:
+            try:
+                parse_every_layout(lambda wanted: opening_for(tag) if wanted == tag else opening_for(wanted), world_size, codec)
+                outcomes["parsed"] += 1
+            except DistCommError:
+                outcomes["refused"] += 1
+    assert outcomes["refused"] > 1000  # random bytes are refused, never a raw error
+
+
+def test_what_a_slot_announces_is_bounded_before_anything_is_allocated() -> None:
+    comm = SimpleNamespace(world_size=2, object_codec=RestrictedCodec())
+    huge = np.array([2, 8, 2**25, 2**25] + [-1] * (HEADER_WORDS - 4), dtype="<i8").tobytes()
+    with pytest.raises(WireFormatError, match=r"over the limit of 268435456 bytes"):
+        _read_header(comm, received(2, "all_gather tensor", huge, huge), 1)
+    negative = np.array([1, 8, -3] + [-1] * (HEADER_WORDS - 3), dtype="<i8").tobytes()
+    with pytest.raises(WireFormatError, match=r"shape \[-3\]"):
+        _read_header(comm, received(2, "all_gather tensor", negative, negative), 1)
+    dims = np.array([40, 8] + [1] * (HEADER_WORDS - 2), dtype="<i8").tobytes()
+    with pytest.raises(WireFormatError, match="with 40 dimensions"):
+        _read_header(comm, received(2, "all_gather tensor", dims, dims), 1)
+    good = np.array([0, 1, 1, -1, 0, 0], dtype="<i8").tobytes()
+    inline = np.array([0, 1, 1, 2**40, 0, 0], dtype="<i8").tobytes()
+    with pytest.raises(WireFormatError, match=r"rank 1 sent 1099511627776 bytes of inline data"):
+        _read_headers(received(2, "all_reduce layout", good, inline), "all_reduce", 6, 48, None)
+    status = np.array([9, 1, 1, -1, 0, 0], dtype="<i8").tobytes()
+    with pytest.raises(WireFormatError, match="status 9"):
+        _read_headers(received(2, "all_reduce layout", good, status), "all_reduce", 6, 48, None)
+    with pytest.raises(WireFormatError, match="announced 100 bytes and sent 3"):
+        read_body(comm, received(2, "x objects", b"", (100).to_bytes(8, "little") + b"abc"), 1, "x")
+
+
+# ------------------------------------------------------------- forged peers, real ranks
+
+
+def forge_then_call(comm, layout: str, body: bytes, safe: bool) -> Any:
+    """Rank 1 sends one forged opening slot; rank 0 makes the honest call the slot answers."""
+    if safe:
+        comm.object_codec = RestrictedCodec()
+    if comm.rank == 1:
+        if layout == "torch-bytes":  # what a lone tensor's collective sends: no distcomm header
+            comm.tensor_backend.all_gather(torch.ones(slot_bytes(comm.world_size), dtype=torch.uint8))
+        else:
+            comm.tensor_backend.all_gather(forged_slot(comm.world_size, layout, body))
+        return "forged"
+    calls = {
+        "all_gather_object objects": lambda: comm.all_gather_object("honest"),
+        "all_reduce layout": lambda: comm.all_reduce({"a": 1.0}),
+        "all_gather tensor": lambda: comm.all_gather(torch.ones(2)),
+        "broadcast_object object from 1": lambda: comm.broadcast_object(None, src=1),
+        "torch-bytes": lambda: comm.all_gather_object("honest"),
+    }
+    try:
+        return ("returned", calls[layout]())
+    except DistCommError as error:
+        return (type(error).__name__, str(error))
+
+
+FORGED = {
+    "inline length 2**40": ("all_reduce layout", np.array([0, 1, 1, 2**40, 0, 0], dtype="<i8").tobytes(), WireFormatError),
+    "negative dimension": ("all_gather tensor", np.array([1, 8, -5] + [0] * 15, dtype="<i8").tobytes(), WireFormatError),
+    "dimension 2**50": ("all_gather tensor", np.array([1, 8, 2**50] + [0] * 15, dtype="<i8").tobytes(), WireFormatError),
+    "unknown dtype code": ("all_gather tensor", np.array([1, 99, 2] + [0] * 15, dtype="<i8").tobytes(), WireFormatError),
+    "object over the limit": ("all_gather_object objects", (2**40).to_bytes(8, "little"), ObjectDecodeError),
+    "object head too short": ("all_gather_object objects", (10).to_bytes(8, "little") + b"abc", WireFormatError),
+    "broadcast refusal of 0 bytes": ("broadcast_object object from 1", (-5).to_bytes(8, "little", signed=True), WireFormatError),
+    "garbage object": ("broadcast_object object from 1", (6).to_bytes(8, "little") + b"\x80\x05junk", ObjectDecodeError),
+    "no header at all": ("torch-bytes", b"", WireFormatError),
+}
+
+
+@pytest.mark.parametrize("safe", [False, True], ids=["pickle", "safe"])
+@pytest.mark.parametrize("case", list(FORGED))
+def test_a_forged_peer_gets_the_honest_rank_a_distcomm_error(dist_world, case: str, safe: bool) -> None:
+    layout, body, expected = FORGED[case]
+    honest, forger = dist_world(2).run(forge_then_call, layout, body, safe)
+    assert forger == "forged"
+    kind = honest[0]
+    assert kind != "returned" and issubclass(_error_class(kind), expected), (case, honest)
+
+
+def _error_class(name: str) -> type:
+    import distcomm.errors
+    import distcomm.serialization
+
+    return getattr(distcomm.errors, name, None) or getattr(distcomm.serialization, name)
+
+
+def an_int_where_kinds_belong(comm) -> Any:
+    """The layouts match but number kinds differ, so ranks trade kinds; rank 1 sends an int instead."""
+    import distcomm.reducing
+
+    if comm.rank == 1:
+        real = distcomm.reducing.all_gather_objects
+        distcomm.reducing.all_gather_objects = lambda c, kinds, operation: real(c, 12345, operation)
+        try:
+            comm.all_reduce({"a": 1.0})
+        except DistCommError:
+            pass
+        finally:
+            distcomm.reducing.all_gather_objects = real
+        return "forged"
+    try:
+        return ("returned", comm.all_reduce({"a": 1}))
+    except DistCommError as error:
+        return (type(error).__name__, str(error))
+
+
+def test_an_int_where_kinds_bytes_belong_is_a_wire_format_error(dist_world) -> None:
+    honest, forger = dist_world(2).run(an_int_where_kinds_belong)
+    assert forger == "forged" and honest[0] == "WireFormatError" and "rank 1 sent number kinds 12345" in honest[1]
+
+
+def test_a_mismatch_is_named_not_mistaken_for_a_forgery() -> None:
+    ours, theirs = tag_of("all_reduce", "layout"), tag_of("all_gather_object", "objects")
+    assert ours != theirs and PREFIX_BYTES == 48
+    with pytest.raises(InconsistentInputError, match="rank 1: all_gather_object objects"):
+        read_prefixes(
+            np.stack([forged_slot(2, "all_reduce layout", b"").numpy(), forged_slot(2, "all_gather_object objects", b"").numpy()]),
+            "all_reduce", "layout", slot_bytes(2),
+        )
