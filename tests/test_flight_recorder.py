@@ -29,8 +29,16 @@ def line_of(marker: str) -> int:
 
 @pytest.fixture(scope="module")
 def world():
-    with World(2, timeout=TIMEOUT, call_timeout=60.0) as w:
-        yield w
+    previous = os.environ.get(flight_recorder.SIGNAL_VARIABLE)
+    os.environ[flight_recorder.SIGNAL_VARIABLE] = "SIGUSR1"  # its ranks dump on kill -USR1 (opt-in)
+    try:
+        with World(2, timeout=TIMEOUT, call_timeout=60.0) as w:
+            yield w
+    finally:
+        if previous is None:
+            os.environ.pop(flight_recorder.SIGNAL_VARIABLE)
+        else:
+            os.environ[flight_recorder.SIGNAL_VARIABLE] = previous
 
 
 def two_good_calls(comm, directory: str) -> None:
@@ -40,10 +48,14 @@ def two_good_calls(comm, directory: str) -> None:
     comm.all_reduce(tensor)
 
 
-def dump_by_signal() -> None:
-    """What an operator does to a rank that is still alive: ``kill -USR1``."""
+def dump_by_signal(comm) -> None:
+    """What an operator does to a rank that is still alive: ``kill -USR1`` (the world opted in)."""
+    path = comm.flight_recorder.directory / f"job-rank{comm.rank}.jsonl"
+    before = path.stat().st_mtime_ns if path.exists() else None
     os.kill(os.getpid(), signal.SIGUSR1)
-    time.sleep(1.0)  # the listening thread writes it
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and (not path.exists() or path.stat().st_mtime_ns == before):
+        time.sleep(0.05)  # the listening thread writes it
 
 
 def rank_1_skips(comm, directory: str):
@@ -52,19 +64,19 @@ def rank_1_skips(comm, directory: str):
         comm.all_reduce(torch.ones(4))  # SKIPPED-BY-RANK-1
     else:
         time.sleep(TIMEOUT + 1.5)
-        dump_by_signal()
+        dump_by_signal(comm)
 
 
 def ranks_call_different_collectives(comm, directory: str):
+    """Both calls open with a slot that names them, so both ranks fail at once, then dump."""
     two_good_calls(comm, directory)
     try:
         if comm.rank == 0:
-            comm.all_reduce(torch.ones(4))  # RANK-0-REDUCES
+            comm.all_reduce({"loss": torch.ones(4)})  # RANK-0-REDUCES
         else:
             comm.broadcast(torch.ones(4), src=0)  # RANK-1-BROADCASTS
     finally:
-        time.sleep(TIMEOUT + 1.5)
-        dump_by_signal()
+        comm.dump_flight_record("test")
 
 
 def rank_1_stops_or_dies(comm, directory: str, how: str):
@@ -109,7 +121,8 @@ def test_a_rank_that_skips_a_collective_is_named(world, tmp_path) -> None:
 
 
 def test_ranks_that_call_different_collectives_are_shown_side_by_side(world, tmp_path) -> None:
-    world.run_outcomes(ranks_call_different_collectives, str(tmp_path))
+    outcomes = world.run_outcomes(ranks_call_different_collectives, str(tmp_path))
+    assert [type(o.error).__name__ for o in outcomes] == ["InconsistentInputError"] * 2
     group = verdict_of(tmp_path)["groups"][0]
     difference = group["first_difference"]
     assert difference["seq"] == group["all_completed_up_to"] + 1
@@ -118,6 +131,7 @@ def test_ranks_that_call_different_collectives_are_shown_side_by_side(world, tmp
     assert (calls[1]["op"], calls[1]["detail"], calls[1]["line"]) == ("broadcast", "src=0", line_of("RANK-1-BROADCASTS"))
     text = render(verdict_of(tmp_path), str(tmp_path))
     assert "ranks made different calls at" in text and "rank 1: broadcast float32[4] src=0 at" in text
+    assert "rank 0: all_reduce dict op=sum at" in text
 
 
 @pytest.mark.parametrize("how", ["stop", "kill"])
@@ -183,3 +197,65 @@ def test_it_can_be_switched_off(monkeypatch) -> None:
     comm = LocalCommunicator()
     assert comm.flight_recorder is None and comm.dump_flight_record() is None and comm.hooks == ()
     comm.all_reduce(torch.ones(1))
+
+
+IMPORT_LEAVES_NOTHING = """
+import signal, threading
+handlers = {s: signal.getsignal(s) for s in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT, signal.SIGTERM)}
+threads = threading.active_count()
+import distcomm
+from distcomm import distutils
+assert {s: signal.getsignal(s) for s in handlers} == handlers, "import changed a signal handler"
+assert threading.active_count() == threads, "import started a thread"
+previous = signal.set_wakeup_fd(-1)
+assert previous == -1, f"import took the wakeup fd {previous}"
+comm = distcomm.LocalCommunicator()  # recording, but without the opt-in nothing is installed
+comm.all_reduce(1.0)
+assert {s: signal.getsignal(s) for s in handlers} == handlers and threading.active_count() == threads
+assert signal.set_wakeup_fd(-1) == -1 and comm.flight_recorder.dump_signal is None
+print("untouched")
+"""
+
+OPT_IN = """
+import signal, threading
+import distcomm
+comm = distcomm.LocalCommunicator()
+assert comm.flight_recorder.dump_signal == signal.SIGUSR2, comm.flight_recorder.dump_signal
+assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL
+print("installed")
+"""
+
+APPLICATION_HANDLER = """
+import signal
+mine = lambda *args: None
+signal.signal(signal.SIGUSR2, mine)
+import distcomm
+comm = distcomm.LocalCommunicator()
+assert comm.flight_recorder.dump_signal is None and signal.getsignal(signal.SIGUSR2) is mine
+print("left alone")
+"""
+
+
+@pytest.mark.parametrize(
+    ("script", "variable", "printed"),
+    [(IMPORT_LEAVES_NOTHING, "", "untouched"), (OPT_IN, "SIGUSR2", "installed"), (APPLICATION_HANDLER, "USR2", "left alone")],
+    ids=["import", "opt-in", "application-handler"],
+)
+def test_importing_changes_no_process_state_and_a_dump_signal_is_opt_in(script: str, variable: str, printed: str) -> None:
+    import subprocess
+    import sys
+
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("DISTCOMM_")}
+    if variable:
+        environment[flight_recorder.SIGNAL_VARIABLE] = variable
+    result = subprocess.run([sys.executable, "-c", script], env=environment, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == printed, result.stderr
+
+
+def test_a_bad_size_or_signal_is_a_clear_error_or_a_warning(monkeypatch, caplog) -> None:
+    monkeypatch.setenv(flight_recorder.SIZE_VARIABLE, "9" * 40)
+    assert flight_recorder._size_from_environment() == flight_recorder.DEFAULT_SIZE
+    assert "is not a number of calls" in caplog.text
+    with pytest.raises(ValueError, match="no signal is named 'SIGNOPE'"):
+        FlightRecorder(dump_signal="SIGNOPE")
+    assert flight_recorder.parse_signal("none") is None and flight_recorder.parse_signal("usr2") == signal.SIGUSR2

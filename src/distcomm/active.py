@@ -37,7 +37,7 @@ _lock = threading.Lock()
 _process_wide: Communicator | None = None
 _follower: Communicator | None = None  # wraps whatever default group exists now
 _followed_group: object = None
-_local = LocalCommunicator()
+_local: Communicator | None = None  # made on first use: importing distcomm creates nothing
 
 
 _group = dist.group if dist.is_available() else None  # ``_group.WORLD``: the default group or None
@@ -54,10 +54,18 @@ def get_communicator() -> Communicator:
     if default_group is None:
         if _follower is not None:
             forget_default_group()
-        return _local
+        return _local if _local is not None else _make_local()
     if _followed_group is default_group:
         return _follower  # type: ignore[return-value]
     return _follow_default_group(default_group)
+
+
+def _make_local() -> Communicator:
+    global _local
+    with _lock:
+        if _local is None:
+            _local = LocalCommunicator()
+        return _local
 
 
 def _follow_default_group(default_group: object) -> Communicator:

@@ -9,9 +9,11 @@ failed) with monotonic times. It is cheap enough to stay on (about a microsecond
 call); ``DISTCOMM_FLIGHT_RECORDER=0`` turns it off, and then nothing is paid.
 
 It writes one JSON-lines file per rank (``<job>-rank<R>.jsonl`` in its directory) when a
-collective raises :class:`~distcomm.CollectiveError`, on ``SIGUSR1``, on
-:meth:`Communicator.dump_flight_record`, and, when asked, from a watchdog thread once a
-call has been in flight too long. ``python -m distcomm trace DIR`` reads the files of all
+collective raises :class:`~distcomm.CollectiveError`, on
+:meth:`Communicator.dump_flight_record`, and, when asked, on a signal
+(``DISTCOMM_FLIGHT_RECORDER_SIGNAL=SIGUSR2`` or ``dump_signal=``) and from a watchdog
+thread once a call has been in flight too long. Importing distcomm installs nothing:
+the recorder is made with the first communicator, and a signal handler only on request. ``python -m distcomm trace DIR`` reads the files of all
 ranks and names the stuck ranks and calls. Writing a dump never raises into the caller.
 """
 
@@ -48,6 +50,8 @@ SWITCH = "DISTCOMM_FLIGHT_RECORDER"
 """``0`` (or false, no, off) turns the recorder off."""
 SIZE_VARIABLE = "DISTCOMM_FLIGHT_RECORDER_SIZE"
 DIRECTORY_VARIABLE = "DISTCOMM_FLIGHT_RECORDER_DIR"
+SIGNAL_VARIABLE = "DISTCOMM_FLIGHT_RECORDER_SIGNAL"
+"""A signal (``SIGUSR2``) on which the recorder writes a dump; unset: none (nothing is installed)."""
 WATCHDOG_VARIABLE = "DISTCOMM_FLIGHT_RECORDER_WATCHDOG"
 """Seconds a call may be in flight before the watchdog writes a dump (unset: no watchdog)."""
 DEFAULT_SIZE = 4096
@@ -75,9 +79,16 @@ class FlightRecorder(Hook):
 
     order = -100  # outermost: it sees every call start, and every failure, checks included
 
-    def __init__(self, size: int = DEFAULT_SIZE, directory: str | os.PathLike[str] | None = None, watchdog_seconds: float | None = None) -> None:
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(f"a flight recorder keeps a positive number of calls, got size={size!r}")
+    def __init__(
+        self,
+        size: int = DEFAULT_SIZE,
+        directory: str | os.PathLike[str] | None = None,
+        watchdog_seconds: float | None = None,
+        dump_signal: str | int | None = None,
+    ) -> None:
+        if isinstance(size, bool) or not isinstance(size, int) or not 0 < size <= MAX_SIZE:
+            raise ValueError(f"a flight recorder keeps 1 to {MAX_SIZE} calls, got size={size!r}")
+        signum = None if dump_signal is None else parse_signal(dump_signal)
         self.entries: collections.deque[list[Any]] = collections.deque(maxlen=size)
         self._append = self.entries.append
         self.directory = directory or os.environ.get(DIRECTORY_VARIABLE) or Path.cwd() / DEFAULT_DIRECTORY
@@ -86,6 +97,8 @@ class FlightRecorder(Hook):
         self.watchdog_seconds: float | None = None
         if watchdog_seconds is not None:
             self.watch(watchdog_seconds)
+        self.dump_signal: signal.Signals | None = signum if signum is not None and _dump_on_signal(self, signum) else None
+        """The signal on which this recorder writes a dump, where one was installed."""
 
     @property
     def directory(self) -> Path:
@@ -258,7 +271,8 @@ _default_lock = threading.Lock()
 
 
 def default_recorder() -> FlightRecorder | None:
-    """The process's recorder, made on first use; ``None`` when ``DISTCOMM_FLIGHT_RECORDER=0``."""
+    """The process's recorder, made when the first communicator that records is created (never on
+    import); ``None`` when ``DISTCOMM_FLIGHT_RECORDER=0``."""
     global _default
     if _default is not None:
         return _default
@@ -267,34 +281,72 @@ def default_recorder() -> FlightRecorder | None:
         return None
     with _default_lock:
         if _default is None:
-            size = os.environ.get(SIZE_VARIABLE, "")
             watchdog = os.environ.get(WATCHDOG_VARIABLE, "")
             _default = FlightRecorder(
-                int(size) if size.isdigit() and int(size) > 0 else DEFAULT_SIZE,
+                _size_from_environment(),
                 watchdog_seconds=float(watchdog) if _is_number(watchdog) else None,
+                dump_signal=os.environ.get(SIGNAL_VARIABLE) or None,
             )
-            _dump_on_signal(_default)
     return _default
+
+
+MAX_SIZE = 10**7
+"""The most calls a recorder keeps (a ring this long takes about a gigabyte)."""
+
+
+def _size_from_environment() -> int:
+    text = os.environ.get(SIZE_VARIABLE, "").strip()
+    if not text:
+        return DEFAULT_SIZE
+    if text.isdigit() and 0 < int(text) <= MAX_SIZE:
+        return int(text)
+    logger.warning("%s=%r is not a number of calls from 1 to %d; keeping %d", SIZE_VARIABLE, text[:40], MAX_SIZE, DEFAULT_SIZE)
+    return DEFAULT_SIZE
 
 
 def _is_number(text: str) -> bool:
     with contextlib.suppress(ValueError):
-        return float(text) > 0
+        return 0 < float(text) < float("inf")
     return False
 
 
-def _dump_on_signal(recorder: FlightRecorder) -> None:
-    """Dump on ``SIGUSR1``, also while the main thread is blocked inside a collective.
+def parse_signal(value: str | int) -> signal.Signals | None:
+    """The signal ``value`` names (``"SIGUSR2"``, ``"USR2"``, ``12``); ``None`` for none (``""``, ``"0"``, ``"none"``)."""
+    if isinstance(value, str):
+        text = value.strip().upper()
+        if text in ("", "0", "NONE", "OFF", "NO", "FALSE"):
+            return None
+        if text.isdigit():
+            value = int(text)
+        else:
+            name = text if text.startswith("SIG") else f"SIG{text}"
+            if not hasattr(signal, name):
+                raise ValueError(f"no signal is named {value!r} here; name one such as SIGUSR2, or none")
+            return signal.Signals(getattr(signal, name))
+    try:
+        return signal.Signals(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a signal number here; name one such as SIGUSR2, or none") from None
+
+
+def _dump_on_signal(recorder: FlightRecorder, signum: signal.Signals) -> bool:
+    """Dump when ``signum`` arrives, also while the main thread is blocked inside a collective;
+    whether it was installed.
 
     Python runs signal handlers only between bytecodes of the main thread, which a rank
     stuck in a collective never reaches; the signal's wake-up byte, written by the C
-    handler, reaches a helper thread that writes the dump. Nothing is installed where
-    the application handles ``SIGUSR1`` itself or already uses the wake-up file.
+    handler, reaches a helper thread that writes the dump. Nothing is installed (and a
+    warning says so) where the application handles ``signum`` itself, already uses the
+    wake-up file, or this is not the main thread.
     """
-    if not hasattr(signal, "SIGUSR1") or threading.current_thread() is not threading.main_thread():
-        return
-    if signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, None):
-        return
+    global _listening
+    if _listening is not None or threading.current_thread() is not threading.main_thread():
+        logger.warning("flight record dumps on %s not installed: %s", signum.name,
+                       "one is already installed" if _listening is not None else "not in the main thread")  # fmt: skip
+        return False
+    if signal.getsignal(signum) not in (signal.SIG_DFL, None):
+        logger.warning("flight record dumps on %s not installed: the application handles that signal", signum.name)
+        return False
     read_end, write_end = os.pipe()
     os.set_blocking(write_end, False)
     try:
@@ -306,10 +358,10 @@ def _dump_on_signal(recorder: FlightRecorder) -> None:
             signal.set_wakeup_fd(previous)
         os.close(read_end)
         os.close(write_end)
-        return
-    signal.signal(signal.SIGUSR1, _ignore)
-    global _listening
-    _listening = True
+        logger.warning("flight record dumps on %s not installed: the signal wake-up file is in use", signum.name)
+        return False
+    signal.signal(signum, _ignore)
+    _listening = signum
 
     def listen() -> None:
         while True:
@@ -317,30 +369,30 @@ def _dump_on_signal(recorder: FlightRecorder) -> None:
                 received = os.read(read_end, 64)
             except OSError:
                 return
-            if signal.SIGUSR1 in received:
-                recorder.dump("SIGUSR1")
+            if signum in received:
+                recorder.dump(signum.name)
 
     threading.Thread(target=listen, name="distcomm-flight-signal", daemon=True).start()
+    return True
 
 
-
-_listening = False
-"""Whether this process listens for SIGUSR1 (then a forked child must not inherit the pipe)."""
+_listening: signal.Signals | None = None
+"""The signal this process listens for, if any (then a forked child must not inherit the pipe)."""
 
 
 def _ignore(signum: int, frame: object) -> None:
-    """The Python-level SIGUSR1 handler: the listening thread does the work."""
+    """The Python-level handler of the dump signal: the listening thread does the work."""
 
 
 def _after_fork_in_child() -> None:
     """A forked child starts with no recorder: the parent's records and signal pipe are not its own."""
     global _default, _default_lock, _listening
     _default_lock = threading.Lock()  # another thread may have held it at the fork
-    if _listening:
+    if _listening is not None:
         with contextlib.suppress(ValueError, OSError):
             signal.set_wakeup_fd(-1)
-            signal.signal(signal.SIGUSR1, signal.SIG_DFL)
-        _listening = False
+            signal.signal(_listening, signal.SIG_DFL)
+        _listening = None
     _default = None
 
 
