@@ -271,3 +271,35 @@ def facade_keeps_no_group(comm):
 
 def test_the_facade_holds_no_subgroup_past_its_life(dist_world) -> None:
     assert dist_world(2).run(facade_keeps_no_group) == [True, True]
+
+
+def hooks_churn_while_collectives_run(comm) -> list[float]:
+    """Another thread adds and removes hooks while 400 checked collectives run."""
+    import threading
+
+    from distcomm import CheckedCommunicator, ProfileHook
+
+    checked = CheckedCommunicator(comm, timeout=10)
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            handle = checked.register_hook(ProfileHook())
+            other = checked.register_hook(Hook())
+            handle.remove()
+            other.remove()
+
+    thread = threading.Thread(target=churn)
+    thread.start()
+    try:
+        totals = [checked.all_reduce(torch.ones(1)).item() + checked.all_reduce({"n": 1})["n"] for _ in range(200)]
+    finally:
+        stop.set()
+        thread.join()
+    assert checked.hooks == (checked.flight_recorder, checked.check) or checked.hooks == (checked.check,)
+    return totals
+
+
+def test_hooks_registered_from_another_thread_never_split_the_ranks(dist_world) -> None:
+    results = dist_world(2).run(hooks_churn_while_collectives_run)
+    assert results == [[4.0] * 200, [4.0] * 200]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, TypeVar, cast
@@ -141,17 +142,19 @@ class HookRegistry:
 
         if not isinstance(hook, Hook):
             raise InvalidArgumentError(f"register_hook takes a distcomm.hooks.Hook, got {type(hook).__name__}")
-        if isinstance(hook, FlightRecorder):
-            self._record_into(hook)
-        else:
-            self._hooks = tuple(sorted((*self._hooks, hook), key=lambda h: h.order))
+        with _registration:  # a new tuple each time: a collective running meanwhile keeps the one it read
+            if isinstance(hook, FlightRecorder):
+                self._record_into(hook)
+            else:
+                self._hooks = tuple(sorted((*self._hooks, hook), key=lambda h: h.order))
         return HookHandle(self, hook)  # type: ignore[arg-type]
 
     def remove_hook(self, hook: Hook) -> None:
         """Stop passing collectives through ``hook`` (harmless when it is not attached)."""
-        if hook is self._recorder:
-            self._recorder = None
-        self._hooks = tuple(h for h in self._hooks if h is not hook)
+        with _registration:
+            if hook is self._recorder:
+                self._recorder = None
+            self._hooks = tuple(h for h in self._hooks if h is not hook)
 
     def _record_into(self, recorder: FlightRecorder | None) -> None:
         """Record this communicator's calls into ``recorder``, under its group's name (the same on every rank)."""
@@ -169,6 +172,9 @@ class HookRegistry:
         or ``None`` when nothing records or it could not be written. Never raises."""
         return None if self._recorder is None else self._recorder.dump(reason)
 
+
+_registration = threading.Lock()
+"""Serialises hook registration, so two threads registering at once both take effect."""
 
 COLLECTIVES: dict[str, Callable[..., Any]] = {}
 """Every method declared with :func:`collective`, by name (the hook coverage test reads it)."""
@@ -188,9 +194,9 @@ def collective(describe: Callable[..., str] | None = None, payload: Callable[...
         def closed(comm: Communicator) -> ClosedCommunicatorError:
             return ClosedCommunicatorError(f"{operation} on a closed {type(comm).__name__}: create a new communicator")
 
-        def hooked(comm: Communicator, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        def hooked(comm: Communicator, hooks: tuple[Hook, ...], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             call = Call(comm, operation, args, kwargs, describe, payload)
-            return _dispatch(comm, call, lambda: _named(method, comm, operation, args, kwargs))
+            return _dispatch(hooks, call, lambda: _named(method, comm, operation, args, kwargs))
 
         def raise_named(error: CollectiveError, rank: int) -> NoReturn:
             _raise_named(error, operation, rank)
@@ -207,17 +213,17 @@ def {name}(self, {parameters}):
     if self._state.closed:
         raise closed(self)
     recorder = self._recorder
+    hooks = self._hooks  # read once: a hook added or removed meanwhile takes effect at the next call
     if recorder is None:
-        if self._hooks:
-            return hooked(self, ({positional}), {{{keywords}}})
+        if hooks:
+            return hooked(self, hooks, ({positional}), {{{keywords}}})
         try:
             return method(self, {arguments})
         except CollectiveError as error:
             raise_named(error, self.rank)
     entry = recorder.begin(self._record_group, CALL, {data}, {detail})
-    hooks = self._hooks
     try:
-        result = hooked(self, ({positional}), {{{keywords}}}) if hooks else method(self, {arguments})
+        result = hooked(self, hooks, ({positional}), {{{keywords}}}) if hooks else method(self, {arguments})
     except CollectiveError as error:
         named = error if hooks else renamed(error, {name!r}, self.rank)  # the hooks' path names its own
         recorder.end(entry, named)
@@ -284,9 +290,8 @@ def _raise_named(error: CollectiveError, operation: str, rank: int) -> NoReturn:
     raise named from error
 
 
-def _dispatch(comm: Communicator, call: Call, run: Callable[[], Any]) -> Any:
-    """Run ``run`` between the hooks' ``before`` and ``after``, in their order."""
-    hooks = comm._hooks
+def _dispatch(hooks: tuple[Hook, ...], call: Call, run: Callable[[], Any]) -> Any:
+    """Run ``run`` between the ``before`` and ``after`` of ``hooks`` (the tuple the call started with)."""
     entered: list[Hook] = []
     try:
         for hook in hooks:
