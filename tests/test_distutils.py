@@ -161,3 +161,34 @@ def test_setup_env_local(monkeypatch) -> None:
 def test_a_group_that_is_not_a_process_group_is_a_clear_error() -> None:
     with pytest.raises(InvalidArgumentError, match="group must be a torch.distributed ProcessGroup.*got str"):
         distutils.all_gather(1.0, group="bogus")
+
+
+@pytest.mark.parametrize("device", ["bogus", "meta", 3.5])
+def test_a_bad_device_is_refused_before_anything_moves(device) -> None:
+    from distcomm import InvalidArgumentError, LocalCommunicator, fairchem, use_communicator
+
+    with use_communicator(LocalCommunicator()):
+        with pytest.raises(InvalidArgumentError, match="device="):
+            distutils.all_reduce([1, 2], device=device)
+        with pytest.raises(InvalidArgumentError, match="device="):
+            distutils.all_gather([1.0, 2.0], device=device)
+        items = ["kept"]
+        with pytest.raises(InvalidArgumentError, match="device="):
+            fairchem.broadcast_object_list(items, 0, device=device)
+        assert items == ["kept"]
+
+
+def facade_with_a_meta_device(comm):
+    from distcomm import InvalidArgumentError, fairchem, use_communicator
+
+    with use_communicator(comm):
+        try:
+            fairchem.broadcast_object_list([comm.rank], 0, device="meta")
+        except InvalidArgumentError as error:
+            return str(error)
+    return "accepted"
+
+
+def test_a_meta_device_is_refused_on_every_rank(dist_world) -> None:
+    messages = dist_world(2).run(facade_with_a_meta_device)
+    assert all("holds no data" in m for m in messages), messages

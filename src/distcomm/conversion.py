@@ -40,6 +40,18 @@ def describe(value: Any) -> str:
     return type(value).__name__
 
 
+def parse_device(device: Any, operation: str) -> torch.device:
+    """``device`` (a ``torch.device`` or its name) as a device data can travel on, or a clear error:
+    a name torch does not know, or ``meta`` (which holds no data), is refused before anything moves."""
+    try:
+        parsed = device if isinstance(device, torch.device) else torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as error:
+        raise InvalidArgumentError(f"{operation}: device={device!r} is not a device ({error}); pass 'cpu', 'cuda' or 'cuda:N'") from None
+    if parsed.type == "meta":
+        raise InvalidArgumentError(f"{operation}: device={device!r} holds no data; pass 'cpu', 'cuda' or 'cuda:N'")
+    return parsed
+
+
 def is_python_number(value: Any) -> bool:
     """True for ``bool``, ``int``, ``float`` and ``complex``, but not NumPy scalars."""
     return type(value) in _PYTHON_NUMBER_DTYPES

@@ -22,7 +22,7 @@ from distcomm.active import get_communicator, instrument
 from distcomm.communicator import Communicator
 from distcomm.handles import Handle
 from distcomm.rules import INT64_MAX, INT64_MIN
-from distcomm.conversion import describe
+from distcomm.conversion import describe, parse_device
 from distcomm.errors import InvalidArgumentError
 from distcomm.torch_dist import TorchDistCommunicator
 
@@ -85,7 +85,7 @@ def _legacy_tensor(data: Any, operation: str, device: Any) -> torch.Tensor:
             f"{operation} cannot take {describe(data)}: pass a tensor, a number, a list of numbers "
             f"or a NumPy array ({error})"
         ) from error
-    return tensor if device is None else tensor.to(device)
+    return tensor if device is None else tensor.to(parse_device(device, operation))
 
 
 def os_environ_get_or_throw(x: str) -> str:
@@ -170,7 +170,7 @@ def all_reduce(data, group=_DEFAULT_GROUP, average: bool = False, device=None) -
     if isinstance(data, torch.Tensor):
         return comm.all_reduce(data, op)
     if device is not None:
-        torch.device(device)  # a bad device still fails here, as it did
+        parse_device(device, "all_reduce")  # a bad device fails here, before anything moves
     result = np.asarray(comm.all_reduce(_legacy_numbers(data, "all_reduce"), op))
     return result.item() if result.size == 1 else result  # type: ignore[return-value]
 

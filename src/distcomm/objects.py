@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from distcomm.agreement import explain
-from distcomm.conversion import describe
+from distcomm.conversion import describe, parse_device
 from distcomm.errors import InconsistentInputError, InvalidArgumentError, WireFormatError
 from distcomm.opening import Opening, body_room, open_call, slot_bytes
 from distcomm.serialization import UnsafeObjectError, max_payload_bytes
@@ -31,9 +31,14 @@ LENGTH_BYTES = 8
 DeviceLike = torch.device | str | None
 
 
-def target_device(comm: Communicator, device: DeviceLike) -> torch.device:
-    """Where an object collective's bytes travel: ``device``, else the communicator's."""
-    return comm.device if device is None else torch.device(device)
+def target_device(comm: Communicator, device: DeviceLike, operation: str = "an object collective") -> torch.device:
+    """Where an object collective's bytes travel: ``device`` (checked), else the communicator's."""
+    if device is None:
+        return comm.device
+    target = parse_device(device, operation)
+    if not comm._accepts(target):
+        raise InvalidArgumentError(f"{operation}: the {comm.backend} backend cannot move data on {target}; pass device=None")
+    return target
 
 
 def encode(comm: Communicator, obj: Any, operation: str) -> tuple[bytes, InvalidArgumentError | None]:
@@ -84,7 +89,7 @@ def read_body(comm: Communicator, opening: Opening, rank: int, operation: str) -
 def exchange(comm: Communicator, obj: Any, operation: str, device: DeviceLike = None, *, step: str = "objects") -> list[bytes]:
     """Every rank's encoded ``obj``, in rank order (not yet decoded)."""
     payload, refusal = encode(comm, obj, operation)
-    target = target_device(comm, device)
+    target = target_device(comm, device, operation)
     body = slot_body(payload, body_room(comm.world_size), refused=refusal is not None)
     opening = open_call(comm, operation, step, body, device=target)
     slots = [read_body(comm, opening, rank, operation) for rank in range(comm.world_size)]
@@ -115,7 +120,7 @@ def broadcast_object(
     head), so a rank in another call fails on every rank; a larger object's rest follows
     in one broadcast.
     """
-    target = target_device(comm, device)
+    target = target_device(comm, device, operation)
     refusal: InvalidArgumentError | None = None
     payload = b""
     if comm.rank == src:
