@@ -271,3 +271,45 @@ def test_a_world_of_one_needs_no_agreement(local_comm) -> None:
     assert math.isclose(local_comm.all_reduce(10**30, "mean"), 1e30)
     with pytest.raises(InvalidArgumentError, match="cannot take a str"):
         local_comm.all_reduce({"a": "text"})
+
+
+def one_rank_passes_what_the_dict_fast_path_refuses(c: Communicator, which: str) -> Any:
+    odd = {
+        "uint64": torch.ones(2, dtype=torch.uint64),
+        "conj": torch.tensor([1 + 2j, 3j]).conj(),
+        "complex max": torch.ones(2, dtype=torch.complex64),
+    }[which]
+    plain = torch.ones(2, dtype=odd.dtype if which != "uint64" else torch.int64)
+    op = "max" if which == "complex max" else "sum"
+    try:
+        c.all_reduce({"a": odd if c.rank == 0 else plain}, op)
+    except InvalidArgumentError as error:
+        return type(error).__name__, str(error)
+    return "returned"
+
+
+@pytest.mark.parametrize("which", ["uint64", "conj", "complex max"])
+def test_what_the_dict_fast_path_refuses_fails_on_every_rank(dist_world, which: str) -> None:
+    outcomes = dist_world(2).run(one_rank_passes_what_the_dict_fast_path_refuses, which)
+    assert outcomes[0] == outcomes[1] and outcomes[0] != "returned", outcomes
+
+
+def unhashable_op(c: Communicator) -> Any:
+    try:
+        c.all_reduce(torch.ones(2), ["sum"])
+    except InvalidArgumentError as error:
+        return str(error)
+    return "returned"
+
+
+def test_an_unhashable_op_on_the_lone_tensor_path_is_a_clear_error(dist_world) -> None:
+    assert all("unknown reduce op" in m for m in dist_world(2).run(unhashable_op))
+
+
+def gather_a_tensor_that_requires_grad(c: Communicator) -> Any:
+    small, large = torch.ones(2, requires_grad=True), torch.ones(3000, requires_grad=True)
+    return [t.requires_grad for t in c.all_gather(small) + c.all_gather(large)], c.all_gather(small)[1].tolist()
+
+
+def test_a_tensor_that_requires_grad_gathers_on_every_rank(dist_world) -> None:
+    assert dist_world(2).run(gather_a_tensor_that_requires_grad) == [([False] * 4, [1.0, 1.0])] * 2

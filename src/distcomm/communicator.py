@@ -232,7 +232,10 @@ class Communicator(HookRegistry):
         :class:`~distcomm.InconsistentInputError` on every rank.
         """
         if type(data) is torch.Tensor:  # the hot path: a tensor reduced in place, as it is
-            wire_op = _IN_PLACE_OPS.get((data.dtype, op))
+            try:
+                wire_op = _IN_PLACE_OPS.get((data.dtype, op))
+            except TypeError:  # an unhashable op: parse_reduce_op says what is wrong
+                wire_op = None
             if wire_op is not None and data.is_contiguous() and self._device_types.get(data.device.type):
                 self._backend.all_reduce(data, wire_op)
                 return data

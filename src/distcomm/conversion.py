@@ -103,6 +103,17 @@ def check_transportable(tensor: torch.Tensor, operation: str, where: str = "") -
         )
 
 
+def check_fillable(tensor: torch.Tensor, operation: str, where: str = "") -> None:
+    """:func:`check_transportable`, and refuse lazily conjugated or negated views, which a
+    reduction of many tensors cannot fill in place."""
+    check_transportable(tensor, operation, where)
+    if tensor.is_conj() or tensor.is_neg():
+        raise InvalidArgumentError(
+            f"{operation}: the tensor{_at(where)} is a lazily conjugated or negated view, which cannot be "
+            "filled in place; pass tensor.resolve_conj().resolve_neg() instead"
+        )
+
+
 def from_tensor(result: torch.Tensor, template: Any) -> Any:
     """Give ``result`` the kind of ``template``, the value that came in.
 

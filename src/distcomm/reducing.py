@@ -15,7 +15,7 @@ import torch
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from distcomm.agreement import Claim, agree_with_data, digest64
-from distcomm.conversion import check_transportable, from_tensor, to_tensor
+from distcomm.conversion import check_fillable, from_tensor, to_tensor
 from distcomm.errors import InvalidArgumentError, WireFormatError
 from distcomm.nested import flatten, unflatten
 from distcomm.objects import all_gather_objects
@@ -104,12 +104,15 @@ def reduce_tensor_dict(comm: Communicator, data: dict[Any, Any], op: ReduceOp, o
             return None
         if (not value.is_cpu) if on_cpu else value.device != device:
             return None
-        if not detach and not value.is_contiguous():  # filled in place: the general path checks it first
-            return None
+        if not detach and not value.is_contiguous() or value.is_conj() or value.is_neg():
+            return None  # the general path checks it first, and refuses it on every rank
         alike = alike and value.shape == shape
     if not comm._accepts(device):
         return None
-    plan = cached_plan(first, first, op, operation)
+    try:
+        plan = cached_plan(first, first, op, operation)
+    except InvalidArgumentError:
+        return None  # refused: the general path says so on every rank, after agreeing
     if plan.transport_dtype is not dtype or plan.mean_dtype not in (None, dtype):
         return None
     if comm.world_size == 1:  # no other rank to match: the caller's order serves
@@ -186,8 +189,8 @@ def agree_on_leaves(
             continue
         try:
             tensor = to_tensor(leaf, operation, path)
-            if isinstance(leaf, torch.Tensor) and (leaf.is_meta or not leaf.is_contiguous()):
-                check_transportable(tensor, operation, path)
+            if isinstance(leaf, torch.Tensor) and (leaf.is_meta or not leaf.is_contiguous() or leaf.is_conj() or leaf.is_neg()):
+                check_fillable(tensor, operation, path)
         except InvalidArgumentError as error:
             problem = problem or error
             layout.append((path, "invalid"))
