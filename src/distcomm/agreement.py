@@ -89,7 +89,7 @@ def agree_with_data(comm: Communicator, operation: str, claim: Claim, data: torc
 
 def _read_headers(opening: Opening, operation: str, words: int, header_bytes: int, data: torch.Tensor | None) -> np.ndarray:
     """Every rank's agreement header, one row per rank, each checked against the wire format."""
-    rows = []
+    rows: list[np.ndarray] = []
     itemsize = 1 if data is None else data.element_size()
     for rank, size in enumerate(opening.sizes):
         row = opening.words(rank, words)
@@ -100,7 +100,7 @@ def _read_headers(opening: Opening, operation: str, words: int, header_bytes: in
             problem = f"an agreement header with status {row[0]} and {row[2]} layout entries"
         elif row[3] != -1 and not (0 <= row[3] == size - header_bytes and row[3] % itemsize == 0):
             problem = f"{row[3]} bytes of inline data in a body of {size} bytes"
-        if problem is not None:
+        if problem is not None or row is None:
             raise WireFormatError(f"{operation}: rank {rank} sent {problem}")
         rows.append(row)
     return np.stack(rows)

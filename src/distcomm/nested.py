@@ -49,7 +49,7 @@ LEAF = TreeSpec(None)
 """The spec of every leaf (specs are immutable, so one serves all)."""
 
 
-def _make_dict(container: type, factory: Any, items: list[tuple[Any, Any]]) -> dict[Any, Any]:
+def _make_dict(container: Any, factory: Any, items: list[tuple[Any, Any]]) -> dict[Any, Any]:
     """A ``container`` holding ``items``, as the caller's mapping was: a ``defaultdict`` keeps its
     factory, a ``Counter`` its counts (its constructor would count the pairs instead)."""
     if issubclass(container, collections.defaultdict):

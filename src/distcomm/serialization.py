@@ -136,7 +136,7 @@ def _check_argument(name: str, arg: Any, max_bytes: int, max_items: int) -> None
         raise UnsafeObjectError(f"refusing {name} of {size} items: the limit is {max_items} (RestrictedCodec max_items)")
 
 
-class _Unpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
+class _Unpickler(pickle._Unpickler):
     """Pickle's own Python unpickler with an allowlist, and bounds on every call it makes.
 
     ``find_class`` gives back the real classes (a ``dict`` in a payload is ``dict``);
@@ -144,7 +144,9 @@ class _Unpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
     arguments of the size-taking constructors before calling, and their results after.
     """
 
-    dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
+    stack: list[Any]
+    append: Any
+    dispatch = dict(pickle._Unpickler.dispatch)
 
     def __init__(self, payload: bytes, allowed: set[tuple[str, str]], max_bytes: int, max_items: int) -> None:
         super().__init__(io.BytesIO(payload))
@@ -181,9 +183,9 @@ class _Unpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
     def _instantiate(self, klass: Any, args: tuple[Any, ...]) -> None:
         self.append(self._call(klass, tuple(args), {}, lambda: klass(*args)))
 
-    dispatch[pickle.REDUCE[0]] = load_reduce
-    dispatch[pickle.NEWOBJ[0]] = load_newobj
-    dispatch[pickle.NEWOBJ_EX[0]] = load_newobj_ex
+    dispatch[pickle.REDUCE[0]] = load_reduce  # type: ignore[assignment]
+    dispatch[pickle.NEWOBJ[0]] = load_newobj  # type: ignore[assignment]
+    dispatch[pickle.NEWOBJ_EX[0]] = load_newobj_ex  # type: ignore[assignment]
 
     def find_class(self, module: str, name: str) -> Any:
         if module == "builtins" and name in _SAFE_BUILTINS:
