@@ -130,3 +130,12 @@ def test_setup_through_a_shared_file(tmp_path) -> None:
     outputs = [rank.communicate(timeout=90) for rank in ranks]
     assert all(rank.returncode == 0 for rank in ranks), [err for _, err in outputs]
     assert [out.strip().splitlines()[-1] for out, _ in outputs] == ['[3, "cpu", false]'] * 2
+
+
+def test_bad_configs_are_configuration_errors(tmp_path) -> None:
+    with pytest.raises(ConfigurationError, match="as a dict, got NoneType"):
+        fairchem.setup(None)
+    with pytest.raises(ConfigurationError, match="needs shared_file_dir"):
+        fairchem.setup({"world_size": 1, "init_method": "file"})
+    with pytest.raises(ConfigurationError, match="needs array_job_num"):
+        fairchem.setup({"world_size": 2, "init_method": "file", "shared_file_dir": str(tmp_path), "submit": True})

@@ -29,20 +29,13 @@ def line_of(marker: str) -> int:
 
 @pytest.fixture(scope="module")
 def world():
-    previous = os.environ.get(flight_recorder.SIGNAL_VARIABLE)
-    os.environ[flight_recorder.SIGNAL_VARIABLE] = "SIGUSR1"  # its ranks dump on kill -USR1 (opt-in)
-    try:
-        with World(2, timeout=TIMEOUT, call_timeout=60.0) as w:
-            yield w
-    finally:
-        if previous is None:
-            os.environ.pop(flight_recorder.SIGNAL_VARIABLE)
-        else:
-            os.environ[flight_recorder.SIGNAL_VARIABLE] = previous
+    with World(2, timeout=TIMEOUT, call_timeout=60.0) as w:
+        yield w
 
 
 def two_good_calls(comm, directory: str) -> None:
     comm.flight_recorder.directory = Path(directory)
+    assert comm.flight_recorder.dump_on_signal("SIGUSR1")  # opt-in: its ranks dump on kill -USR1
     tensor = torch.ones(4)
     comm.all_reduce(tensor)
     comm.all_reduce(tensor)

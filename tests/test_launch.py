@@ -13,13 +13,14 @@ import json
 import os
 import socket
 import subprocess
+import time
 import sys
 from pathlib import Path
 
 import pytest
 import torch.distributed as dist
 
-from distcomm import CollectiveError, ConfigurationError, distutils, plan_launch
+from distcomm import CollectiveError, ConfigurationError, TorchDistCommunicator, distutils, plan_launch
 from distcomm.launch import MissingEnvironmentError, detect_launcher, read_lsf_hostfile, slurm_hostnames
 from launchers import base_environment, fake_scontrol, netns_supported, reports, start_rank, two_hosts
 
@@ -224,9 +225,12 @@ def test_slurm_rendezvous_across_two_hosts(tmp_path: Path) -> None:
 
 
 LONE_SETUP = """
-import psutil, torch.distributed as dist
+import sys, psutil, torch.distributed as dist
 from distcomm import distutils
-distutils.setup({"world_size": 1, "distributed_backend": "gloo"})
+config = {"world_size": 1, "distributed_backend": "gloo"}
+if len(sys.argv) > 1:
+    config["init_method"] = sys.argv[1]
+distutils.setup(config)
 listening = [c.laddr for c in psutil.Process().net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
 store = dist.distributed_c10d._get_default_store()
 print(getattr(store, "_underlying_non_prefix_store", store).__class__.__name__, sorted({a.ip for a in listening}))
@@ -234,10 +238,47 @@ distutils.cleanup()
 """
 
 
-def test_a_lone_process_opens_no_rendezvous_to_the_network() -> None:
+@pytest.mark.parametrize("init_method", [None, "env://", "env:///", "env://?x=1"])
+def test_a_lone_process_opens_no_rendezvous_to_the_network(init_method: str | None) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    result = subprocess.run([sys.executable, "-c", LONE_SETUP], env=env, capture_output=True, text=True, timeout=120)
+    argv = [sys.executable, "-c", LONE_SETUP] + ([init_method] if init_method else [])
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     store, addresses = result.stdout.split(" ", 1)
     assert "FileStore" in store  # no TCP store at all
     assert "0.0.0.0" not in addresses and "'::'" not in addresses  # nothing listens on every interface
+
+
+SETUP_AGAIN = """
+import os, time
+from distcomm import ConfigurationError, distutils
+distutils.setup({"world_size": 1, "distributed_backend": "gloo"})
+distutils.cleanup()
+left = sorted(name for name in ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK") if name in os.environ)
+started = time.monotonic()
+try:
+    distutils.setup({"world_size": 2, "distributed_backend": "gloo"})
+except ConfigurationError as error:
+    print(left, round(time.monotonic() - started) < 5, "no launcher set MASTER_ADDR" in str(error))
+"""
+
+
+def test_cleanup_takes_back_what_setup_exported() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    result = subprocess.run([sys.executable, "-c", SETUP_AGAIN], env=env, capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "[] True True", result.stderr
+
+
+def test_a_rendezvous_file_in_a_missing_directory_is_refused_at_once(tmp_path) -> None:
+    started = time.monotonic()
+    with pytest.raises(ConfigurationError, match="which does not exist"):
+        TorchDistCommunicator.init("gloo", rank=0, world_size=2, init_method=f"file://{tmp_path}/missing/store", timeout=60)
+    assert time.monotonic() - started < 5
+
+
+def test_init_refuses_a_world_size_the_launcher_did_not_start(monkeypatch) -> None:
+    monkeypatch.setenv("MASTER_ADDR", "localhost")
+    monkeypatch.setenv("MASTER_PORT", "29999")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigurationError, match="WORLD_SIZE=2 processes but world_size=4"):
+        TorchDistCommunicator.init("gloo", rank=0, world_size=4, timeout=60)

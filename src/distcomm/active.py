@@ -30,7 +30,7 @@ from distcomm.errors import InvalidArgumentError
 from distcomm.local import LocalCommunicator
 from distcomm.profiled import ProfiledCommunicator
 from distcomm.rules import environment_flag
-from distcomm.torch_dist import TorchDistCommunicator
+from distcomm.torch_dist import TorchDistCommunicator, owner_of_default_group
 
 _scoped: contextvars.ContextVar[Communicator | None] = contextvars.ContextVar("distcomm_scoped", default=None)
 _lock = threading.Lock()
@@ -72,7 +72,8 @@ def _follow_default_group(default_group: object) -> Communicator:
     global _follower, _followed_group
     with _lock:
         if _follower is None or _followed_group is not default_group:
-            _follower, _followed_group = instrument(TorchDistCommunicator()), default_group
+            owner = owner_of_default_group()  # the group's own communicator, where init() made it
+            _follower, _followed_group = instrument(owner or TorchDistCommunicator()), default_group
         return _follower
 
 

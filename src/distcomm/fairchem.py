@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Mapping
 
 from distcomm import devices, launch
 from distcomm.errors import ConfigurationError
@@ -91,12 +92,20 @@ def setup(config) -> None:  # type: ignore[no-untyped-def]
     Each process's GPU is bound with ``torch.cuda.set_device`` and recorded in
     ``CURRRENT_DEVICE_TYPE``.
     """
+    if not isinstance(config, Mapping):
+        raise ConfigurationError(f"setup takes the job's distributed config as a dict, got {type(config).__name__}")
     translated = {key: config[key] for key in ("world_size", "distributed_backend", "cpu", "timeout", "submit", "summit") if key in config}
     if config.get("init_method") == "file":
-        directory = config["shared_file_dir"]
-        if not os.path.isdir(directory):
-            raise ConfigurationError(f"shared_file_dir={directory!r} is not a directory every rank can reach")
-        name = f".distributed-shared-file-{config['array_job_num']}" if config.get("submit") else ".distributed-shared-file"
+        directory = config.get("shared_file_dir")
+        if not isinstance(directory, (str, os.PathLike)) or not os.path.isdir(directory):
+            raise ConfigurationError(
+                f"init_method 'file' needs shared_file_dir, a directory every rank can reach; got {directory!r}"
+            )
+        name = ".distributed-shared-file"
+        if config.get("submit"):
+            if "array_job_num" not in config:
+                raise ConfigurationError("init_method 'file' with submit: true needs array_job_num (the SLURM array index)")
+            name = f"{name}-{config['array_job_num']}"
         translated["init_method"] = f"file://{os.path.join(directory, name)}"
     comm = launch.setup(translated)
     devices.set_device_for_local_rank(bool(config.get("cpu", False)), comm.local_rank)

@@ -97,8 +97,20 @@ class FlightRecorder(Hook):
         self.watchdog_seconds: float | None = None
         if watchdog_seconds is not None:
             self.watch(watchdog_seconds)
-        self.dump_signal: signal.Signals | None = signum if signum is not None and _dump_on_signal(self, signum) else None
+        self.dump_signal: signal.Signals | None = None
         """The signal on which this recorder writes a dump, where one was installed."""
+        if signum is not None:
+            self.dump_on_signal(signum)
+
+    def dump_on_signal(self, signum: str | int) -> bool:
+        """Write a dump whenever ``signum`` (``"SIGUSR2"``, ``"USR2"`` or a number) arrives, also while
+        the main thread is blocked in a collective; whether it is installed (see the log where not)."""
+        parsed = parse_signal(signum)
+        if parsed is None:
+            return False
+        if self.dump_signal != parsed and _dump_on_signal(self, parsed):
+            self.dump_signal = parsed
+        return self.dump_signal == parsed
 
     @property
     def directory(self) -> Path:

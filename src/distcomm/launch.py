@@ -56,6 +56,10 @@ def find_free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+LOCAL_VARIABLES = ("MASTER_ADDR", "LOCAL_RANK", "RANK", "MASTER_PORT")
+"""What :func:`setup_env_local` sets."""
+
+
 def setup_env_local() -> None:
     """Set the rendezvous variables for a lone process on this machine."""
     os.environ["MASTER_ADDR"] = "localhost"
@@ -325,12 +329,14 @@ def setup(config: MutableMapping[str, Any] | DistributedConfig) -> Communicator:
             config["init_method"] = plan.init_method
             config["rank"] = plan.rank
         config["local_rank"] = plan.local_rank
+    _exported.update({name: os.environ.get(name) for name in plan.environment if name not in _exported})
     os.environ.update(plan.environment)
     _assign_device(settings, plan.local_rank)
     init_method = plan.init_method
     if plan.launcher == "single":
+        _exported.update({name: os.environ.get(name) for name in LOCAL_VARIABLES if name not in _exported})
         setup_env_local()  # the variables legacy callers read; the rendezvous itself needs no port
-        if init_method == "env://":
+        if init_method.startswith("env:"):  # env://, env:///, env://?x=1: no launcher, so no network either
             init_method = private_rendezvous()
     try:
         owner = TorchDistCommunicator.init(
@@ -376,3 +382,13 @@ def cleanup() -> None:
         previous.close()  # destroys the group when it owns it, and drops its reference
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    for name, value in _exported.items():  # what setup() exported goes back as it was
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    _exported.clear()
+
+
+_exported: dict[str, str | None] = {}
+"""The variables :func:`setup` exported, with the values they had before (``None``: unset)."""

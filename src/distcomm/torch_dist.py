@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import weakref
 from typing import Any
 
 import torch
@@ -258,6 +259,13 @@ class TorchDistCommunicator(Communicator):
             raise DistCommError(
                 "the default process group already exists: wrap it with TorchDistCommunicator() instead"
             )
+        launched = os.environ.get("WORLD_SIZE", "").strip()
+        if init_method.startswith("env:") and launched.isdigit() and int(launched) != world_size:
+            raise ConfigurationError(
+                f"the launcher started WORLD_SIZE={launched} processes but world_size={world_size} was asked "
+                "for: make them agree (or leave world_size out to take the launcher's)"
+            )
+        check_rendezvous_file(init_method)
         if init_method == "env://":
             missing = [name for name in _ENV_RENDEZVOUS_VARIABLES if not os.environ.get(name)]
             if missing:
@@ -279,7 +287,35 @@ class TorchDistCommunicator(Communicator):
         except ValueError as error:  # torch's word for a rendezvous it cannot read
             raise ConfigurationError(f"init_process_group failed on rank {rank}: {error}") from error
         logger.debug("initialized %s process group: rank %d of %d", backend, rank, world_size)
-        return cls(local_rank=local_rank, _owns_group=True)
+        comm = cls(local_rank=local_rank, _owns_group=True)
+        global _owner
+        _owner = weakref.ref(comm)
+        return comm
+
+
+_owner: weakref.ReferenceType[TorchDistCommunicator] | None = None
+"""The communicator that :meth:`TorchDistCommunicator.init` made with the default group."""
+
+
+def owner_of_default_group() -> TorchDistCommunicator | None:
+    """The communicator that created the current default group, while it is open (``None`` else):
+    code that follows the default group talks through it, with its hooks and codec."""
+    owner = _owner() if _owner is not None else None
+    if owner is None or owner.closed or not (dist.is_available() and dist.is_initialized()) or owner.group is not dist.group.WORLD:
+        return None
+    return owner
+
+
+def check_rendezvous_file(init_method: str) -> None:
+    """Refuse a ``file://`` rendezvous whose directory does not exist: torch would wait for the
+    file until long past the timeout."""
+    if init_method.startswith("file://"):
+        directory = os.path.dirname(init_method.removeprefix("file://").split("?")[0]) or "."
+        if not os.path.isdir(directory):
+            raise ConfigurationError(
+                f"the rendezvous file {init_method} is in {directory}, which does not exist: create it (on a "
+                "file system every rank reaches), or pass another init_method"
+            )
 
 
 def local_rank_from_environment(rank: int) -> int:
