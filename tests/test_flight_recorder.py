@@ -252,3 +252,31 @@ def test_a_bad_size_or_signal_is_a_clear_error_or_a_warning(monkeypatch, caplog)
     with pytest.raises(ValueError, match="no signal is named 'SIGNOPE'"):
         FlightRecorder(dump_signal="SIGNOPE")
     assert flight_recorder.parse_signal("none") is None and flight_recorder.parse_signal("usr2") == signal.SIGUSR2
+
+
+def test_a_dump_follows_no_planted_link_and_only_its_owner_reads_it(tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv("DISTCOMM_JOB", raising=False)
+    for name in ("SLURM_JOB_ID", "LSB_JOBID", "TORCHELASTIC_RUN_ID", "RANK", "WORLD_SIZE", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    records = tmp_path / "records"
+    records.mkdir()
+    (records / "job-rank0.jsonl").symlink_to(victim)  # planted where the dump goes
+    path = FlightRecorder(directory=records).dump("test")
+    assert path == records / "job-rank0.jsonl" and not path.is_symlink() and victim.read_text() == "precious"
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in records.iterdir()] == ["job-rank0.jsonl"]  # no temporary file left behind
+    linked = tmp_path / "linked"
+    linked.symlink_to(records)
+    assert FlightRecorder(directory=linked).dump("test") is None  # a directory that is a link is refused
+
+
+def test_by_default_each_job_dumps_into_its_own_directory(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(flight_recorder.DIRECTORY_VARIABLE, raising=False)
+    monkeypatch.setenv("DISTCOMM_JOB", "run-7")
+    recorder = FlightRecorder()
+    assert recorder.directory == tmp_path / "distcomm-flight-records" / "run-7"
+    path = recorder.dump("test")
+    assert path is not None and path.parent == recorder.directory and recorder.directory.stat().st_mode & 0o777 == 0o700

@@ -27,7 +27,9 @@ import logging
 import os
 import signal
 import socket
+import stat
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -91,7 +93,7 @@ class FlightRecorder(Hook):
         signum = None if dump_signal is None else parse_signal(dump_signal)
         self.entries: collections.deque[list[Any]] = collections.deque(maxlen=size)
         self._append = self.entries.append
-        self.directory = directory or os.environ.get(DIRECTORY_VARIABLE) or Path.cwd() / DEFAULT_DIRECTORY
+        self.directory = directory or os.environ.get(DIRECTORY_VARIABLE) or Path.cwd() / DEFAULT_DIRECTORY / _job_name()
         self._groups: dict[str, tuple[str, Iterator[int]]] = {}
         self._lock = threading.Lock()
         self.watchdog_seconds: float | None = None
@@ -115,7 +117,7 @@ class FlightRecorder(Hook):
     @property
     def directory(self) -> Path:
         """Where dumps go: one ``<job>-rank<R>.jsonl`` per rank (``DISTCOMM_FLIGHT_RECORDER_DIR``,
-        else ``./distcomm-flight-records``)."""
+        else ``./distcomm-flight-records/<job>``, so records of different jobs never mix)."""
         return self._directory
 
     @directory.setter
@@ -191,24 +193,47 @@ class FlightRecorder(Hook):
 
     def dump(self, reason: str = "requested") -> Path | None:
         """Write this rank's records to ``<directory>/<job>-rank<R>.jsonl``; the path, or ``None``
-        when it could not be written (logged, never raised)."""
+        when it could not be written (logged, never raised).
+
+        The file is created new (``O_EXCL``, mode 0600) in a directory this user owns, then
+        renamed into place, so a planted link is never followed; a directory that is a link,
+        or that another user owns and others may write to, is refused.
+        """
         try:
             rank, world_size = _identity()
-            self.directory.mkdir(parents=True, exist_ok=True)
-            path = self.directory / f"{_job_name()}-rank{rank}.jsonl"
+            directory = self.directory
+            _check_directory(directory)
+            path = directory / f"{_job_name()}-rank{rank}.jsonl"
             header = {
                 "kind": "header", "rank": rank, "world_size": world_size, "job": _job_name(), "host": socket.gethostname(),
                 "pid": os.getpid(), "reason": reason, "wall_time": time.time(), "monotonic_ns": time.monotonic_ns(),
             }  # fmt: skip
             lines = [json.dumps(header)] + [json.dumps(record) for record in self.records()]
-            temporary = path.with_suffix(f".tmp{os.getpid()}")
-            temporary.write_text("\n".join(lines) + "\n")
-            os.replace(temporary, path)
+            handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)  # O_EXCL, 0600
+            try:
+                with os.fdopen(handle, "w") as file:
+                    file.write("\n".join(lines) + "\n")
+                os.replace(temporary, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(temporary)
+                raise
             logger.warning("flight record of rank %d written to %s (%s)", rank, path, reason)
             return path
         except Exception as error:  # noqa: BLE001 (a dump must never break the training loop)
             logger.error("could not write the flight record: %s", error)
             return None
+
+
+def _check_directory(directory: Path) -> None:
+    """Create ``directory`` (mode 0700) if needed; refuse one that is a link, is not a directory, or
+    is owned by another user and writable by others (they could swap what we write)."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = os.lstat(directory)
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise OSError(f"{directory} is a link or not a directory: refusing to write flight records there")
+    if hasattr(os, "geteuid") and info.st_uid != os.geteuid() and info.st_mode & (stat.S_IWOTH | stat.S_IWGRP):
+        raise OSError(f"{directory} belongs to another user and others may write to it: choose another directory")
 
 
 def _as_record(entry: list[Any]) -> dict[str, Any]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import stat
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,24 +20,95 @@ from typing import Any
 
 Record = dict[str, Any]
 
+MAX_FILE_BYTES = 256 * 2**20
+"""A dump larger than this is not read (a ring of the default 4096 calls takes about 2 MB)."""
+MAX_WORLD_SIZE = 2**20
+STATES = ("started", "completed", "failed")
+_CALL_FIELDS: dict[str, tuple[type, ...]] = {
+    "group": (str,), "seq": (int,), "op": (str,), "data": (str,), "detail": (str,), "state": (str,),
+    "file": (str, type(None)), "line": (int, type(None)), "function": (str, type(None)),
+    "error": (str, type(None)), "duration_ms": (int, float, type(None)),
+}  # fmt: skip
 
-def load(directory: str | Path) -> tuple[dict[int, Record], dict[int, list[Record]]]:
-    """Every rank's dump header and call records in ``directory`` (the newest dump per rank)."""
-    headers: dict[int, Record] = {}
-    calls: dict[int, list[Record]] = {}
+
+class TraceError(Exception):
+    """The records cannot give a verdict as asked (none, or several jobs and none chosen)."""
+
+
+def read_dump(path: Path) -> tuple[Record, list[Record]]:
+    """One rank's dump: its header and call records, checked field by field.
+
+    Raises ``ValueError`` saying what is wrong; a path that is not a regular file (a
+    link, a FIFO, a device) is never opened, so it cannot hang or flood the reader.
+    """
+    info = os.lstat(path)
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError("not a regular file (a link, FIFO or device is never read)")
+    if info.st_size > MAX_FILE_BYTES:
+        raise ValueError(f"{info.st_size} bytes, over the {MAX_FILE_BYTES}-byte limit of a dump")
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    with os.fdopen(os.open(path, flags), "rb") as handle:
+        text = handle.read(MAX_FILE_BYTES + 1).decode("utf-8", errors="replace")
+    lines = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                value = json.loads(line)
+            except (ValueError, RecursionError) as error:
+                raise ValueError(f"line {number} is not JSON ({type(error).__name__})") from None
+            if not isinstance(value, dict):
+                raise ValueError(f"line {number} is not a record")
+            lines.append(value)
+    if not lines or lines[0].get("kind") != "header":
+        raise ValueError("it does not start with a header")
+    header = lines[0]
+    rank, world_size = header.get("rank"), header.get("world_size")
+    if not (_is_int(world_size) and 1 <= world_size <= MAX_WORLD_SIZE and _is_int(rank) and 0 <= rank < world_size):
+        raise ValueError(f"its header has rank {rank!r} of world_size {world_size!r}")
+    if not isinstance(header.get("job", "job"), str) or not isinstance(header.get("wall_time", 0), (int, float)):
+        raise ValueError("its header's job or wall_time is malformed")
+    calls = []
+    for number, record in enumerate(lines[1:], 2):
+        if record.get("kind") != "call":
+            continue
+        for field, kinds in _CALL_FIELDS.items():
+            value = record.get(field)
+            if not isinstance(value, kinds) or isinstance(value, bool):
+                raise ValueError(f"line {number}: {field} is {value!r:.40}")
+        if record["state"] not in STATES or record["seq"] < 1:
+            raise ValueError(f"line {number}: state {record['state']!r:.20}, seq {record['seq']}")
+        calls.append(record)
+    return header, calls
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def load(
+    directory: str | Path, job: str | None = None, skipped: list[str] | None = None
+) -> tuple[dict[int, Record], dict[int, list[Record]]]:
+    """Every rank's dump header and call records in ``directory`` (the newest dump per rank) of
+    one job: ``job``, or the only one there. Files that cannot be read are listed in
+    ``skipped`` (when given) with the reason; several jobs and none chosen is a :class:`TraceError`."""
+    dumps: dict[str, dict[int, tuple[Record, list[Record]]]] = {}
     for path in sorted(Path(directory).glob("*.jsonl")):
         try:
-            lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        except (OSError, ValueError):
+            header, calls = read_dump(path)
+        except (OSError, ValueError) as error:
+            if skipped is not None:
+                skipped.append(f"{path.name}: {error}")
             continue
-        if not lines or lines[0].get("kind") != "header":
+        by_rank = dumps.setdefault(str(header.get("job", "job")), {})
+        rank = header["rank"]
+        if rank in by_rank and by_rank[rank][0].get("wall_time", 0) > header.get("wall_time", 0):
             continue
-        header, rank = lines[0], int(lines[0]["rank"])
-        if rank in headers and headers[rank].get("wall_time", 0) > header.get("wall_time", 0):
-            continue
-        headers[rank] = {**header, "path": str(path)}
-        calls[rank] = [line for line in lines[1:] if line.get("kind") == "call"]
-    return headers, calls
+        by_rank[rank] = ({**header, "path": str(path)}, calls)
+    if job is None and len(dumps) > 1:
+        listing = "; ".join(f"{name} (ranks {_ranks(sorted(ranks))})" for name, ranks in sorted(dumps.items()))
+        raise TraceError(f"records of {len(dumps)} jobs are in {directory}: {listing}; choose one with --job")
+    chosen = dumps.get(job, {}) if job is not None else next(iter(dumps.values()), {})
+    return {rank: header for rank, (header, _) in chosen.items()}, {rank: calls for rank, (_, calls) in chosen.items()}
 
 
 def where(record: Record) -> str:
@@ -132,17 +205,36 @@ def _ranks(ranks: Sequence[int]) -> str:
     return ", ".join(map(str, ranks)) or "none"
 
 
+def has_problem(verdict: dict[str, Any]) -> bool:
+    """Whether the verdict finds anything wrong: a rank without records, a difference, a call
+    that did not complete, or a rank behind the others."""
+    return bool(verdict["ranks_without_records"]) or any(
+        group["first_difference"] or group["unfinished"] or group["behind"] for group in verdict["groups"]
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Exit 0 when every recorded call completed on every rank, 1 when the records show a
+    problem, 2 when there is no verdict to give (no records, several jobs and none chosen)."""
     parser = argparse.ArgumentParser(prog="python -m distcomm trace", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("directory", help="the flight recorder's directory (default ./distcomm-flight-records)")
+    parser.add_argument("directory", help="the flight recorder's directory (default ./distcomm-flight-records/<job>)")
     parser.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    parser.add_argument("--job", help="the job to read, where the directory holds records of several")
     args = parser.parse_args(argv)
     if not Path(args.directory).is_dir():
         parser.error(f"{args.directory} is not a directory")
-    headers, calls = load(args.directory)
+    skipped: list[str] = []
+    try:
+        headers, calls = load(args.directory, args.job, skipped)
+    except TraceError as error:
+        print(error, file=sys.stderr)
+        return 2
+    for note in skipped:
+        print(f"skipped {note}", file=sys.stderr)
     if not headers:
-        print(f"no flight records (*.jsonl) in {args.directory}", file=sys.stderr)
-        return 1
+        wanted = f" of job {args.job!r}" if args.job else ""
+        print(f"no flight records{wanted} (*.jsonl) in {args.directory}", file=sys.stderr)
+        return 2
     verdict = analyse(headers, calls)
     print(json.dumps(verdict, indent=2) if args.json else render(verdict, args.directory))
-    return 0
+    return 1 if has_problem(verdict) else 0
