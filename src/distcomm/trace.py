@@ -16,7 +16,7 @@ import stat
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 Record = dict[str, Any]
 
@@ -81,7 +81,7 @@ def read_dump(path: Path) -> tuple[Record, list[Record]]:
     return header, calls
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
