@@ -259,13 +259,6 @@ class TorchDistCommunicator(Communicator):
             raise DistCommError(
                 "the default process group already exists: wrap it with TorchDistCommunicator() instead"
             )
-        launched = os.environ.get("WORLD_SIZE", "").strip()
-        if init_method.startswith("env:") and launched.isdigit() and int(launched) != world_size:
-            raise ConfigurationError(
-                f"the launcher started WORLD_SIZE={launched} processes but world_size={world_size} was asked "
-                "for: make them agree (or leave world_size out to take the launcher's)"
-            )
-        check_rendezvous_file(init_method)
         if init_method == "env://":
             missing = [name for name in _ENV_RENDEZVOUS_VARIABLES if not os.environ.get(name)]
             if missing:
@@ -274,6 +267,13 @@ class TorchDistCommunicator(Communicator):
                     "with torchrun, or export them, or pass init_method='tcp://HOST:PORT' or 'file:///path'"
                 )
         timeout = as_timeout(timeout)
+        launched = os.environ.get("WORLD_SIZE", "").strip()
+        if init_method.startswith("env:") and launched.isdigit() and int(launched) != world_size:
+            raise ConfigurationError(
+                f"the launcher started WORLD_SIZE={launched} processes but world_size={world_size} was asked "
+                "for: make them agree (or leave world_size out to take the launcher's)"
+            )
+        check_rendezvous_file(init_method)
         local_rank = local_rank if local_rank is not None else local_rank_from_environment(rank)
         device_id = None
         if backend == "nccl":

@@ -48,6 +48,7 @@ def test_a_failing_rank_is_reported_with_its_traceback_and_the_world_recovers(di
 
 def test_a_hung_rank_is_killed_and_its_stack_reported() -> None:
     with World(2, timeout=5) as world:
+        world.run(rank_and_size)  # the ranks import this module now, not inside the timed call
         started = time.monotonic()
         outcomes = world.run_outcomes(sleeps_forever_on_rank_0, timeout=1.0)
         assert time.monotonic() - started < 5
