@@ -89,6 +89,10 @@ def exchange(comm: Communicator, obj: Any, operation: str, device: DeviceLike = 
     """Every rank's encoded ``obj``, in rank order (not yet decoded)."""
     payload, refusal = encode(comm, obj, operation)
     target = target_device(comm, device, operation)
+    if comm.world_size == 1:  # no other rank: the payload was still made, so what cannot travel fails here too
+        if refusal is not None:
+            raise InconsistentInputError(explain(operation, [(payload.decode(errors="replace"), ())])) from refusal
+        return [payload]
     body = slot_body(payload, body_room(comm.world_size), refused=refusal is not None)
     opening = open_call(comm, operation, step, body, device=target)
     slots = [read_body(comm, opening, rank, operation) for rank in range(comm.world_size)]
@@ -127,6 +131,10 @@ def broadcast_object(
             payload, refusal = problem.encode(), InvalidArgumentError(problem)
         else:
             payload, refusal = encode(comm, obj, operation)
+    if comm.world_size == 1:  # the only rank is the source: its object, once it has shown it can travel
+        if refusal is not None:
+            raise InconsistentInputError(explain(operation, [(payload.decode(errors="replace"), ())])) from refusal
+        return obj
     body = slot_body(payload, body_room(comm.world_size), refused=refusal is not None)
     opening = open_call(comm, operation, f"object from {src}", body, device=target)
     length, head = read_body(comm, opening, src, operation)
