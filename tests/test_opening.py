@@ -134,3 +134,37 @@ def test_above_sixteen_ranks_the_smaller_slot_still_meets_every_call() -> None:
         outcomes = {seen[index] for seen in per_rank}
         assert len(outcomes) == 1 and next(iter(outcomes))[0] == "InconsistentInputError", (pair, outcomes)
     assert all(seen[-1] == ("in step", 17.0) for seen in per_rank)
+
+
+LONE_TENSOR_CASES: dict[str, Callable[[Communicator], Any]] = {
+    "all_reduce sum": lambda c: c.all_reduce(torch.ones(16)),
+    "all_reduce max": lambda c: c.all_reduce(torch.ones(16), "max"),
+    "all_reduce float64": lambda c: c.all_reduce(torch.ones(8, dtype=torch.float64)),
+    "all_reduce_async": lambda c: c.all_reduce_async(torch.ones(16)).wait(),
+    "broadcast_async": lambda c: c.broadcast_async(torch.ones(16)).wait(),
+    "same_shape gather": lambda c: c.all_gather(torch.ones(16), same_shape=True),
+    "barrier": lambda c: c.barrier(),
+}
+"""The paths that send a lone tensor as it is (no opening), and one that opens."""
+
+
+def lone_tensor_pairs_checked(comm: Communicator, pairs: list[tuple[str, str]]) -> list[Any]:
+    c = CheckedCommunicator(comm, timeout=10)
+    seen = []
+    for first, second in pairs:
+        try:
+            LONE_TENSOR_CASES[first if c.rank % 2 == 0 else second](c)
+            seen.append("returned")
+        except CollectiveMismatchError as error:
+            seen.append(re.sub(r"^\w+ failed on rank \d+: ", "", str(error)))
+    seen.append(comm.all_reduce(torch.ones(1)).item())
+    return seen
+
+
+def test_checking_catches_every_pair_that_torch_cannot_tell_apart(dist_world) -> None:
+    pairs = list(itertools.permutations(LONE_TENSOR_CASES, 2))
+    per_rank = dist_world(2).run(lone_tensor_pairs_checked, pairs, timeout=240)
+    for index, pair in enumerate(pairs):
+        outcomes = {seen[index] for seen in per_rank}
+        assert len(outcomes) == 1 and "ranks made different collective calls" in next(iter(outcomes)), (pair, outcomes)
+    assert [seen[-1] for seen in per_rank] == [2.0, 2.0]

@@ -110,3 +110,61 @@ def oversized_object(comm):
 def test_an_object_over_the_limit_fails_on_every_rank(dist_world) -> None:
     outcomes = dist_world(2).run_outcomes(oversized_object)
     assert all("over the codec's limit of 1000 bytes" in str(o.error) for o in outcomes), outcomes
+
+
+# ------------------------------------------- every nested collective under safe mode
+
+
+def nested_collectives(comm, safe: bool):
+    """Every collective that carries nested data, with every container kind plain mode carries."""
+    import collections
+
+    if safe:
+        comm.object_codec = RestrictedCodec()
+    r = comm.rank
+    data = {
+        "ordered": collections.OrderedDict(t=torch.full((2,), float(r)), n=r),
+        "counter": collections.Counter(a=r + 1, b=2),
+        "default": collections.defaultdict(list, {"x": 1.0 * r}),
+        "list": [torch.ones(1) * r, (r, 2.5)],
+        "deque": collections.deque([r, "x"]),
+    }
+    reducible = {k: v for k, v in data.items() if k != "deque"}
+    reduced = comm.all_reduce(reducible)
+    metrics = comm.reduce_dict({"loss": torch.tensor(float(r)), "c": collections.Counter(n=r)}, "sum")
+    gathered = comm.all_gather(data)
+    objects = comm.all_gather_object(data)
+    broadcast = comm.broadcast(collections.OrderedDict(w=torch.full((3,), float(r)), meta={"step": r}), src=1)
+    items = [None]
+    comm.broadcast_object_list(items, src=0) if r else comm.broadcast_object_list([data["counter"]], src=0)
+    filled = [data["ordered"]] if r == 0 else [None]
+    comm.broadcast_object_list(filled, src=0)
+    mine = comm.scatter_object([collections.OrderedDict(i=i) for i in range(comm.world_size)] if r == 0 else None)
+
+    def plain(value):  # types and values, comparable across modes and ranks
+        if isinstance(value, torch.Tensor):
+            return ("tensor", value.tolist())
+        if isinstance(value, dict):
+            extra = value.default_factory.__name__ if isinstance(value, collections.defaultdict) else None
+            return (type(value).__name__, extra, {k: plain(v) for k, v in value.items()})
+        if isinstance(value, (list, tuple, collections.deque)):
+            return (type(value).__name__, [plain(v) for v in value])
+        return (type(value).__name__, value)
+
+    return plain([reduced, metrics, gathered, objects, broadcast, filled, mine])
+
+
+@pytest.mark.parametrize("world_size", [2, 4])
+def test_every_nested_collective_gives_the_same_under_safe_mode(dist_world, world_size: int) -> None:
+    world = dist_world(world_size)
+    safe, plain = world.run(nested_collectives, True), world.run(nested_collectives, False)
+    assert safe == plain
+    reduced, _, gathered, objects, broadcast, filled, mine = plain[0][1]
+    n = world_size
+    assert reduced[2]["counter"] == ("Counter", None, {"a": ("int", n * (n + 1) // 2), "b": ("int", 2 * n)})
+    assert reduced[2]["default"] == ("defaultdict", "list", {"x": ("float", float(sum(range(n))))})
+    assert reduced[2]["ordered"][0] == "OrderedDict" and broadcast[0] == "OrderedDict"
+    assert broadcast[2]["w"] == ("tensor", [1.0, 1.0, 1.0])  # src=1's tensor, filled in place
+    assert gathered[1][1][2]["counter"] == ("Counter", None, {"a": ("int", 2), "b": ("int", 2)})
+    assert objects[1][0][2]["deque"] == ("deque", [("int", 0), ("str", "x")])
+    assert filled[1][0][0] == "OrderedDict" and mine == ("OrderedDict", None, {"i": ("int", 0)})
