@@ -102,3 +102,16 @@ def follow_in_world(comm):
 
 def test_in_a_real_world_the_default_group_is_followed(dist_world) -> None:
     assert dist_world(2).run(follow_in_world) == [(1, "TorchDistCommunicator", 2, 2)] * 2
+
+
+def the_active_one_is_inits_own(comm):
+    import distcomm
+    from distcomm import RestrictedCodec
+
+    comm.object_codec = RestrictedCodec()
+    active = distcomm.get_communicator()
+    return active.tensor_backend is comm.tensor_backend, type(active.object_codec).__name__
+
+
+def test_code_that_follows_the_default_group_talks_through_inits_communicator(dist_world) -> None:
+    assert dist_world(2).run(the_active_one_is_inits_own) == [(True, "RestrictedCodec")] * 2

@@ -195,3 +195,54 @@ def test_a_mismatch_is_named_not_mistaken_for_a_forgery() -> None:
             np.stack([forged_slot(2, "all_reduce layout", b"").numpy(), forged_slot(2, "all_gather_object objects", b"").numpy()]),
             "all_reduce", "layout", slot_bytes(2),
         )
+
+
+# ----------------------------------------------------- random slots over real ranks
+
+FUZZ_CALLS = {
+    "all_gather_object objects": lambda c: c.all_gather_object({"rank": c.rank}),
+    "all_reduce layout": lambda c: c.all_reduce({"a": 1.0, "b": 2}),
+    "all_gather tensor": lambda c: c.all_gather(torch.arange(3.0)),
+    "broadcast_object object from 1": lambda c: c.broadcast_object("from 1" if c.rank == 1 else None, src=1),
+}
+
+
+def fuzzed_call(comm, layout: str, seed: int, safe: bool) -> Any:
+    """Rank 1's first all_gather sends random or truncated bytes behind a valid prefix, then rank 1
+    goes on with the call as written, so both ranks read the same table and take the same path."""
+    if safe:
+        comm.object_codec = RestrictedCodec()
+    backend = comm.tensor_backend
+    if comm.rank == 1:
+        rng = random.Random(seed)
+        real = backend.all_gather
+
+        def forged_once(tensor, out=None):
+            backend.all_gather = real  # only the opening is forged
+            body, announced = random_body(rng, body_room(comm.world_size), HEADER_WORDS)
+            return real(forged_slot(comm.world_size, layout, body, announced=announced), out)
+
+        backend.all_gather = forged_once
+    try:
+        result = FUZZ_CALLS[layout](comm)
+        return ("returned", repr(result)[:200])
+    except DistCommError as error:
+        return (type(error).__name__, str(error)[:200])
+    except Exception as error:  # noqa: BLE001 (what the test must never see on the honest rank)
+        return ("RAW " + type(error).__name__, str(error)[:200])
+    finally:
+        backend.__dict__.pop("all_gather", None)
+
+
+@pytest.mark.parametrize("safe", [False, True], ids=["pickle", "safe"])
+def test_random_slots_from_a_real_peer_never_give_the_honest_rank_a_raw_error(dist_world, safe: bool) -> None:
+    seen: dict[str, int] = {}
+    for layout in FUZZ_CALLS:
+        for seed in range(25):
+            honest, _ = dist_world(2).run(fuzzed_call, layout, seed, safe)
+            kind = honest[0]
+            seen[kind] = seen.get(kind, 0) + 1
+            assert not kind.startswith("RAW"), (layout, seed, honest)
+            if kind == "returned" and layout != "broadcast_object object from 1":
+                assert "'rank': 0" in honest[1] or "1.0" in honest[1] or "tensor" in honest[1], (layout, seed, honest)
+    assert seen.get("WireFormatError", 0) > 20, seen

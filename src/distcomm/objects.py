@@ -2,15 +2,16 @@
 
 An object travels in the call's opening slot (:mod:`distcomm.opening`): an 8-byte
 little-endian length, then as much of the payload as fits. Payloads that fit (most of
-them) take one collective; larger ones take a second for the rest. A rank that cannot send its object (unpicklable, too large,
-a bad argument) sends the reason instead, with the length negated, so every rank raises
-the same error instead of some of them waiting forever.
+them) take one collective; larger ones take a second for the rest. A rank that cannot
+send its object (unpicklable, too large, a bad argument) sends the reason instead, with
+the length negated, so every rank raises the same error instead of some of them
+waiting forever.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import torch
 
@@ -59,10 +60,18 @@ def encode(comm: Communicator, obj: Any, operation: str) -> tuple[bytes, Invalid
 
 
 def slot_body(payload: bytes, room: int, *, refused: bool = False) -> bytes:
-    """An object's opening body: its length (negated for a refusal), then as much as fits."""
-    head = payload[: room - LENGTH_BYTES] if not refused else (payload[: room - LENGTH_BYTES] or b"?")
+    """An object's opening body: its length, then as much as fits; for a refusal, the negated
+    length of the reason, then the reason (cut to fit)."""
+    head = payload[: room - LENGTH_BYTES]
+    if refused:
+        head = head or b"?"
     length = -len(head) if refused else len(payload)
     return length.to_bytes(LENGTH_BYTES, "little", signed=True) + head
+
+
+def raise_refusals(operation: str, reasons: list[str | None], refusal: BaseException | None) -> NoReturn:
+    """Raise, on every rank alike, the error that names each rank's reason for not taking part."""
+    raise InconsistentInputError(explain(operation, [(reason, ()) for reason in reasons])) from refusal
 
 
 def read_body(comm: Communicator, opening: Opening, rank: int, operation: str) -> tuple[int, bytes]:
@@ -91,14 +100,13 @@ def exchange(comm: Communicator, obj: Any, operation: str, device: DeviceLike = 
     target = target_device(comm, device, operation)
     if comm.world_size == 1:  # no other rank: the payload was still made, so what cannot travel fails here too
         if refusal is not None:
-            raise InconsistentInputError(explain(operation, [(payload.decode(errors="replace"), ())])) from refusal
+            raise_refusals(operation, [payload.decode(errors="replace")], refusal)
         return [payload]
     body = slot_body(payload, body_room(comm.world_size), refused=refusal is not None)
     opening = open_call(comm, operation, step, body, device=target)
     slots = [read_body(comm, opening, rank, operation) for rank in range(comm.world_size)]
     if any(length < 0 for length, _ in slots):
-        problems = [head.decode(errors="replace") if length < 0 else None for length, head in slots]
-        raise InconsistentInputError(explain(operation, [(p, ()) for p in problems])) from refusal
+        raise_refusals(operation, [head.decode(errors="replace") if length < 0 else None for length, head in slots], refusal)
     if all(len(head) == length for length, head in slots):
         return [head for _, head in slots]
     longest = max(length for length, _ in slots)
@@ -133,14 +141,14 @@ def broadcast_object(
             payload, refusal = encode(comm, obj, operation)
     if comm.world_size == 1:  # the only rank is the source: its object, once it has shown it can travel
         if refusal is not None:
-            raise InconsistentInputError(explain(operation, [(payload.decode(errors="replace"), ())])) from refusal
+            raise_refusals(operation, [payload.decode(errors="replace")], refusal)
         return obj
     body = slot_body(payload, body_room(comm.world_size), refused=refusal is not None)
     opening = open_call(comm, operation, f"object from {src}", body, device=target)
     length, head = read_body(comm, opening, src, operation)
     if length < 0:
-        message = explain(operation, [(head.decode(errors="replace") if rank == src else None, ()) for rank in range(comm.world_size)])
-        raise InconsistentInputError(message) from refusal
+        reason = head.decode(errors="replace")
+        raise_refusals(operation, [reason if rank == src else None for rank in range(comm.world_size)], refusal)
     if len(head) < length:
         rest = torch.empty(length - len(head), dtype=torch.uint8, device=target)
         if comm.rank == src:
