@@ -30,9 +30,12 @@ def test_collective_error_names_operation_rank_and_cause_and_pickles() -> None:
 
 
 class _FailingGathers(LocalBackend):
-    """A world of one whose gather primitive fails, as a lost peer would make it."""
+    """Rank 0 of a world of two whose gather primitive fails, as a lost peer would make it
+    (over one rank, object collectives exchange nothing)."""
 
-    def all_gather(self, tensor):
+    world_size = 2
+
+    def all_gather(self, tensor, out=None):
         raise CollectiveError("all_gather", 0, "connection closed by peer")
 
 
@@ -58,9 +61,7 @@ def test_inconsistent_input_is_an_invalid_argument() -> None:
 
 
 class _FailingPeers(_FailingGathers):
-    """A world of two whose gather primitive fails: the agreement step of a reduction fails."""
-
-    world_size = 2
+    """The same world: the agreement step of a reduction fails."""
 
 
 def test_a_failed_agreement_is_reported_under_the_reduction() -> None:
