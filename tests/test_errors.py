@@ -10,9 +10,9 @@ from distcomm import (
     DistCommError,
     InconsistentInputError,
     InvalidArgumentError,
-    Communicator,
 )
 from distcomm.local import LocalBackend
+from transports import BackendCommunicator
 
 
 def test_hierarchy_lets_old_code_keep_catching() -> None:
@@ -30,9 +30,12 @@ def test_collective_error_names_operation_rank_and_cause_and_pickles() -> None:
 
 
 class _FailingGathers(LocalBackend):
-    """A world of one whose gather primitive fails, as a lost peer would make it."""
+    """Rank 0 of a world of two whose gather primitive fails, as a lost peer would make it
+    (over one rank, object collectives exchange nothing)."""
 
-    def all_gather(self, tensor):
+    world_size = 2
+
+    def all_gather(self, tensor, out=None):
         raise CollectiveError("all_gather", 0, "connection closed by peer")
 
 
@@ -47,7 +50,7 @@ class _FailingGathers(LocalBackend):
 )
 def test_a_failed_step_is_reported_under_the_method_the_caller_called(method, call) -> None:
     with pytest.raises(CollectiveError) as raised:
-        call(Communicator(_FailingGathers()))
+        call(BackendCommunicator(_FailingGathers()))
     assert raised.value.operation == method
     assert str(raised.value) == f"{method} failed on rank 0: its all_gather step failed: connection closed by peer"
     assert isinstance(raised.value.__cause__, CollectiveError)
@@ -58,16 +61,14 @@ def test_inconsistent_input_is_an_invalid_argument() -> None:
 
 
 class _FailingPeers(_FailingGathers):
-    """A world of two whose gather primitive fails: the agreement step of a reduction fails."""
-
-    world_size = 2
+    """The same world: the agreement step of a reduction fails."""
 
 
 def test_a_failed_agreement_is_reported_under_the_reduction() -> None:
     with pytest.raises(CollectiveError, match="^all_reduce failed on rank 0: its all_gather step failed"):
-        Communicator(_FailingPeers()).all_reduce({"loss": 1.0})
+        BackendCommunicator(_FailingPeers()).all_reduce({"loss": 1.0})
     with pytest.raises(CollectiveError, match="^reduce_dict failed on rank 0: its all_gather step failed"):
-        Communicator(_FailingPeers()).reduce_dict({"loss": 1.0})
+        BackendCommunicator(_FailingPeers()).reduce_dict({"loss": 1.0})
 
 
 def test_errors_are_filed_by_when_they_happen() -> None:

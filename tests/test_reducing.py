@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from distcomm import LocalCommunicator
+from transports import BackendCommunicator
 
 
 def many_leaves(comm):
@@ -101,7 +102,6 @@ def test_small_dicts_reduced_with_their_agreement_give_every_op(dist_world, worl
 
 
 def collectives_of_a_small_dict(comm):
-    from distcomm import Communicator
     from distcomm.torch_dist import TorchDistBackend
 
     calls = []
@@ -115,7 +115,7 @@ def collectives_of_a_small_dict(comm):
             calls.append("all_gather")
             return super().all_gather(tensor, out)
 
-    counting = Communicator(Counting())
+    counting = BackendCommunicator(Counting())
     small = counting.reduce_dict({f"m{i}": torch.tensor(float(i)) for i in range(50)})
     first = list(calls)
     calls.clear()

@@ -38,13 +38,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from distcomm.errors import CollectiveError
-from distcomm.hooks import Hook
+from distcomm.errors import CollectiveError, ConfigurationError
+from distcomm.hooks import COMPLETED, END, FAILED, STARTED, STATE, Hook, HookRegistry, Recorder
+from distcomm.job_environment import identity_from_environment, job_name
 
 if TYPE_CHECKING:
     from types import CodeType, FrameType
-
-    from distcomm.communicator import Communicator
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +58,6 @@ WATCHDOG_VARIABLE = "DISTCOMM_FLIGHT_RECORDER_WATCHDOG"
 DEFAULT_SIZE = 4096
 DEFAULT_DIRECTORY = "distcomm-flight-records"
 
-STARTED, COMPLETED, FAILED = "started", "completed", "failed"
 _getframe, _now, _Tensor = sys._getframe, time.monotonic_ns, torch.Tensor  # looked up on every call
 
 
@@ -69,17 +67,16 @@ _PACKAGE_DIRECTORY = str(Path(__file__).resolve().parent)
 # An entry is a list, filled at the start and completed at the end (cheaper than an object);
 # a collective's wrapper completes a successful one itself, at END and STATE.
 _GROUP, _SEQ, _CALL, _DTYPE, _SHAPE, _DETAIL, _CODE, _LINE, _START, _END, _STATE, _ERROR = range(12)
-END, STATE = _END, _STATE
+assert (_END, _STATE) == (END, STATE)  # the wrapper completes entries at the places the hooks module names
 
 
-class FlightRecorder(Hook):
+class FlightRecorder(Recorder):
     """A ring buffer of this process's last collectives, and the dumps written from it.
 
     Communicators record into :func:`default_recorder` unless told otherwise; attach
     another with ``comm.register_hook(FlightRecorder(...))``.
     """
 
-    order = -100  # outermost: it sees every call start, and every failure, checks included
 
     def __init__(
         self,
@@ -93,7 +90,7 @@ class FlightRecorder(Hook):
         signum = None if dump_signal is None else parse_signal(dump_signal)
         self.entries: collections.deque[list[Any]] = collections.deque(maxlen=size)
         self._append = self.entries.append
-        self.directory = directory or os.environ.get(DIRECTORY_VARIABLE) or Path.cwd() / DEFAULT_DIRECTORY / _job_name()
+        self.directory = directory or os.environ.get(DIRECTORY_VARIABLE) or Path.cwd() / DEFAULT_DIRECTORY / job_name()
         self._groups: dict[str, tuple[str, Iterator[int]]] = {}
         self._lock = threading.Lock()
         self.watchdog_seconds: float | None = None
@@ -174,7 +171,7 @@ class FlightRecorder(Hook):
         if isinstance(error, CollectiveError):
             self.dump(f"{entry[_CALL][0]} #{entry[_SEQ]} failed: {error}")
 
-    def for_split(self, child: Communicator) -> Hook | None:
+    def for_split(self, child: HookRegistry) -> Hook | None:
         return None  # a split communicator records into its parent's recorder, passed on directly
 
     # ------------------------------------------------------------------- reading
@@ -203,9 +200,9 @@ class FlightRecorder(Hook):
             rank, world_size = _identity()
             directory = self.directory
             _check_directory(directory)
-            path = directory / f"{_job_name()}-rank{rank}.jsonl"
+            path = directory / f"{job_name()}-rank{rank}.jsonl"
             header = {
-                "kind": "header", "rank": rank, "world_size": world_size, "job": _job_name(), "host": socket.gethostname(),
+                "kind": "header", "rank": rank, "world_size": world_size, "job": job_name(), "host": socket.gethostname(),
                 "pid": os.getpid(), "reason": reason, "wall_time": time.time(), "monotonic_ns": time.monotonic_ns(),
             }  # fmt: skip
             lines = [json.dumps(header)] + [json.dumps(record) for record in self.records()]
@@ -262,24 +259,16 @@ def _detail_text(name: str, value: Any) -> str:
 
 
 def _identity() -> tuple[int, int]:
-    """This process's global rank and the world size, as torch.distributed or the launcher says."""
+    """This process's global rank and the world size, as torch.distributed or the launcher says
+    (0 of 1 where neither says)."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
-    for rank_name, size_name in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS"), ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE")):
-        rank, size = os.environ.get(rank_name, ""), os.environ.get(size_name, "")
-        if rank.isdigit() and size.isdigit():
-            return int(rank), int(size)
-    return 0, 1
-
-
-def _job_name() -> str:
-    for name in ("DISTCOMM_JOB", "SLURM_JOB_ID", "LSB_JOBID", "TORCHELASTIC_RUN_ID"):
-        value = os.environ.get(name)
-        if value:
-            return "".join(c if c.isalnum() or c in "-_." else "_" for c in value)
-    return "job"
+    try:
+        return identity_from_environment()
+    except ConfigurationError:
+        return 0, 1
 
 
 class _Watchdog(threading.Thread):

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from distcomm.agreement import digest64
+from distcomm.mismatch import digest64
 from distcomm.conversion import describe
 from distcomm.nested import flatten
 from distcomm.ops import ReduceOpLike, parse_reduce_op

@@ -18,12 +18,15 @@ class CommunicatorView(Communicator):
     def __init__(self, inner: Communicator, hook: Hook) -> None:
         if not isinstance(inner, Communicator):
             raise TypeError(f"{type(self).__name__} wraps a Communicator, got {type(inner).__name__}")
-        super().__init__(inner.tensor_backend)
         self.inner = inner
-        self._state = inner._state
+        super().__init__()
+        self._state, self._channel, self._device_types = inner._state, inner._channel, inner._device_types
         self._hooks = inner._hooks
         self._recorder, self._record_group = inner._recorder, inner._record_group
         self.register_hook(hook)
+
+    def _open_backend(self) -> Backend:
+        return self.inner.tensor_backend
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.inner!r})"
