@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
+from transports import BackendCommunicator
 
 import distcomm
 from distcomm import (
@@ -22,7 +23,6 @@ from distcomm import (
     register_safe_class,
 )
 from distcomm.torch_dist import TorchDistBackend
-from transports import BackendCommunicator
 
 
 class CountingBackend(TorchDistBackend):

@@ -2,6 +2,7 @@ import pickle
 
 import pytest
 import torch
+from transports import BackendCommunicator
 
 from distcomm import (
     CollectiveError,
@@ -12,7 +13,6 @@ from distcomm import (
     InvalidArgumentError,
 )
 from distcomm.local import LocalBackend
-from transports import BackendCommunicator
 
 
 def test_hierarchy_lets_old_code_keep_catching() -> None:

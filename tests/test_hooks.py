@@ -7,14 +7,15 @@ import os
 
 import pytest
 import torch
+from transports import BackendCommunicator
 
 import distcomm
 from distcomm import (
     CheckedCommunicator,
     CheckHook,
     ClosedCommunicatorError,
-    FlightRecorder,
     Communicator,
+    FlightRecorder,
     Hook,
     InvalidArgumentError,
     LocalCommunicator,
@@ -22,7 +23,6 @@ from distcomm import (
     ProfileHook,
 )
 from distcomm.hooks import COLLECTIVES, Call
-from transports import BackendCommunicator
 
 
 class Recorder(Hook):

@@ -3,6 +3,8 @@
 Ranks first agree on which tensors take part (key path, dtype, shape), so a rank that
 passes a tensor where ``src`` does not, or another shape, raises on every rank instead
 of reading bytes meant as something else.
+
+Tested with the communicator's broadcasts: tests/test_collectives.py, tests/test_agreement.py, tests/test_opening.py.
 """
 
 from __future__ import annotations

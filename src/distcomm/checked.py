@@ -21,11 +21,11 @@ from typing import Any
 import torch.distributed as dist
 
 from distcomm.communicator import Communicator
-from distcomm.view import CommunicatorView
 from distcomm.errors import CollectiveError, CollectiveMismatchError
 from distcomm.hooks import Call, Hook, HookRegistry
 from distcomm.objects import all_gather_objects
 from distcomm.rules import as_timeout
+from distcomm.view import CommunicatorView
 
 logger = logging.getLogger(__name__)
 

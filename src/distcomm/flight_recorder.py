@@ -38,9 +38,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from distcomm.conversion import dtype_name
+from distcomm.dump_signal import dump_on_signal, parse_signal
 from distcomm.errors import CollectiveError, ConfigurationError
 from distcomm.hooks import COMPLETED, END, FAILED, STARTED, STATE, Hook, HookRegistry, Recorder
 from distcomm.job_environment import identity_from_environment, job_name
+from distcomm.rules import environment_flag
 
 if TYPE_CHECKING:
     from types import CodeType, FrameType
@@ -107,7 +110,7 @@ class FlightRecorder(Recorder):
         parsed = parse_signal(signum)
         if parsed is None:
             return False
-        if self.dump_signal != parsed and _dump_on_signal(self, parsed):
+        if self.dump_signal != parsed and dump_on_signal(self, parsed):
             self.dump_signal = parsed
         return self.dump_signal == parsed
 
@@ -126,7 +129,7 @@ class FlightRecorder(Recorder):
         if not seconds > 0:
             raise ValueError(f"the watchdog needs a positive number of seconds, got {seconds!r}")
         if self.watchdog_seconds is None:
-            _Watchdog(self, seconds).start()
+            _Watchdog(self).start()
         self.watchdog_seconds = seconds
 
     # ------------------------------------------------------------------ recording
@@ -235,7 +238,7 @@ def _check_directory(directory: Path) -> None:
 
 def _as_record(entry: list[Any]) -> dict[str, Any]:
     if entry[_SHAPE] is not None:
-        data = f"{str(entry[_DTYPE]).removeprefix('torch.')}{list(entry[_SHAPE])}"
+        data = f"{dtype_name(entry[_DTYPE])}{list(entry[_SHAPE])}"
     else:
         data = entry[_DTYPE].__name__
     code: CodeType | None = entry[_CODE]
@@ -272,9 +275,9 @@ def _identity() -> tuple[int, int]:
 
 
 class _Watchdog(threading.Thread):
-    """Dumps once for each call that has been in flight longer than ``seconds``."""
+    """Dumps once for each call in flight longer than the recorder's ``watchdog_seconds``."""
 
-    def __init__(self, recorder: FlightRecorder, seconds: float) -> None:
+    def __init__(self, recorder: FlightRecorder) -> None:
         super().__init__(name="distcomm-flight-watchdog", daemon=True)
         self.recorder = recorder
 
@@ -302,8 +305,7 @@ def default_recorder() -> FlightRecorder | None:
     global _default
     if _default is not None:
         return _default
-    value = os.environ.get(SWITCH, "1").strip().lower()
-    if value in ("0", "false", "no", "off"):
+    if not environment_flag(SWITCH, default=True):
         return None
     with _default_lock:
         if _default is None:
@@ -336,89 +338,10 @@ def _is_number(text: str) -> bool:
     return False
 
 
-def parse_signal(value: str | int) -> signal.Signals | None:
-    """The signal ``value`` names (``"SIGUSR2"``, ``"USR2"``, ``12``); ``None`` for none (``""``, ``"0"``, ``"none"``)."""
-    if isinstance(value, str):
-        text = value.strip().upper()
-        if text in ("", "0", "NONE", "OFF", "NO", "FALSE"):
-            return None
-        if text.isdigit():
-            value = int(text)
-        else:
-            name = text if text.startswith("SIG") else f"SIG{text}"
-            if not hasattr(signal, name):
-                raise ValueError(f"no signal is named {value!r} here; name one such as SIGUSR2, or none")
-            return signal.Signals(getattr(signal, name))
-    try:
-        return signal.Signals(value)
-    except ValueError:
-        raise ValueError(f"{value!r} is not a signal number here; name one such as SIGUSR2, or none") from None
-
-
-def _dump_on_signal(recorder: FlightRecorder, signum: signal.Signals) -> bool:
-    """Dump when ``signum`` arrives, also while the main thread is blocked inside a collective;
-    whether it was installed.
-
-    Python runs signal handlers only between bytecodes of the main thread, which a rank
-    stuck in a collective never reaches; the signal's wake-up byte, written by the C
-    handler, reaches a helper thread that writes the dump. Nothing is installed (and a
-    warning says so) where the application handles ``signum`` itself, already uses the
-    wake-up file, or this is not the main thread.
-    """
-    global _listening
-    if _listening is not None or threading.current_thread() is not threading.main_thread():
-        logger.warning("flight record dumps on %s not installed: %s", signum.name,
-                       "one is already installed" if _listening is not None else "not in the main thread")  # fmt: skip
-        return False
-    if signal.getsignal(signum) not in (signal.SIG_DFL, None):
-        logger.warning("flight record dumps on %s not installed: the application handles that signal", signum.name)
-        return False
-    read_end, write_end = os.pipe()
-    os.set_blocking(write_end, False)
-    try:
-        previous = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
-    except (ValueError, OSError):
-        previous = None
-    if previous != -1:  # it could not be set, or someone else listens there: leave it to them
-        if previous is not None:
-            signal.set_wakeup_fd(previous)
-        os.close(read_end)
-        os.close(write_end)
-        logger.warning("flight record dumps on %s not installed: the signal wake-up file is in use", signum.name)
-        return False
-    signal.signal(signum, _ignore)
-    _listening = signum
-
-    def listen() -> None:
-        while True:
-            try:
-                received = os.read(read_end, 64)
-            except OSError:
-                return
-            if signum in received:
-                recorder.dump(signum.name)
-
-    threading.Thread(target=listen, name="distcomm-flight-signal", daemon=True).start()
-    return True
-
-
-_listening: signal.Signals | None = None
-"""The signal this process listens for, if any (then a forked child must not inherit the pipe)."""
-
-
-def _ignore(signum: int, frame: object) -> None:
-    """The Python-level handler of the dump signal: the listening thread does the work."""
-
-
 def _after_fork_in_child() -> None:
-    """A forked child starts with no recorder: the parent's records and signal pipe are not its own."""
-    global _default, _default_lock, _listening
+    """A forked child starts with no recorder: the parent's records are not its own."""
+    global _default, _default_lock
     _default_lock = threading.Lock()  # another thread may have held it at the fork
-    if _listening is not None:
-        with contextlib.suppress(ValueError, OSError):
-            signal.set_wakeup_fd(-1)
-            signal.signal(_listening, signal.SIG_DFL)
-        _listening = None
     _default = None
 
 

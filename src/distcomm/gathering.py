@@ -16,10 +16,10 @@ import numpy as np
 import torch
 
 from distcomm.agreement import exchange_claims
-from distcomm.mismatch import by_rank, explain
 from distcomm.conversion import describe, dtype_name
 from distcomm.errors import InconsistentInputError, InvalidArgumentError, WireFormatError
 from distcomm.handles import CompletedHandle, Handle, ThenHandle
+from distcomm.mismatch import by_rank, explain
 from distcomm.nested import flatten, is_container, unflatten
 from distcomm.objects import all_gather_objects, exchange
 from distcomm.opening import Opening, body_room, open_call

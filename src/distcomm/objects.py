@@ -6,6 +6,8 @@ them) take one collective; larger ones take a second for the rest. A rank that c
 send its object (unpicklable, too large, a bad argument) sends the reason instead, with
 the length negated, so every rank raises the same error instead of some of them
 waiting forever.
+
+Tested with the object collectives: tests/test_collectives.py, tests/test_serialization.py, tests/test_wire.py.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import torch
 
-from distcomm.mismatch import explain
 from distcomm.conversion import describe, parse_device
 from distcomm.errors import InconsistentInputError, InvalidArgumentError, WireFormatError
+from distcomm.mismatch import explain
 from distcomm.opening import Opening, body_room, open_call, slot_bytes
 from distcomm.serialization import UnsafeObjectError, max_payload_bytes
 

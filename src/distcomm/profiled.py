@@ -19,9 +19,9 @@ import attrs
 import torch
 
 from distcomm.communicator import Communicator
-from distcomm.view import CommunicatorView
 from distcomm.hooks import Call, Hook, HookRegistry
 from distcomm.objects import all_gather_objects
+from distcomm.view import CommunicatorView
 
 
 @attrs.define

@@ -1,7 +1,7 @@
 """Reductions of tensors, numbers, arrays and nested data, over any backend.
 
 The rules (what each leaf travels as, how kinds combine) live in
-:mod:`distcomm.reduction`; this module carries them out: a lone tensor on the hot path,
+:mod:`distcomm.reduction_rules`; this module carries them out: a lone tensor on the hot path,
 and everything else as agree on the layout, one collective per transport dtype and
 device, and rebuild the caller's structure.
 """
@@ -15,14 +15,13 @@ import torch
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from distcomm.agreement import Claim, agree_with_data
-from distcomm.mismatch import digest64
 from distcomm.conversion import check_fillable, from_tensor, to_tensor
 from distcomm.errors import InvalidArgumentError, WireFormatError
+from distcomm.mismatch import digest64
 from distcomm.nested import flatten, unflatten
 from distcomm.objects import all_gather_objects
 from distcomm.ops import ReduceOp
-from distcomm.rules import INT64_MAX, INT64_MIN
-from distcomm.reduction import (
+from distcomm.reduction_rules import (
     KIND_CODES,
     PYTHON_KINDS,
     PYTHON_PROTOTYPES,
@@ -33,6 +32,7 @@ from distcomm.reduction import (
     promote,
     reduce_exactly,
 )
+from distcomm.rules import fits_int64
 
 if TYPE_CHECKING:
     from distcomm.channel import Channel
@@ -232,7 +232,7 @@ def _numbers_inline(channel: Channel, leaves: list[Any]) -> torch.Tensor | None:
     kind = type(leaves[0])
     if kind not in (float, int) or any(type(leaf) is not kind for leaf in leaves):
         return None
-    if kind is int and not all(INT64_MIN <= leaf <= INT64_MAX for leaf in leaves):
+    if kind is int and not all(fits_int64(leaf) for leaf in leaves):
         return None
     return torch.tensor(leaves, dtype=PYTHON_PROTOTYPES[kind].dtype, device=channel.device)
 

@@ -12,8 +12,8 @@ import torch
 import torch.distributed as dist
 
 from distcomm.backend import Backend
-from distcomm.devices import nccl_device
 from distcomm.communicator import Communicator
+from distcomm.devices import nccl_device
 from distcomm.errors import CollectiveError, ConfigurationError, DistCommError, InvalidArgumentError, call_torch
 from distcomm.handles import Handle, WorkHandle
 from distcomm.job_environment import identity_from_environment, local_rank_from_environment
@@ -95,10 +95,6 @@ class TorchDistBackend(Backend):
     @property
     def group(self) -> dist.ProcessGroup | None:
         return self._group
-
-    @property
-    def gathers_uneven(self) -> bool:
-        return self._cuda  # NCCL gathers tensors of different sizes natively
 
     def accepts(self, device: torch.device) -> bool:
         if self._gloo:

@@ -1,4 +1,7 @@
-"""``CommunicatorView``: the same communicator with one more hook, as a value of its own type."""
+"""``CommunicatorView``: the same communicator with one more hook, as a value of its own type.
+
+Tested through its two views: tests/test_checked.py and tests/test_profiled.py.
+"""
 
 from __future__ import annotations
 
