@@ -22,23 +22,22 @@ from __future__ import annotations
 
 import abc
 import datetime
-import warnings
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar, cast, overload
 
-import numpy as np
 import torch
 
-from distcomm import broadcasting, gathering, objects, reducing
+from distcomm import broadcasting, gathering, reducing
 from distcomm.agreement import Claim, agree
 from distcomm.backend import Backend
 from distcomm.channel import Channel, SharedState
-from distcomm.conversion import describe
+from distcomm.conversion import check_rank, describe
 from distcomm.errors import InvalidArgumentError
 from distcomm.flight_recorder import FlightRecorder, default_recorder
 from distcomm.handles import CompletedHandle, Handle
 from distcomm.hooks import Hook, HookRegistry, collective
+from distcomm.object_collectives import ObjectCollectives
 from distcomm.objects import OBJECT_SLOT_BYTES
 from distcomm.opening import open_call
 from distcomm.ops import ReduceOp, ReduceOpLike, parse_reduce_op
@@ -49,7 +48,6 @@ from distcomm.signatures import op_name, signature_of, tensor_layout
 
 T = TypeVar("T")
 C = TypeVar("C", bound="Communicator")
-DeviceLike = torch.device | str | None
 
 __all__ = ["OBJECT_SLOT_BYTES", "Communicator", "Handle"]
 
@@ -59,7 +57,7 @@ def _describe_gather(data: Any, *, same_shape: bool = False, out: Any = None) ->
     return signature_of(data, shapes=same_shape) + (" same_shape" if same_shape else "")
 
 
-class Communicator(HookRegistry, abc.ABC):
+class Communicator(ObjectCollectives, HookRegistry, abc.ABC):
     """One object to talk to the other ranks of a job, over a :class:`~distcomm.backend.Backend`.
 
     An abstract base class: most code gets one from
@@ -168,16 +166,8 @@ class Communicator(HookRegistry, abc.ABC):
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
 
-    # ------------------------------------------------------- shared argument work
-
     def _check_rank(self, value: Any, name: str, operation: str) -> int:
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise InvalidArgumentError(f"{operation}: {name} must be an int rank, got {describe(value)}")
-        if not 0 <= value < self.world_size:
-            raise InvalidArgumentError(
-                f"{operation}: {name}={value} is outside the group; ranks go from 0 to {self.world_size - 1}"
-            )
-        return int(value)
+        return check_rank(value, name, operation, self.world_size)
 
     # -------------------------------------------------------------- collectives
 
@@ -280,80 +270,6 @@ class Communicator(HookRegistry, abc.ABC):
             raise InvalidArgumentError("all_gather: out is for same_shape=True, where every rank's shape is known")
         return gathering.gather_data(self._channel, data)
 
-    # ------------------------------------------------------- object collectives
-    # One naming scheme, torch's: ``<collective>_object`` moves one object per rank;
-    # ``broadcast_object_list`` fills a list in place.
-
-    @collective()
-    def all_gather_object(self, obj: T, *, device: DeviceLike = None) -> list[T]:
-        """Every rank's picklable ``obj``, in rank order, on every rank.
-
-        Small payloads (under about 4 KB) take one collective; larger ones two. An
-        object that cannot be pickled on one rank raises on every rank.
-        """
-        return objects.all_gather_objects(self._channel, obj, "all_gather_object", device)
-
-    @collective(lambda obj, dst=0, **_: f"dst={dst}")
-    def gather_object(self, obj: T, dst: int = 0, *, device: DeviceLike = None) -> list[T] | None:
-        """Every rank's picklable ``obj`` as a list on rank ``dst``; ``None`` on the others."""
-        dst = self._check_rank(dst, "dst", "gather_object")
-        payloads = objects.exchange(self._channel, obj, "gather_object", device)
-        return [self.object_codec.decode(p) for p in payloads] if self.rank == dst else None
-
-    @collective(lambda obj, src=0, **_: f"src={src}")
-    def broadcast_object(self, obj: T, src: int = 0, *, device: DeviceLike = None) -> T:
-        """Return ``src``'s picklable ``obj`` on every rank (``src`` gets its own object back).
-
-        An object that cannot be pickled on ``src`` raises on every rank.
-        """
-        src = self._check_rank(src, "src", "broadcast_object")
-        return cast(T, objects.broadcast_object(self._channel, obj, src, "broadcast_object", device))
-
-    @collective(lambda object_list, src=0, **_: f"src={src}")
-    def broadcast_object_list(self, object_list: list[Any], src: int = 0, *, device: DeviceLike = None) -> None:
-        """Replace, in place, the items of ``object_list`` on every rank by ``src``'s items.
-
-        Every rank must pass a list; a rank that does not makes every rank raise.
-        """
-        src = self._check_rank(src, "src", "broadcast_object_list")
-        problem = None
-        if not isinstance(object_list, list):
-            problem = f"broadcast_object_list needs a list to fill in place, got {describe(object_list)}"
-        if self.world_size > 1:
-            agree(self._channel, "broadcast_object_list", Claim((), problem=problem))
-        elif problem is not None:
-            raise InvalidArgumentError(problem)
-        received = objects.broadcast_object(self._channel, object_list, src, "broadcast_object_list", device)
-        if received is not object_list:
-            object_list[:] = received
-
-    @collective(lambda objects, src=0: f"src={src}")
-    def scatter_object(self, objects: Sequence[T] | None, src: int = 0) -> T:
-        """Give rank ``i`` the item ``objects[i]`` of ``src``'s sequence (others pass ``None``).
-
-        A ``src`` sequence of the wrong length fails on every rank, not only on ``src``.
-        """
-        src = self._check_rank(src, "src", "scatter_object")
-        problem = _objects.scatter_problem(self._channel, objects, src)
-        payload = list(objects or []) if problem is None else None
-        received = _objects.broadcast_object(self._channel, payload, src, "scatter_object", problem=problem)
-        return received[self.rank]  # type: ignore[no-any-return]
-
-    def all_gather_objects(self, obj: T, *, device: DeviceLike = None) -> list[T]:
-        """Deprecated name of :meth:`all_gather_object` (kept for one release)."""
-        _deprecated("all_gather_objects", "all_gather_object")
-        return self.all_gather_object(obj, device=device)
-
-    def gather_objects(self, obj: T, dst: int = 0, *, device: DeviceLike = None) -> list[T] | None:
-        """Deprecated name of :meth:`gather_object` (kept for one release)."""
-        _deprecated("gather_objects", "gather_object")
-        return self.gather_object(obj, dst, device=device)
-
-    def scatter_objects(self, objects: Sequence[T] | None, src: int = 0) -> T:
-        """Deprecated name of :meth:`scatter_object` (kept for one release)."""
-        _deprecated("scatter_objects", "scatter_object")
-        return self.scatter_object(objects, src)
-
     # --------------------------------------------------------- sub-communicators
 
     @collective(lambda ranks: f"ranks={sorted(ranks) if isinstance(ranks, Sequence) else ranks!r}")
@@ -451,9 +367,5 @@ class Communicator(HookRegistry, abc.ABC):
         return gathering.gather_tensor(self._channel, tensor, asynchronous=True)
 
 
-_objects = objects  # the module, where a parameter named ``objects`` hides it
 _IN_PLACE_OPS = reducing.IN_PLACE_OPS  # read on every hot-path call
 
-
-def _deprecated(old: str, new: str) -> None:
-    warnings.warn(f"Communicator.{old} is deprecated: call {new} (same arguments)", DeprecationWarning, stacklevel=3)

@@ -53,6 +53,15 @@ def parse_device(device: Any, operation: str) -> torch.device:
     return parsed
 
 
+def check_rank(value: Any, name: str, operation: str, world_size: int) -> int:
+    """``value`` as a rank of a group of ``world_size``, or a clear error naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InvalidArgumentError(f"{operation}: {name} must be an int rank, got {describe(value)}")
+    if not 0 <= value < world_size:
+        raise InvalidArgumentError(f"{operation}: {name}={value} is outside the group; ranks go from 0 to {world_size - 1}")
+    return int(value)
+
+
 def is_python_number(value: Any) -> bool:
     """True for ``bool``, ``int``, ``float`` and ``complex``, but not NumPy scalars."""
     return type(value) in PYTHON_NUMBER_DTYPES
