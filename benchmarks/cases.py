@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 from distcomm import Communicator, distutils
-from distcomm.bench import bench_case, interleaved
+from distcomm.bench import bench_case, gather_into_tensor, interleaved
 
 __all__ = ["bench_case"]  # goals.py runs it directly, for the hot-path goals
 
@@ -48,7 +48,7 @@ def agreement_cost(comm: Communicator, calls: int) -> dict[str, float]:
         return dict(zip(metrics, flat.tolist()))
 
     def by_hand_with_header() -> dict[str, float]:
-        dist.all_gather_into_tensor(headers, header)
+        gather_into_tensor(headers, header)
         return by_hand()
 
     return interleaved(

@@ -55,3 +55,17 @@ def test_bad_options_are_usage_errors(argv, message, capsys) -> None:
     with pytest.raises(SystemExit) as raised:
         main(argv)
     assert raised.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_bench_emits_no_torch_deprecation_warning() -> None:
+    """torch 2.13 deprecates all_gather_into_tensor: nothing distcomm runs may print that warning."""
+    import subprocess
+    import sys
+
+    script = (
+        "import warnings; warnings.simplefilter('error', FutureWarning)\n"
+        "from distcomm.bench import main\n"
+        "raise SystemExit(main(['--ranks', '1', '--ops', 'all_gather_same,all_gather,dict_all_reduce', '--sizes', '4', '--calls', '3']))\n"
+    )
+    result = subprocess.run([sys.executable, "-W", "error::FutureWarning", "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "FutureWarning" not in result.stderr, result.stderr[-2000:]

@@ -6,11 +6,11 @@ import time
 
 import pytest
 import torch
+from environment import active_with_flag
+from test_invariance import describe_all
 
 from distcomm import CheckedCommunicator, CollectiveError, CollectiveMismatchError, LocalCommunicator
 from distcomm.testing import World
-from environment import active_with_flag
-from test_invariance import describe_all
 
 
 @pytest.fixture(scope="module")

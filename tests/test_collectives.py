@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
+from transports import BackendCommunicator
 
 import distcomm
 from distcomm import (
     InvalidArgumentError,
     LocalCommunicator,
     RestrictedCodec,
-    Communicator,
     UnsafeObjectError,
     distutils,
     register_safe_class,
@@ -60,7 +60,7 @@ def test_reduce_ops_in_any_spelling(dist_world) -> None:
 
 def metrics_in_one_collective_per_dtype(comm):
     backend = CountingBackend()
-    counting = Communicator(backend)
+    counting = BackendCommunicator(backend)
     r = comm.rank
     loss = torch.tensor(float(r + 1), requires_grad=True) * 2  # attached to the graph
     metrics = {f"m{i}": float(i + r) for i in range(50)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import api_spec
 import numpy as np
 import pytest
 import torch
@@ -13,7 +14,7 @@ import torch.distributed as dist
 import distcomm
 from distcomm import ConfigurationError, DistCommError, InvalidArgumentError, distutils
 from distcomm.communicator import Handle
-import api_spec
+
 
 def documented() -> tuple[list[str], dict[str, str]]:
     return api_spec.documented("distutils-api.rst")

@@ -2,6 +2,7 @@ import pickle
 
 import pytest
 import torch
+from transports import BackendCommunicator
 
 from distcomm import (
     CollectiveError,
@@ -10,7 +11,6 @@ from distcomm import (
     DistCommError,
     InconsistentInputError,
     InvalidArgumentError,
-    Communicator,
 )
 from distcomm.local import LocalBackend
 
@@ -50,7 +50,7 @@ class _FailingGathers(LocalBackend):
 )
 def test_a_failed_step_is_reported_under_the_method_the_caller_called(method, call) -> None:
     with pytest.raises(CollectiveError) as raised:
-        call(Communicator(_FailingGathers()))
+        call(BackendCommunicator(_FailingGathers()))
     assert raised.value.operation == method
     assert str(raised.value) == f"{method} failed on rank 0: its all_gather step failed: connection closed by peer"
     assert isinstance(raised.value.__cause__, CollectiveError)
@@ -66,9 +66,9 @@ class _FailingPeers(_FailingGathers):
 
 def test_a_failed_agreement_is_reported_under_the_reduction() -> None:
     with pytest.raises(CollectiveError, match="^all_reduce failed on rank 0: its all_gather step failed"):
-        Communicator(_FailingPeers()).all_reduce({"loss": 1.0})
+        BackendCommunicator(_FailingPeers()).all_reduce({"loss": 1.0})
     with pytest.raises(CollectiveError, match="^reduce_dict failed on rank 0: its all_gather step failed"):
-        Communicator(_FailingPeers()).reduce_dict({"loss": 1.0})
+        BackendCommunicator(_FailingPeers()).reduce_dict({"loss": 1.0})
 
 
 def test_errors_are_filed_by_when_they_happen() -> None:

@@ -8,10 +8,10 @@ import subprocess
 import sys
 import textwrap
 
+import api_spec
 import pytest
 import torch
 
-import api_spec
 from distcomm import ConfigurationError, distutils, fairchem
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

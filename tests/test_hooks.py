@@ -7,14 +7,15 @@ import os
 
 import pytest
 import torch
+from transports import BackendCommunicator
 
 import distcomm
 from distcomm import (
     CheckedCommunicator,
     CheckHook,
     ClosedCommunicatorError,
-    FlightRecorder,
     Communicator,
+    FlightRecorder,
     Hook,
     InvalidArgumentError,
     LocalCommunicator,
@@ -175,13 +176,17 @@ def test_checked_and_profiled_are_views_that_leave_the_inner_communicator_alone(
     assert issubclass(ClosedCommunicatorError, InvalidArgumentError)
 
 
-def test_a_communicator_runs_on_any_backend() -> None:
+def test_communicator_is_abstract_and_a_subclass_provides_its_backend() -> None:
     from distcomm.local import LocalBackend
 
-    comm = Communicator(LocalBackend())
+    assert inspect.isabstract(Communicator) and Communicator.__abstractmethods__ == frozenset({"_open_backend"})
+    with pytest.raises(TypeError, match="abstract"):
+        Communicator()  # type: ignore[abstract]
+    assert not inspect.isabstract(distcomm.LocalCommunicator) and not inspect.isabstract(distcomm.TorchDistCommunicator)
+    comm = BackendCommunicator(LocalBackend())
     assert comm.all_reduce([1, 2.5], "mean") == [1.0, 2.5] and comm.backend == "local"
     with pytest.raises(InvalidArgumentError, match="runs on a distcomm Backend"):
-        Communicator("gloo")  # type: ignore[arg-type]
+        BackendCommunicator("gloo")  # type: ignore[arg-type]
     with pytest.raises(InvalidArgumentError, match="takes a distcomm.hooks.Hook"):
         comm.register_hook(print)  # type: ignore[arg-type]
 

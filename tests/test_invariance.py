@@ -108,7 +108,8 @@ def describe_all(comm: Communicator) -> dict[str, Any]:
 
     t = torch.full((2,), float(r))
     t_src = torch.full((2,), 7.0) if r == 0 else torch.zeros(2)
-    kinds["broadcast tensor"] = (kind(comm.broadcast(t_src)), True)
+    filled = comm.broadcast(t_src)
+    kinds["broadcast tensor"] = (kind(filled), filled is t_src)
     assert torch.equal(t_src, torch.full((2,), 7.0))
     number = comm.broadcast(3 if r == 0 else None)
     assert number == 3

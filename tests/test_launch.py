@@ -13,16 +13,16 @@ import json
 import os
 import socket
 import subprocess
-import time
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch.distributed as dist
+from launchers import base_environment, fake_scontrol, netns_supported, reports, start_rank, two_hosts
 
 from distcomm import CollectiveError, ConfigurationError, TorchDistCommunicator, distutils, plan_launch
 from distcomm.launch import MissingEnvironmentError, detect_launcher, read_lsf_hostfile, slurm_hostnames
-from launchers import base_environment, fake_scontrol, netns_supported, reports, start_rank, two_hosts
 
 NETNS = netns_supported()
 needs_netns = pytest.mark.skipif(not NETNS, reason="needs root and 'ip netns' to make private network namespaces")

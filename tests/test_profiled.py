@@ -6,10 +6,10 @@ import time
 
 import pytest
 import torch
+from environment import active_with_flag
 
 from distcomm import LocalCommunicator, ProfiledCommunicator
 from distcomm.profiled import algorithm_bytes, bus_factor
-from environment import active_with_flag
 
 
 def test_summary_per_operation_and_size() -> None:
@@ -22,7 +22,9 @@ def test_summary_per_operation_and_size() -> None:
     assert rows[("all_reduce", 1024)]["count"] == 3 and rows[("all_reduce", 24)]["count"] == 1
     assert rows[("barrier", 0)]["count"] == 1
     row = rows[("all_reduce", 1024)]
-    assert row["min_us"] <= row["mean_us"] <= row["max_us"] and row["total_bytes"] == 3072
+    assert row["total_bytes"] == 3072 and row["count"] == 3
+    assert row["min_us"] > 0 and row["min_us"] <= row["mean_us"] <= row["max_us"]
+    assert row["mean_us"] == pytest.approx(profiled.profile.stats[("all_reduce", 1024)].total_seconds / 3 * 1e6, rel=1e-3)
     assert {"op", "bytes", "count", "algbw_gbps", "busbw_gbps"} <= set(row)
     table = profiled.report()
     assert "busbw GB/s" in table.splitlines()[1] and "all_reduce" in table

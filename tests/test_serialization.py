@@ -9,10 +9,10 @@ import resource
 import numpy as np
 import pytest
 import torch
+from wire import forged_slot
 
 from distcomm import PickleCodec, RestrictedCodec, UnsafeObjectError
 from distcomm.opening import body_room
-from wire import forged_slot
 
 
 class _Calls:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from wire import forged_slot
 
 from distcomm import InconsistentInputError, RestrictedCodec
 from distcomm.agreement import _read_headers
@@ -23,7 +24,6 @@ from distcomm.gathering import HEADER_WORDS, _read_header
 from distcomm.objects import read_body
 from distcomm.opening import PREFIX_BYTES, Opening, body_room, read_prefixes, slot_bytes, tag_of
 from distcomm.serialization import PickleCodec
-from wire import forged_slot
 
 EXTREMES = [0, 1, -1, 2, 15, 16, 17, 63, 64, 4096, 2**31, 2**40, 2**50, 2**62, -(2**63), 2**63 - 1]
 

@@ -11,8 +11,8 @@ from distcomm.checked import CheckedCommunicator, CheckHook
 from distcomm.communicator import Communicator
 from distcomm.config import DistributedConfig
 from distcomm.errors import (
-    CollectiveError,
     ClosedCommunicatorError,
+    CollectiveError,
     CollectiveMismatchError,
     ConfigurationError,
     DistCommError,
@@ -22,8 +22,8 @@ from distcomm.errors import (
 )
 from distcomm.flight_recorder import FlightRecorder
 from distcomm.handles import Handle
-from distcomm.hooks import Call, Hook, HookHandle
 from distcomm.helpers import all_ranks, any_rank, main_process_first, rank_zero_only, split_between_ranks
+from distcomm.hooks import Call, Hook, HookHandle
 from distcomm.launch import LaunchPlan, cleanup, plan_launch, setup
 from distcomm.local import LocalCommunicator
 from distcomm.ops import ReduceOp

@@ -1,4 +1,7 @@
-"""Command line: ``python -m distcomm info``, ``bench`` and ``trace``."""
+"""Command line: ``python -m distcomm info``, ``bench`` and ``trace``.
+
+Its commands are tested where they live: tests/test_info.py, tests/test_bench.py, tests/test_trace.py.
+"""
 
 from __future__ import annotations
 

@@ -12,30 +12,21 @@ ranks; only then are the full layouts exchanged, to write that message.
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import attrs
 import numpy as np
 import torch
 
 from distcomm.errors import InconsistentInputError, WireFormatError
+from distcomm.mismatch import Layout, digest64, explain
+from distcomm.objects import exchange
 from distcomm.opening import Opening, body_room, open_call
 
 if TYPE_CHECKING:
-    from distcomm.communicator import Communicator
-
-Layout = tuple[tuple[str, Any], ...]
-"""``(path, description)`` pairs in an order every rank shares (sorted by path). A description
-is a string, or a tuple ``(kind, dtype, shape[, device type])`` that :func:`show` puts in words."""
+    from distcomm.channel import Channel
 
 _OK, _REFUSED = 0, 1
-
-
-def digest64(data: bytes) -> int:
-    """A signed 64-bit digest of ``data`` (it travels in an int64 header word)."""
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little", signed=True)
 
 
 @attrs.frozen
@@ -51,17 +42,17 @@ class Claim:
     problem: str | None = None
 
 
-def agree(comm: Communicator, operation: str, claim: Claim) -> np.ndarray:
+def agree(channel: Channel, operation: str, claim: Claim) -> np.ndarray:
     """Every rank's ``claim.numbers``, one row per rank, once every layout matches.
 
     Raises :class:`~distcomm.InconsistentInputError` on every rank when some rank has a
     problem or the layouts differ.
     """
-    return agree_with_data(comm, operation, claim, None)[0]
+    return agree_with_data(channel, operation, claim, None)[0]
 
 
-def agree_with_data(comm: Communicator, operation: str, claim: Claim, data: torch.Tensor | None) -> tuple[np.ndarray, torch.Tensor | None]:
-    """:func:`agree`, carrying ``data`` (a small flat tensor on ``comm.device``) in the same collective.
+def agree_with_data(channel: Channel, operation: str, claim: Claim, data: torch.Tensor | None) -> tuple[np.ndarray, torch.Tensor | None]:
+    """:func:`agree`, carrying ``data`` (a small flat tensor on ``channel.device``) in the same collective.
 
     Returns every rank's numbers and, when every rank sent data (so every rank made the
     same kind of call), every rank's data as a ``(world_size, n)`` tensor; else ``None``,
@@ -71,11 +62,11 @@ def agree_with_data(comm: Communicator, operation: str, claim: Claim, data: torc
     words = 4 + len(claim.numbers)
     header_bytes = -(-8 * words // 16) * 16  # a multiple of 16: any dtype's view of the data is aligned
     nbytes = -1 if data is None else data.numel() * data.element_size()
-    fits = data is not None and header_bytes + nbytes <= body_room(comm.world_size)
+    fits = data is not None and header_bytes + nbytes <= body_room(channel.world_size)
     header = np.zeros(header_bytes // 8, dtype="<i8")
     header[:words] = (_REFUSED if claim.problem else _OK, digest64(repr(claim.layout).encode()), len(claim.layout),
                       nbytes if fits else -1, *claim.numbers)  # fmt: skip
-    opening = open_call(comm, operation, "layout", header.view(np.uint8), data if fits else None, comm.device)
+    opening = open_call(channel, operation, "layout", header.view(np.uint8), data if fits else None, channel.device)
     table = _read_headers(opening, operation, words, header_bytes, data)
     if not table[:, 0].any() and (table[:, 1:3] == table[0, 1:3]).all():
         sizes = table[:, 3]
@@ -83,7 +74,7 @@ def agree_with_data(comm: Communicator, operation: str, claim: Claim, data: torc
             gathered = opening.data(header_bytes, int(sizes[0])).view(data.dtype)  # type: ignore[union-attr]
             return table[:, 4:words], gathered
         return table[:, 4:words], None
-    claims = exchange_claims(comm, operation, (claim.problem, claim.layout))
+    claims = exchange_claims(channel, operation, (claim.problem, claim.layout))
     raise InconsistentInputError(explain(operation, claims))
 
 
@@ -106,52 +97,15 @@ def _read_headers(opening: Opening, operation: str, words: int, header_bytes: in
     return np.stack(rows)
 
 
-def exchange_claims(comm: Communicator, operation: str, claim: tuple[str | None, Layout]) -> list[tuple[str | None, Layout]]:
+def exchange_claims(channel: Channel, operation: str, claim: tuple[str | None, Layout]) -> list[tuple[str | None, Layout]]:
     """Every rank's ``(problem, layout)``, to explain a mismatch; a peer's malformed claim is a
     :class:`~distcomm.errors.WireFormatError`."""
-    from distcomm.objects import exchange  # objects builds on this module
-
     claims = []
-    for rank, payload in enumerate(exchange(comm, claim, operation, step="explain")):
-        value = comm.object_codec.decode(payload)
+    for rank, payload in enumerate(exchange(channel, claim, operation, step="explain")):
+        value = channel.object_codec.decode(payload)
         if not (isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], (str, type(None)))
                 and isinstance(value[1], tuple)
                 and all(isinstance(e, tuple) and len(e) == 2 and isinstance(e[0], str) for e in value[1])):  # fmt: skip
             raise WireFormatError(f"{operation}: rank {rank} sent a malformed layout claim: {value!r:.80}")
         claims.append(value)
     return claims
-
-
-def explain(operation: str, claims: Sequence[tuple[str | None, Layout]]) -> str:
-    """The message every rank raises: each rank's problem, or the first difference in layout."""
-    problems = [f"rank {rank} cannot take part: {problem}" for rank, (problem, _) in enumerate(claims) if problem]
-    if problems:
-        return f"{operation}: " + "; ".join(problems)
-    layouts = [dict(layout) for _, layout in claims]
-    for path in sorted(set().union(*layouts)):
-        seen = [show(layout.get(path, "nothing")) for layout in layouts]
-        if len(set(seen)) > 1:
-            where = path or "the top level"
-            return f"{operation}: ranks passed inputs that do not match; first difference at {where}: {by_rank(seen)}"
-    return f"{operation}: ranks passed inputs that do not match"
-
-
-def show(description: Any) -> str:
-    """A layout description in words: ``tensor float32[2, 3] on cpu``."""
-    if not (isinstance(description, tuple) and len(description) in (3, 4) and isinstance(description[2], tuple)):
-        return str(description)
-    kind, dtype, shape, *device = description
-    text = f"{kind} {str(dtype).removeprefix('torch.')}{list(shape)}"
-    return f"{text} on {device[0]}" if device else text
-
-
-def by_rank(values: Sequence[str]) -> str:
-    """``rank 0: float; ranks 1, 2: str``: each distinct value with the ranks that have it."""
-    ranks: dict[str, list[int]] = {}
-    for rank, value in enumerate(values):
-        ranks.setdefault(value, []).append(rank)
-    parts = []
-    for value, members in ranks.items():
-        label = "rank" if len(members) == 1 else "ranks"
-        parts.append(f"{label} {', '.join(map(str, members))}: {value}")
-    return "; ".join(parts)

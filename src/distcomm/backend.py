@@ -4,6 +4,8 @@ A :class:`Backend` moves tensors and nothing else: it knows no Python numbers, n
 data, objects or reduction rules. Those are given their meaning once, for every
 backend, by :class:`~distcomm.Communicator`. Adding a transport (another library, a
 simulated world) means writing these few methods.
+
+Tested through every collective over both backends (tests/test_collectives.py) and a third transport (tests/transports.py, tests/test_hooks.py).
 """
 
 from __future__ import annotations
@@ -45,11 +47,6 @@ class Backend(abc.ABC):
     def group(self) -> Any:
         """The torch.distributed process group, for backends that have one."""
         return None
-
-    @property
-    def gathers_uneven(self) -> bool:
-        """Whether :meth:`all_gather_uneven` is native (no padding)."""
-        return False
 
     @abc.abstractmethod
     def accepts(self, device: torch.device) -> bool:

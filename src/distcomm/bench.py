@@ -25,8 +25,12 @@ from distcomm.communicator import Communicator
 from distcomm.errors import InvalidArgumentError
 from distcomm.profiled import algorithm_bytes, bus_factor
 
+gather_into_tensor = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+"""What a user writes to gather into one tensor: ``all_gather_single`` on torch 2.13, which deprecates
+``all_gather_into_tensor`` (and warns on every call); ``all_gather_into_tensor`` before."""
+
 OPERATIONS = ("all_reduce", "all_gather", "broadcast", "all_gather_same", "dict_all_reduce", "reduce_dict")
-"""The last three compare with what a user writes by hand: ``all_gather_into_tensor`` into a
+"""The last three compare with what a user writes by hand: :data:`gather_into_tensor` into a
 reused buffer (distcomm given ``out=`` too); torch's flatten idiom over a dict of
 ``--leaves`` tensors of the given size each; ``stack`` + ``all_reduce`` + ``tolist`` of
 ``--leaves`` scalar metrics. On two or more ranks the hand-written dict idioms also pay
@@ -84,13 +88,13 @@ def _idiom_runners(comm: Communicator, operation: str, tensor: torch.Tensor, gro
 
     def agree_by_hand() -> None:  # what distcomm's layout agreement costs, paid by the idiom too
         if comm.world_size > 1:
-            dist.all_gather_into_tensor(headers, header, group=group)
+            gather_into_tensor(headers, header, group=group)
 
     if operation == "all_gather_same":
         out = torch.empty(comm.world_size * tensor.numel(), dtype=tensor.dtype, device=tensor.device)
         reused = torch.empty(comm.world_size, *tensor.shape, dtype=tensor.dtype, device=tensor.device)
         return {
-            "raw": lambda: dist.all_gather_into_tensor(out, tensor, group=group),
+            "raw": lambda: gather_into_tensor(out, tensor, group=group),
             "distcomm": lambda: comm.all_gather(tensor, same_shape=True, out=reused),
             "distcomm, new buffer": lambda: comm.all_gather(tensor, same_shape=True),
         }

@@ -3,6 +3,8 @@
 Ranks first agree on which tensors take part (key path, dtype, shape), so a rank that
 passes a tensor where ``src`` does not, or another shape, raises on every rank instead
 of reading bytes meant as something else.
+
+Tested with the communicator's broadcasts: tests/test_collectives.py, tests/test_agreement.py, tests/test_opening.py.
 """
 
 from __future__ import annotations
@@ -17,33 +19,33 @@ from distcomm.nested import flatten, unflatten
 from distcomm.objects import broadcast_object
 
 if TYPE_CHECKING:
-    from distcomm.communicator import Communicator
+    from distcomm.channel import Channel
 
 
-def broadcast_data(comm: Communicator, data: Any, src: int) -> Any:
+def broadcast_data(channel: Channel, data: Any, src: int) -> Any:
     """``src``'s ``data`` on every rank, tensors filled in place (see :meth:`Communicator.broadcast`)."""
     leaves, paths, spec = flatten(data)
     tensors = sorted((path, i) for i, (path, leaf) in enumerate(zip(paths, leaves)) if isinstance(leaf, torch.Tensor))
-    if comm.world_size > 1:
-        agree(comm, "broadcast", Claim(tuple((path, describe(leaves[i])) for path, i in tensors)))
+    if channel.world_size > 1:
+        agree(channel, "broadcast", Claim(tuple((path, describe(leaves[i])) for path, i in tensors)))
     if not tensors:
-        return broadcast_object(comm, data, src, "broadcast")
+        return broadcast_object(channel, data, src, "broadcast")
     if isinstance(data, torch.Tensor):
-        fill_from(comm, data, src)
+        fill_from(channel, data, src)
         return data
     own = {path: leaves[i] for path, i in tensors}
     skeleton = [None if isinstance(leaf, torch.Tensor) else leaf for leaf in leaves]
-    src_spec, others = broadcast_object(comm, (spec, skeleton), src, "broadcast")
+    src_spec, others = broadcast_object(channel, (spec, skeleton), src, "broadcast")
     src_paths = flatten(unflatten(src_spec, others))[1]
     for _, i in tensors:
-        fill_from(comm, leaves[i], src)
+        fill_from(channel, leaves[i], src)
     return unflatten(src_spec, [own.get(path, leaf) for path, leaf in zip(src_paths, others)])
 
 
-def fill_from(comm: Communicator, tensor: torch.Tensor, src: int) -> None:
+def fill_from(channel: Channel, tensor: torch.Tensor, src: int) -> None:
     """Fill ``tensor`` in place with ``src``'s, through a copy when the backend cannot take it as it is."""
-    carrier = comm._transport(tensor, "broadcast")
-    comm.tensor_backend.broadcast(carrier, src)
+    carrier = channel.transport(tensor, "broadcast")
+    channel.backend.broadcast(carrier, src)
     if carrier is not tensor:
         with torch.no_grad():
             tensor.copy_(carrier)

@@ -21,11 +21,11 @@ from typing import Any
 import torch.distributed as dist
 
 from distcomm.communicator import Communicator
-from distcomm.view import CommunicatorView
 from distcomm.errors import CollectiveError, CollectiveMismatchError
-from distcomm.hooks import Call, Hook
+from distcomm.hooks import Call, Hook, HookRegistry
 from distcomm.objects import all_gather_objects
 from distcomm.rules import as_timeout
+from distcomm.view import CommunicatorView
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,8 @@ class CheckHook(Hook):
         instance = next(_instances.setdefault(group_name, itertools.count()))
         self._namespace = f"distcomm-check/{group_name}/{instance}"
 
-    def for_split(self, child: Communicator) -> Hook:
+    def for_split(self, child: HookRegistry) -> Hook:
+        assert isinstance(child, Communicator)  # hooks are only ever split along with a communicator
         return CheckHook(child, self.timeout)
 
     def before(self, call: Call) -> None:
@@ -81,7 +82,7 @@ class CheckHook(Hook):
             )
 
     def _calls_by_objects(self, call: str) -> list[str]:
-        return all_gather_objects(self._comm, call, "check")
+        return all_gather_objects(self._comm._channel, call, "check")
 
     def _calls_by_store(self, sequence: int, operation: str, call: str) -> list[str]:
         store, rank, world_size = self._store, self._comm.rank, self._comm.world_size

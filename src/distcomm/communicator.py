@@ -14,50 +14,42 @@ tensor's dtype; the one exception, the mean of an integer or bool tensor, return
 new floating tensor and leaves the input alone (an integer tensor cannot hold it).
 Everything else (numbers, arrays, containers) comes back as a new value of the same
 kind and structure.
+
+Tested by every collective's tests: tests/test_collectives.py, tests/test_invariance.py, tests/test_agreement.py, tests/test_opening.py.
 """
 
 from __future__ import annotations
 
+import abc
 import datetime
-import warnings
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar, cast, overload
 
-import numpy as np
 import torch
 
-from distcomm import broadcasting, gathering, objects, reducing
+from distcomm import broadcasting, gathering, reducing
 from distcomm.agreement import Claim, agree
 from distcomm.backend import Backend
-from distcomm.conversion import check_transportable, describe
+from distcomm.channel import Channel, SharedState
+from distcomm.conversion import check_rank, describe
 from distcomm.errors import InvalidArgumentError
 from distcomm.flight_recorder import FlightRecorder, default_recorder
 from distcomm.handles import CompletedHandle, Handle
 from distcomm.hooks import Hook, HookRegistry, collective
+from distcomm.object_collectives import ObjectCollectives
 from distcomm.objects import OBJECT_SLOT_BYTES
 from distcomm.opening import open_call
 from distcomm.ops import ReduceOp, ReduceOpLike, parse_reduce_op
-from distcomm.reduction import PYTHON_PROTOTYPES, plan_reduction, reduce_alone
-from distcomm.rules import INT64_MAX, INT64_MIN
-from distcomm.serialization import ObjectCodec, default_codec
+from distcomm.reduction_rules import PYTHON_PROTOTYPES, plan_reduction, reduce_alone
+from distcomm.rules import fits_int64
+from distcomm.serialization import ObjectCodec
 from distcomm.signatures import op_name, signature_of, tensor_layout
 
 T = TypeVar("T")
 C = TypeVar("C", bound="Communicator")
-DeviceLike = torch.device | str | None
 
 __all__ = ["OBJECT_SLOT_BYTES", "Communicator", "Handle"]
-
-
-class _SharedState:
-    """What a communicator and its views share: whether it is closed, and its object codec."""
-
-    __slots__ = ("closed", "codec")
-
-    def __init__(self) -> None:
-        self.closed = False
-        self.codec: ObjectCodec | None = None
 
 
 def _describe_gather(data: Any, *, same_shape: bool = False, out: Any = None) -> str:
@@ -65,12 +57,18 @@ def _describe_gather(data: Any, *, same_shape: bool = False, out: Any = None) ->
     return signature_of(data, shapes=same_shape) + (" same_shape" if same_shape else "")
 
 
-class Communicator(HookRegistry):
+class Communicator(ObjectCollectives, HookRegistry, abc.ABC):
     """One object to talk to the other ranks of a job, over a :class:`~distcomm.backend.Backend`.
 
-    Most code gets one from :class:`~distcomm.TorchDistCommunicator`,
-    :class:`~distcomm.LocalCommunicator` or :func:`~distcomm.setup`; a new transport
-    only needs a backend: ``Communicator(MyBackend())``.
+    An abstract base class: most code gets one from
+    :class:`~distcomm.TorchDistCommunicator`, :class:`~distcomm.LocalCommunicator` or
+    :func:`~distcomm.setup`. What a subclass provides is its backend,
+    :meth:`_open_backend`; everything else is defined here, once. A new transport is a
+    :class:`~distcomm.backend.Backend` and a subclass that opens it::
+
+        class MyCommunicator(Communicator):
+            def _open_backend(self) -> Backend:
+                return MyBackend()
     """
 
     rank: int
@@ -80,13 +78,22 @@ class Communicator(HookRegistry):
     local_rank: int
     """This process's rank among the processes on its machine."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self) -> None:
+        self._attach(self._open_backend())
+
+    @abc.abstractmethod
+    def _open_backend(self) -> Backend:
+        """The backend this communicator runs on (called once, by ``__init__``)."""
+
+    def _attach(self, backend: Backend) -> None:
+        """Run on ``backend``, with fresh state, no hooks and the default flight recorder."""
         if not isinstance(backend, Backend):
             raise InvalidArgumentError(f"a Communicator runs on a distcomm Backend, got {describe(backend)}")
         self._backend = backend
-        self._state = _SharedState()
+        self._state = SharedState()
+        self._channel = Channel(backend, self._state)
         self._hooks: tuple[Hook, ...] = ()
-        self._device_types: dict[str, bool] = {}
+        self._device_types = self._channel.device_types  # the hot path reads it directly
         self._recorder: FlightRecorder | None = None
         self._record_group: Any = None
         self._record_into(default_recorder())
@@ -133,10 +140,7 @@ class Communicator(HookRegistry):
     @property
     def object_codec(self) -> ObjectCodec:
         """How object collectives serialize: plain pickle, or a :class:`~distcomm.serialization.RestrictedCodec`."""
-        codec = self._state.codec
-        if codec is None:
-            codec = self._state.codec = default_codec()
-        return codec
+        return self._channel.object_codec
 
     @object_codec.setter
     def object_codec(self, codec: ObjectCodec) -> None:
@@ -162,30 +166,8 @@ class Communicator(HookRegistry):
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
 
-    # ------------------------------------------------------- shared argument work
-
     def _check_rank(self, value: Any, name: str, operation: str) -> int:
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise InvalidArgumentError(f"{operation}: {name} must be an int rank, got {describe(value)}")
-        if not 0 <= value < self.world_size:
-            raise InvalidArgumentError(
-                f"{operation}: {name}={value} is outside the group; ranks go from 0 to {self.world_size - 1}"
-            )
-        return int(value)
-
-    def _accepts(self, device: torch.device) -> bool:
-        """Whether the backend takes tensors on ``device`` as they are (asked once per device type)."""
-        known = self._device_types.get(device.type)
-        if known is None:
-            known = self._device_types[device.type] = self._backend.accepts(device)
-        return known
-
-    def _transport(self, tensor: torch.Tensor, operation: str) -> torch.Tensor:
-        """``tensor`` itself when the backend takes it where it is, else a contiguous copy on ``device``."""
-        if self._accepts(tensor.device) and tensor.is_contiguous():
-            return tensor
-        check_transportable(tensor, operation)
-        return tensor.to(self.device, memory_format=torch.contiguous_format, copy=True)
+        return check_rank(value, name, operation, self.world_size)
 
     # -------------------------------------------------------------- collectives
 
@@ -193,7 +175,7 @@ class Communicator(HookRegistry):
     def barrier(self) -> None:
         """Block until every rank has called ``barrier`` (a rank in another collective makes every rank raise)."""
         if self.world_size > 1:
-            open_call(self, "barrier", "")
+            open_call(self._channel, "barrier", "")
 
     @collective(lambda data, src=0: f"{tensor_layout(data)} src={src}", lambda data, src=0: data)
     def broadcast(self, data: T, src: int = 0) -> T:
@@ -208,7 +190,7 @@ class Communicator(HookRegistry):
         dtype, makes every rank raise :class:`~distcomm.InconsistentInputError`.
         """
         src = self._check_rank(src, "src", "broadcast")
-        return cast(T, broadcasting.broadcast_data(self, data, src))
+        return cast(T, broadcasting.broadcast_data(self._channel, data, src))
 
     @overload
     def all_reduce(self, data: torch.Tensor, op: ReduceOpLike = "sum") -> torch.Tensor: ...
@@ -243,11 +225,11 @@ class Communicator(HookRegistry):
 
     def _reduce(self, data: Any, op: ReduceOp) -> Any:
         kind = type(data)
-        if kind in PYTHON_PROTOTYPES and self.world_size == 1 and (kind is not int or INT64_MIN <= data <= INT64_MAX):
+        if kind in PYTHON_PROTOTYPES and self.world_size == 1 and (kind is not int or fits_int64(data)):
             return reduce_alone(data, op)
         if isinstance(data, torch.Tensor):
-            return reducing.reduce_tensor(self, data, op)
-        return reducing.reduce_structure(self, data, op, "all_reduce")
+            return reducing.reduce_tensor(self._channel, data, op)
+        return reducing.reduce_structure(self._channel, data, op, "all_reduce")
 
     @collective(lambda mapping, op="sum": f"{signature_of(mapping)} op={op_name(op)}", lambda mapping, op="sum": mapping)
     def reduce_dict(self, mapping: Mapping[str, Any], op: ReduceOpLike = "sum") -> dict[str, Any]:
@@ -261,7 +243,7 @@ class Communicator(HookRegistry):
             raise InvalidArgumentError(f"reduce_dict takes a dict of metrics, got {describe(mapping)}")
         reduce_op = parse_reduce_op(op)
         data = dict(mapping) if not isinstance(mapping, dict) else mapping
-        return reducing.reduce_structure(self, data, reduce_op, "reduce_dict", detach=True)  # type: ignore[no-any-return]
+        return reducing.reduce_structure(self._channel, data, reduce_op, "reduce_dict", detach=True)  # type: ignore[no-any-return]
 
     @collective(_describe_gather, lambda data, **_: data)
     def all_gather(self, data: Any, *, same_shape: bool = False, out: torch.Tensor | None = None) -> list[Any]:
@@ -283,84 +265,10 @@ class Communicator(HookRegistry):
         group's timeout.
         """
         if same_shape:
-            return gathering.gather_same_shape(self, data, "all_gather", out)
+            return gathering.gather_same_shape(self._channel, data, "all_gather", out)
         if out is not None:
             raise InvalidArgumentError("all_gather: out is for same_shape=True, where every rank's shape is known")
-        return gathering.gather_data(self, data)
-
-    # ------------------------------------------------------- object collectives
-    # One naming scheme, torch's: ``<collective>_object`` moves one object per rank;
-    # ``broadcast_object_list`` fills a list in place.
-
-    @collective()
-    def all_gather_object(self, obj: T, *, device: DeviceLike = None) -> list[T]:
-        """Every rank's picklable ``obj``, in rank order, on every rank.
-
-        Small payloads (under about 4 KB) take one collective; larger ones two. An
-        object that cannot be pickled on one rank raises on every rank.
-        """
-        return objects.all_gather_objects(self, obj, "all_gather_object", device)
-
-    @collective(lambda obj, dst=0, **_: f"dst={dst}")
-    def gather_object(self, obj: T, dst: int = 0, *, device: DeviceLike = None) -> list[T] | None:
-        """Every rank's picklable ``obj`` as a list on rank ``dst``; ``None`` on the others."""
-        dst = self._check_rank(dst, "dst", "gather_object")
-        payloads = objects.exchange(self, obj, "gather_object", device)
-        return [self.object_codec.decode(p) for p in payloads] if self.rank == dst else None
-
-    @collective(lambda obj, src=0, **_: f"src={src}")
-    def broadcast_object(self, obj: T, src: int = 0, *, device: DeviceLike = None) -> T:
-        """Return ``src``'s picklable ``obj`` on every rank (``src`` gets its own object back).
-
-        An object that cannot be pickled on ``src`` raises on every rank.
-        """
-        src = self._check_rank(src, "src", "broadcast_object")
-        return cast(T, objects.broadcast_object(self, obj, src, "broadcast_object", device))
-
-    @collective(lambda object_list, src=0, **_: f"src={src}")
-    def broadcast_object_list(self, object_list: list[Any], src: int = 0, *, device: DeviceLike = None) -> None:
-        """Replace, in place, the items of ``object_list`` on every rank by ``src``'s items.
-
-        Every rank must pass a list; a rank that does not makes every rank raise.
-        """
-        src = self._check_rank(src, "src", "broadcast_object_list")
-        problem = None
-        if not isinstance(object_list, list):
-            problem = f"broadcast_object_list needs a list to fill in place, got {describe(object_list)}"
-        if self.world_size > 1:
-            agree(self, "broadcast_object_list", Claim((), problem=problem))
-        elif problem is not None:
-            raise InvalidArgumentError(problem)
-        received = objects.broadcast_object(self, object_list, src, "broadcast_object_list", device)
-        if received is not object_list:
-            object_list[:] = received
-
-    @collective(lambda objects, src=0: f"src={src}")
-    def scatter_object(self, objects: Sequence[T] | None, src: int = 0) -> T:
-        """Give rank ``i`` the item ``objects[i]`` of ``src``'s sequence (others pass ``None``).
-
-        A ``src`` sequence of the wrong length fails on every rank, not only on ``src``.
-        """
-        src = self._check_rank(src, "src", "scatter_object")
-        problem = _objects.scatter_problem(self, objects, src)
-        payload = list(objects or []) if problem is None else None
-        received = _objects.broadcast_object(self, payload, src, "scatter_object", problem=problem)
-        return received[self.rank]  # type: ignore[no-any-return]
-
-    def all_gather_objects(self, obj: T, *, device: DeviceLike = None) -> list[T]:
-        """Deprecated name of :meth:`all_gather_object` (kept for one release)."""
-        _deprecated("all_gather_objects", "all_gather_object")
-        return self.all_gather_object(obj, device=device)
-
-    def gather_objects(self, obj: T, dst: int = 0, *, device: DeviceLike = None) -> list[T] | None:
-        """Deprecated name of :meth:`gather_object` (kept for one release)."""
-        _deprecated("gather_objects", "gather_object")
-        return self.gather_object(obj, dst, device=device)
-
-    def scatter_objects(self, objects: Sequence[T] | None, src: int = 0) -> T:
-        """Deprecated name of :meth:`scatter_object` (kept for one release)."""
-        _deprecated("scatter_objects", "scatter_object")
-        return self.scatter_object(objects, src)
+        return gathering.gather_data(self._channel, data)
 
     # --------------------------------------------------------- sub-communicators
 
@@ -380,7 +288,7 @@ class Communicator(HookRegistry):
         except InvalidArgumentError as error:
             problem = error
         if self.world_size > 1:
-            agree(self, "split", Claim((("ranks", repr(members)),), problem=str(problem) if problem else None))
+            agree(self._channel, "split", Claim((("ranks", repr(members)),), problem=str(problem) if problem else None))
         elif problem is not None:
             raise problem
         backend = self._backend.split(members)
@@ -399,7 +307,7 @@ class Communicator(HookRegistry):
     def _child(self, backend: Backend) -> Communicator:
         """A communicator of this one's class over ``backend``, with its codec and hooks."""
         child = type(self).__new__(type(self))
-        Communicator.__init__(child, backend)
+        child._attach(backend)
         child.object_codec = self.object_codec
         child._record_into(self._recorder)
         for hook in self._hooks:
@@ -419,11 +327,11 @@ class Communicator(HookRegistry):
         once and ``handle.asynchronous`` is ``False``.
         """
         reduce_op = parse_reduce_op(op)
-        if not isinstance(tensor, torch.Tensor) or not self._accepts(tensor.device) or not tensor.is_contiguous():
+        if not isinstance(tensor, torch.Tensor) or not self._channel.accepts(tensor.device) or not tensor.is_contiguous():
             return CompletedHandle(self._reduce(tensor, reduce_op))
         plan = plan_reduction(tensor, tensor, reduce_op, "all_reduce_async")
         if plan.transport_dtype != tensor.dtype or plan.mean_dtype is not None:
-            return CompletedHandle(reducing.reduce_tensor(self, tensor, reduce_op))
+            return CompletedHandle(reducing.reduce_tensor(self._channel, tensor, reduce_op))
         return self._backend.all_reduce_async(tensor, plan.op)
 
     @collective(lambda tensor, src=0: f"{signature_of(tensor)} src={src}", lambda tensor, src=0: tensor)
@@ -436,8 +344,8 @@ class Communicator(HookRegistry):
         src = self._check_rank(src, "src", "broadcast_async")
         if not isinstance(tensor, torch.Tensor):
             raise InvalidArgumentError(f"broadcast_async takes a tensor, got {describe(tensor)}")
-        if not self._accepts(tensor.device) or not tensor.is_contiguous():
-            broadcasting.fill_from(self, tensor, src)
+        if not self._channel.accepts(tensor.device) or not tensor.is_contiguous():
+            broadcasting.fill_from(self._channel, tensor, src)
             return CompletedHandle(tensor)
         return self._backend.broadcast_async(tensor, src)
 
@@ -453,15 +361,11 @@ class Communicator(HookRegistry):
         if not isinstance(tensor, torch.Tensor):
             raise InvalidArgumentError(f"all_gather_async takes a tensor, got {describe(tensor)}")
         if same_shape:
-            return gathering.gather_same_shape_async(self, tensor, out)
+            return gathering.gather_same_shape_async(self._channel, tensor, out)
         if out is not None:
             raise InvalidArgumentError("all_gather_async: out is for same_shape=True, where every rank's shape is known")
-        return gathering.gather_tensor(self, tensor, asynchronous=True)
+        return gathering.gather_tensor(self._channel, tensor, asynchronous=True)
 
 
-_objects = objects  # the module, where a parameter named ``objects`` hides it
 _IN_PLACE_OPS = reducing.IN_PLACE_OPS  # read on every hot-path call
 
-
-def _deprecated(old: str, new: str) -> None:
-    warnings.warn(f"Communicator.{old} is deprecated: call {new} (same arguments)", DeprecationWarning, stacklevel=3)

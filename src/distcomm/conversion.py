@@ -14,14 +14,15 @@ import numpy as np
 import torch
 
 from distcomm.errors import InvalidArgumentError
-from distcomm.rules import INT64_MAX, INT64_MIN
+from distcomm.rules import fits_int64
 
-_PYTHON_NUMBER_DTYPES: dict[type, torch.dtype] = {
+PYTHON_NUMBER_DTYPES: dict[type, torch.dtype] = {
     bool: torch.bool,
     int: torch.int64,
     float: torch.float64,
     complex: torch.complex128,
 }
+"""The dtype each Python number type travels as: the one table of it."""
 
 ACCEPTED = "a tensor, a Python number, a NumPy array or number, or a dict/list/tuple of those"
 
@@ -52,9 +53,18 @@ def parse_device(device: Any, operation: str) -> torch.device:
     return parsed
 
 
+def check_rank(value: Any, name: str, operation: str, world_size: int) -> int:
+    """``value`` as a rank of a group of ``world_size``, or a clear error naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InvalidArgumentError(f"{operation}: {name} must be an int rank, got {describe(value)}")
+    if not 0 <= value < world_size:
+        raise InvalidArgumentError(f"{operation}: {name}={value} is outside the group; ranks go from 0 to {world_size - 1}")
+    return int(value)
+
+
 def is_python_number(value: Any) -> bool:
     """True for ``bool``, ``int``, ``float`` and ``complex``, but not NumPy scalars."""
-    return type(value) in _PYTHON_NUMBER_DTYPES
+    return type(value) in PYTHON_NUMBER_DTYPES
 
 
 def to_tensor(value: Any, operation: str, where: str = "") -> torch.Tensor:
@@ -65,13 +75,13 @@ def to_tensor(value: Any, operation: str, where: str = "") -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value
     kind = type(value)
-    if kind in _PYTHON_NUMBER_DTYPES:
-        if kind is int and not INT64_MIN <= value <= INT64_MAX:
+    if kind in PYTHON_NUMBER_DTYPES:
+        if kind is int and not fits_int64(value):
             raise InvalidArgumentError(
                 f"{operation}: the int {value}{_at(where)} does not fit in 64 bits; "
                 "pass it as a float or split it"
             )
-        return torch.tensor(value, dtype=_PYTHON_NUMBER_DTYPES[kind])
+        return torch.tensor(value, dtype=PYTHON_NUMBER_DTYPES[kind])
     if isinstance(value, (np.ndarray, np.generic)):
         array = np.asarray(value)
         if array.dtype.kind not in "biufc":

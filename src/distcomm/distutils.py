@@ -20,10 +20,10 @@ import torch.distributed as dist
 from distcomm import devices, launch
 from distcomm.active import get_communicator, instrument
 from distcomm.communicator import Communicator
-from distcomm.handles import Handle
-from distcomm.rules import INT64_MAX, INT64_MIN
 from distcomm.conversion import describe, parse_device
 from distcomm.errors import InvalidArgumentError
+from distcomm.handles import Handle
+from distcomm.rules import fits_int64
 from distcomm.torch_dist import TorchDistCommunicator
 
 T = TypeVar("T")
@@ -160,7 +160,7 @@ def all_reduce(data, group=_DEFAULT_GROUP, average: bool = False, device=None) -
     data travels on the communicator's device.
     """
     comm = get_communicator() if group is None else _communicator_for(group)
-    if type(data) is float or (type(data) is int and INT64_MIN <= data <= INT64_MAX):
+    if type(data) is float or (type(data) is int and fits_int64(data)):
         if comm.world_size == 1:
             # The hot path of single-process runs: over one rank the sum of a number is
             # itself and the mean is it as a float, exactly what the collective returns.

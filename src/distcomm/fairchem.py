@@ -22,7 +22,6 @@ import os
 from collections.abc import Mapping
 
 from distcomm import devices, launch
-from distcomm.errors import ConfigurationError
 from distcomm.distutils import (
     DISTRIBUTED_PORT,
     T,
@@ -39,6 +38,7 @@ from distcomm.distutils import (
     synchronize,
 )
 from distcomm.distutils import cleanup as _cleanup
+from distcomm.errors import ConfigurationError
 
 CURRENT_DEVICE_TYPE_STR = devices.CURRENT_DEVICE_TYPE_STR
 

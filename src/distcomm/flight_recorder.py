@@ -38,13 +38,15 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from distcomm.errors import CollectiveError
-from distcomm.hooks import Hook
+from distcomm.conversion import dtype_name
+from distcomm.dump_signal import dump_on_signal, parse_signal
+from distcomm.errors import CollectiveError, ConfigurationError
+from distcomm.hooks import COMPLETED, END, FAILED, STARTED, STATE, Hook, HookRegistry, Recorder
+from distcomm.job_environment import identity_from_environment, job_name
+from distcomm.rules import environment_flag
 
 if TYPE_CHECKING:
     from types import CodeType, FrameType
-
-    from distcomm.communicator import Communicator
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +61,6 @@ WATCHDOG_VARIABLE = "DISTCOMM_FLIGHT_RECORDER_WATCHDOG"
 DEFAULT_SIZE = 4096
 DEFAULT_DIRECTORY = "distcomm-flight-records"
 
-STARTED, COMPLETED, FAILED = "started", "completed", "failed"
 _getframe, _now, _Tensor = sys._getframe, time.monotonic_ns, torch.Tensor  # looked up on every call
 
 
@@ -69,17 +70,16 @@ _PACKAGE_DIRECTORY = str(Path(__file__).resolve().parent)
 # An entry is a list, filled at the start and completed at the end (cheaper than an object);
 # a collective's wrapper completes a successful one itself, at END and STATE.
 _GROUP, _SEQ, _CALL, _DTYPE, _SHAPE, _DETAIL, _CODE, _LINE, _START, _END, _STATE, _ERROR = range(12)
-END, STATE = _END, _STATE
+assert (_END, _STATE) == (END, STATE)  # the wrapper completes entries at the places the hooks module names
 
 
-class FlightRecorder(Hook):
+class FlightRecorder(Recorder):
     """A ring buffer of this process's last collectives, and the dumps written from it.
 
     Communicators record into :func:`default_recorder` unless told otherwise; attach
     another with ``comm.register_hook(FlightRecorder(...))``.
     """
 
-    order = -100  # outermost: it sees every call start, and every failure, checks included
 
     def __init__(
         self,
@@ -93,7 +93,7 @@ class FlightRecorder(Hook):
         signum = None if dump_signal is None else parse_signal(dump_signal)
         self.entries: collections.deque[list[Any]] = collections.deque(maxlen=size)
         self._append = self.entries.append
-        self.directory = directory or os.environ.get(DIRECTORY_VARIABLE) or Path.cwd() / DEFAULT_DIRECTORY / _job_name()
+        self.directory = directory or os.environ.get(DIRECTORY_VARIABLE) or Path.cwd() / DEFAULT_DIRECTORY / job_name()
         self._groups: dict[str, tuple[str, Iterator[int]]] = {}
         self._lock = threading.Lock()
         self.watchdog_seconds: float | None = None
@@ -110,7 +110,7 @@ class FlightRecorder(Hook):
         parsed = parse_signal(signum)
         if parsed is None:
             return False
-        if self.dump_signal != parsed and _dump_on_signal(self, parsed):
+        if self.dump_signal != parsed and dump_on_signal(self, parsed):
             self.dump_signal = parsed
         return self.dump_signal == parsed
 
@@ -129,7 +129,7 @@ class FlightRecorder(Hook):
         if not seconds > 0:
             raise ValueError(f"the watchdog needs a positive number of seconds, got {seconds!r}")
         if self.watchdog_seconds is None:
-            _Watchdog(self, seconds).start()
+            _Watchdog(self).start()
         self.watchdog_seconds = seconds
 
     # ------------------------------------------------------------------ recording
@@ -174,7 +174,7 @@ class FlightRecorder(Hook):
         if isinstance(error, CollectiveError):
             self.dump(f"{entry[_CALL][0]} #{entry[_SEQ]} failed: {error}")
 
-    def for_split(self, child: Communicator) -> Hook | None:
+    def for_split(self, child: HookRegistry) -> Hook | None:
         return None  # a split communicator records into its parent's recorder, passed on directly
 
     # ------------------------------------------------------------------- reading
@@ -203,9 +203,9 @@ class FlightRecorder(Hook):
             rank, world_size = _identity()
             directory = self.directory
             _check_directory(directory)
-            path = directory / f"{_job_name()}-rank{rank}.jsonl"
+            path = directory / f"{job_name()}-rank{rank}.jsonl"
             header = {
-                "kind": "header", "rank": rank, "world_size": world_size, "job": _job_name(), "host": socket.gethostname(),
+                "kind": "header", "rank": rank, "world_size": world_size, "job": job_name(), "host": socket.gethostname(),
                 "pid": os.getpid(), "reason": reason, "wall_time": time.time(), "monotonic_ns": time.monotonic_ns(),
             }  # fmt: skip
             lines = [json.dumps(header)] + [json.dumps(record) for record in self.records()]
@@ -238,7 +238,7 @@ def _check_directory(directory: Path) -> None:
 
 def _as_record(entry: list[Any]) -> dict[str, Any]:
     if entry[_SHAPE] is not None:
-        data = f"{str(entry[_DTYPE]).removeprefix('torch.')}{list(entry[_SHAPE])}"
+        data = f"{dtype_name(entry[_DTYPE])}{list(entry[_SHAPE])}"
     else:
         data = entry[_DTYPE].__name__
     code: CodeType | None = entry[_CODE]
@@ -262,30 +262,22 @@ def _detail_text(name: str, value: Any) -> str:
 
 
 def _identity() -> tuple[int, int]:
-    """This process's global rank and the world size, as torch.distributed or the launcher says."""
+    """This process's global rank and the world size, as torch.distributed or the launcher says
+    (0 of 1 where neither says)."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
-    for rank_name, size_name in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS"), ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE")):
-        rank, size = os.environ.get(rank_name, ""), os.environ.get(size_name, "")
-        if rank.isdigit() and size.isdigit():
-            return int(rank), int(size)
-    return 0, 1
-
-
-def _job_name() -> str:
-    for name in ("DISTCOMM_JOB", "SLURM_JOB_ID", "LSB_JOBID", "TORCHELASTIC_RUN_ID"):
-        value = os.environ.get(name)
-        if value:
-            return "".join(c if c.isalnum() or c in "-_." else "_" for c in value)
-    return "job"
+    try:
+        return identity_from_environment()
+    except ConfigurationError:
+        return 0, 1
 
 
 class _Watchdog(threading.Thread):
-    """Dumps once for each call that has been in flight longer than ``seconds``."""
+    """Dumps once for each call in flight longer than the recorder's ``watchdog_seconds``."""
 
-    def __init__(self, recorder: FlightRecorder, seconds: float) -> None:
+    def __init__(self, recorder: FlightRecorder) -> None:
         super().__init__(name="distcomm-flight-watchdog", daemon=True)
         self.recorder = recorder
 
@@ -313,8 +305,7 @@ def default_recorder() -> FlightRecorder | None:
     global _default
     if _default is not None:
         return _default
-    value = os.environ.get(SWITCH, "1").strip().lower()
-    if value in ("0", "false", "no", "off"):
+    if not environment_flag(SWITCH, default=True):
         return None
     with _default_lock:
         if _default is None:
@@ -347,89 +338,10 @@ def _is_number(text: str) -> bool:
     return False
 
 
-def parse_signal(value: str | int) -> signal.Signals | None:
-    """The signal ``value`` names (``"SIGUSR2"``, ``"USR2"``, ``12``); ``None`` for none (``""``, ``"0"``, ``"none"``)."""
-    if isinstance(value, str):
-        text = value.strip().upper()
-        if text in ("", "0", "NONE", "OFF", "NO", "FALSE"):
-            return None
-        if text.isdigit():
-            value = int(text)
-        else:
-            name = text if text.startswith("SIG") else f"SIG{text}"
-            if not hasattr(signal, name):
-                raise ValueError(f"no signal is named {value!r} here; name one such as SIGUSR2, or none")
-            return signal.Signals(getattr(signal, name))
-    try:
-        return signal.Signals(value)
-    except ValueError:
-        raise ValueError(f"{value!r} is not a signal number here; name one such as SIGUSR2, or none") from None
-
-
-def _dump_on_signal(recorder: FlightRecorder, signum: signal.Signals) -> bool:
-    """Dump when ``signum`` arrives, also while the main thread is blocked inside a collective;
-    whether it was installed.
-
-    Python runs signal handlers only between bytecodes of the main thread, which a rank
-    stuck in a collective never reaches; the signal's wake-up byte, written by the C
-    handler, reaches a helper thread that writes the dump. Nothing is installed (and a
-    warning says so) where the application handles ``signum`` itself, already uses the
-    wake-up file, or this is not the main thread.
-    """
-    global _listening
-    if _listening is not None or threading.current_thread() is not threading.main_thread():
-        logger.warning("flight record dumps on %s not installed: %s", signum.name,
-                       "one is already installed" if _listening is not None else "not in the main thread")  # fmt: skip
-        return False
-    if signal.getsignal(signum) not in (signal.SIG_DFL, None):
-        logger.warning("flight record dumps on %s not installed: the application handles that signal", signum.name)
-        return False
-    read_end, write_end = os.pipe()
-    os.set_blocking(write_end, False)
-    try:
-        previous = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
-    except (ValueError, OSError):
-        previous = None
-    if previous != -1:  # it could not be set, or someone else listens there: leave it to them
-        if previous is not None:
-            signal.set_wakeup_fd(previous)
-        os.close(read_end)
-        os.close(write_end)
-        logger.warning("flight record dumps on %s not installed: the signal wake-up file is in use", signum.name)
-        return False
-    signal.signal(signum, _ignore)
-    _listening = signum
-
-    def listen() -> None:
-        while True:
-            try:
-                received = os.read(read_end, 64)
-            except OSError:
-                return
-            if signum in received:
-                recorder.dump(signum.name)
-
-    threading.Thread(target=listen, name="distcomm-flight-signal", daemon=True).start()
-    return True
-
-
-_listening: signal.Signals | None = None
-"""The signal this process listens for, if any (then a forked child must not inherit the pipe)."""
-
-
-def _ignore(signum: int, frame: object) -> None:
-    """The Python-level handler of the dump signal: the listening thread does the work."""
-
-
 def _after_fork_in_child() -> None:
-    """A forked child starts with no recorder: the parent's records and signal pipe are not its own."""
-    global _default, _default_lock, _listening
+    """A forked child starts with no recorder: the parent's records are not its own."""
+    global _default, _default_lock
     _default_lock = threading.Lock()  # another thread may have held it at the fork
-    if _listening is not None:
-        with contextlib.suppress(ValueError, OSError):
-            signal.set_wakeup_fd(-1)
-            signal.signal(_listening, signal.SIG_DFL)
-        _listening = None
     _default = None
 
 

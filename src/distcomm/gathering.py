@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from distcomm.agreement import by_rank, exchange_claims, explain
+from distcomm.agreement import exchange_claims
 from distcomm.conversion import describe, dtype_name
 from distcomm.errors import InconsistentInputError, InvalidArgumentError, WireFormatError
 from distcomm.handles import CompletedHandle, Handle, ThenHandle
+from distcomm.mismatch import by_rank, explain
 from distcomm.nested import flatten, is_container, unflatten
 from distcomm.objects import all_gather_objects, exchange
 from distcomm.opening import Opening, body_room, open_call
@@ -26,22 +27,22 @@ from distcomm.rules import DTYPE_CODES, DTYPES
 from distcomm.serialization import max_payload_bytes
 
 if TYPE_CHECKING:
-    from distcomm.communicator import Communicator
+    from distcomm.channel import Channel
 
 MAX_GATHER_DIMS = 16
 HEADER_WORDS = 2 + MAX_GATHER_DIMS
 
 
-def gather_data(comm: Communicator, data: Any) -> list[Any]:
+def gather_data(channel: Channel, data: Any) -> list[Any]:
     """Every rank's ``data``: tensors of any shape, other values through pickle, containers leaf by leaf."""
     if isinstance(data, torch.Tensor):
-        return gather_tensor(comm, data, asynchronous=False).wait()  # type: ignore[no-any-return]
+        return gather_tensor(channel, data, asynchronous=False).wait()  # type: ignore[no-any-return]
     if not is_container(data):
-        return all_gather_objects(comm, data, "all_gather")
+        return all_gather_objects(channel, data, "all_gather")
     leaves, paths, spec = flatten(data)
     skeleton = [None if isinstance(leaf, torch.Tensor) else leaf for leaf in leaves]
     tensors = tuple(i for i, leaf in enumerate(leaves) if isinstance(leaf, torch.Tensor))
-    per_rank = [comm.object_codec.decode(p) for p in exchange(comm, (spec, skeleton, tensors), "all_gather", step="structure")]
+    per_rank = [channel.object_codec.decode(p) for p in exchange(channel, (spec, skeleton, tensors), "all_gather", step="structure")]
     for rank, entry in enumerate(per_rank):
         if not (isinstance(entry, tuple) and len(entry) == 3 and isinstance(entry[1], list) and isinstance(entry[2], tuple)):
             raise WireFormatError(f"all_gather: rank {rank} sent a malformed structure: {entry!r:.80}")
@@ -59,38 +60,38 @@ def gather_data(comm: Communicator, data: Any) -> list[Any]:
         raise InconsistentInputError(
             f"all_gather: ranks passed a tensor at {paths[where] or 'the top level'} where others did not: {by_rank(kinds)}"
         )
-    columns = {i: gather_tensor(comm, leaves[i], asynchronous=False).wait() for i in tensors}
+    columns = {i: gather_tensor(channel, leaves[i], asynchronous=False).wait() for i in tensors}
     return [
         unflatten(spec, [columns[i][r] if i in columns else v for i, v in enumerate(rank_leaves)])
         for r, (_, rank_leaves, _) in enumerate(per_rank)
     ]
 
 
-def gather_same_shape(comm: Communicator, tensor: Any, operation: str, out: torch.Tensor | None = None) -> list[torch.Tensor]:
+def gather_same_shape(channel: Channel, tensor: Any, operation: str, out: torch.Tensor | None = None) -> list[torch.Tensor]:
     """Every rank's ``tensor``, promised to have one shape and dtype everywhere: one collective,
     into ``out`` when given (then the entries are views of it)."""
-    carrier = _same_shape_carrier(comm, tensor, operation, out)
-    if comm.world_size == 1:  # the only rank's tensor: a copy, with no collective to wait for
+    carrier = _same_shape_carrier(channel, tensor, operation, out)
+    if channel.world_size == 1:  # the only rank's tensor: a copy, with no collective to wait for
         return [tensor.clone() if out is None else out[0].copy_(tensor)]
-    gathered = comm.tensor_backend.all_gather(carrier, out)
+    gathered = channel.backend.all_gather(carrier, out)
     return list((gathered if carrier is tensor else gathered.to(tensor.device)).unbind(0))
 
 
-def gather_same_shape_async(comm: Communicator, tensor: torch.Tensor, out: torch.Tensor | None = None) -> Handle:
+def gather_same_shape_async(channel: Channel, tensor: torch.Tensor, out: torch.Tensor | None = None) -> Handle:
     """:func:`gather_same_shape` in the background."""
-    carrier = _same_shape_carrier(comm, tensor, "all_gather_async", out)
+    carrier = _same_shape_carrier(channel, tensor, "all_gather_async", out)
     home = tensor.device
-    return ThenHandle(comm.tensor_backend.all_gather_async(carrier, out), lambda gathered: list(gathered.to(home).unbind(0)))
+    return ThenHandle(channel.backend.all_gather_async(carrier, out), lambda gathered: list(gathered.to(home).unbind(0)))
 
 
-def _same_shape_carrier(comm: Communicator, tensor: Any, operation: str, out: torch.Tensor | None) -> torch.Tensor:
+def _same_shape_carrier(channel: Channel, tensor: Any, operation: str, out: torch.Tensor | None) -> torch.Tensor:
     if not isinstance(tensor, torch.Tensor):
         raise InvalidArgumentError(f"{operation}(same_shape=True) takes a tensor, got {describe(tensor)}")
     if tensor.dtype not in DTYPE_CODES:
         raise InvalidArgumentError(f"{operation} does not support dtype {tensor.dtype}; convert the tensor first")
-    carrier = comm._transport(tensor, operation)
+    carrier = channel.transport(tensor, operation)
     if out is not None:
-        wanted = (comm.world_size, *tensor.shape)
+        wanted = (channel.world_size, *tensor.shape)
         if (
             not isinstance(out, torch.Tensor) or tuple(out.shape) != wanted or out.dtype != tensor.dtype
             or out.device != carrier.device or not out.is_contiguous() or carrier is not tensor
@@ -103,13 +104,13 @@ def _same_shape_carrier(comm: Communicator, tensor: Any, operation: str, out: to
     return carrier
 
 
-def gather_tensor(comm: Communicator, tensor: torch.Tensor, *, asynchronous: bool) -> Handle:
+def gather_tensor(channel: Channel, tensor: torch.Tensor, *, asynchronous: bool) -> Handle:
     """Gather tensors of any shapes: one collective when every rank's tensor is small, else
     the headers then the data, which moves asynchronously when asked and shapes are equal.
     The handle's result is a list of new tensors on ``tensor``'s device."""
-    backend = comm.tensor_backend
-    carrier = comm._transport(tensor.detach(), "all_gather")  # a gather is not differentiable: never the graph
-    inline, shapes = exchange_headers(comm, carrier)
+    backend = channel.backend
+    carrier = channel.transport(tensor.detach(), "all_gather")  # a gather is not differentiable: never the graph
+    inline, shapes = exchange_headers(channel, carrier)
     home = tensor.device
     if inline is not None:
         return CompletedHandle([t.to(home) for t in inline])
@@ -122,7 +123,7 @@ def gather_tensor(comm: Communicator, tensor: torch.Tensor, *, asynchronous: boo
     return CompletedHandle(gathered if carrier is tensor else [g.to(home) for g in gathered])
 
 
-def exchange_headers(comm: Communicator, tensor: torch.Tensor) -> tuple[list[torch.Tensor] | None, list[torch.Size]]:
+def exchange_headers(channel: Channel, tensor: torch.Tensor) -> tuple[list[torch.Tensor] | None, list[torch.Size]]:
     """Every rank's shape, and every rank's tensor too when all of them fit in the opening slot.
 
     Different dtypes or numbers of dimensions, or a refusal, raise the same clear error
@@ -142,12 +143,12 @@ def exchange_headers(comm: Communicator, tensor: torch.Tensor) -> tuple[list[tor
     if problem is None:
         header[0], header[1] = tensor.dim(), code
         header[2 : 2 + tensor.dim()] = tensor.shape
-        if nbytes <= body_room(comm.world_size) - header.nbytes:
+        if nbytes <= body_room(channel.world_size) - header.nbytes:
             inline = tensor
-    opening = open_call(comm, "all_gather", "tensor", header.view(np.uint8), inline, tensor.device)
-    headers = [_read_header(comm, opening, rank) for rank in range(comm.world_size)]
+    opening = open_call(channel, "all_gather", "tensor", header.view(np.uint8), inline, tensor.device)
+    headers = [_read_header(channel, opening, rank) for rank in range(channel.world_size)]
     if any(h is None for h in headers):
-        claims = exchange_claims(comm, "all_gather", (problem, ()))
+        claims = exchange_claims(channel, "all_gather", (problem, ()))
         raise InconsistentInputError(explain("all_gather", claims))
     dtypes = [DTYPES[code] for code, _, _ in headers]  # type: ignore[misc]
     shapes = [shape for _, shape, _ in headers]  # type: ignore[misc]
@@ -165,7 +166,7 @@ def exchange_headers(comm: Communicator, tensor: torch.Tensor) -> tuple[list[tor
     return [row[:n].view(tensor.dtype).reshape(shape).clone() for row, n, shape in zip(rows, sizes, shapes)], shapes
 
 
-def _read_header(comm: Communicator, opening: Opening, rank: int) -> tuple[int, torch.Size, bool] | None:
+def _read_header(channel: Channel, opening: Opening, rank: int) -> tuple[int, torch.Size, bool] | None:
     """``rank``'s dtype code, shape and whether its data came inline; ``None`` for a refusal.
     Anything outside the wire format raises :class:`~distcomm.errors.WireFormatError`."""
     words = opening.words(rank, HEADER_WORDS)
@@ -180,7 +181,7 @@ def _read_header(comm: Communicator, opening: Opening, rank: int) -> tuple[int, 
     nbytes = DTYPES[code].itemsize
     for n in shape.tolist():
         nbytes *= n
-    limit = max_payload_bytes(comm.object_codec)
+    limit = max_payload_bytes(channel.object_codec)
     if nbytes > limit:
         raise WireFormatError(
             f"all_gather: rank {rank} announced a tensor of shape {shape.tolist()} ({nbytes} bytes), over the "

@@ -46,17 +46,13 @@ class CompletedHandle(Handle):
 
 
 class WorkHandle(Handle):
-    """A torch ``Work`` in flight; its failure becomes a :class:`CollectiveError`.
+    """A torch ``Work`` in flight; its failure becomes a :class:`CollectiveError`."""
 
-    ``finish`` turns the raw result into what the caller gets, once the work is done.
-    """
-
-    def __init__(self, work: Any, result: Any, step: str, rank: int, finish: Callable[[Any], Any] | None = None) -> None:
+    def __init__(self, work: Any, result: Any, step: str, rank: int) -> None:
         self._work = work
         self._result = result
         self._step = step
         self._rank = rank
-        self._finish = finish
 
     def wait(self) -> Any:
         try:
@@ -65,7 +61,7 @@ class WorkHandle(Handle):
             raise
         except RuntimeError as error:
             raise CollectiveError(self._step, self._rank, error) from error
-        return self._result if self._finish is None else self._finish(self._result)
+        return self._result
 
     def is_completed(self) -> bool:
         return bool(self._work.is_completed())

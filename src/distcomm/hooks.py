@@ -29,8 +29,6 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from distcomm.backend import Backend
-    from distcomm.communicator import Communicator
-    from distcomm.flight_recorder import FlightRecorder
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -43,7 +41,7 @@ class Call:
 
     def __init__(
         self,
-        comm: Communicator,
+        comm: HookRegistry,
         operation: str,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
@@ -96,7 +94,7 @@ class Hook:
     def after(self, call: Call, error: BaseException | None) -> None:
         """Called when the collective returned (``error`` is ``None``) or raised ``error``."""
 
-    def for_split(self, child: Communicator) -> Hook | None:
+    def for_split(self, child: HookRegistry) -> Hook | None:
         """The hook to attach to a communicator split from this one (``None``: none)."""
         return None
 
@@ -104,7 +102,7 @@ class Hook:
 class HookHandle:
     """Returned by :meth:`Communicator.register_hook`; :meth:`remove` detaches the hook."""
 
-    def __init__(self, comm: Communicator, hook: Hook) -> None:
+    def __init__(self, comm: HookRegistry, hook: Hook) -> None:
         self._comm = comm
         self.hook = hook
 
@@ -119,11 +117,45 @@ class HookHandle:
         self.remove()
 
 
+STARTED, COMPLETED, FAILED = "started", "completed", "failed"
+"""The states of a recorded call."""
+END, STATE = 9, 10
+"""Where a recorded entry keeps its end time and its state: a collective's wrapper completes a
+successful entry itself, in place, which is cheaper than a call."""
+
+
+class Recorder(Hook):
+    """A hook that every collective's wrapper calls directly, first and last: :meth:`begin` when
+    the call starts and :meth:`end` when it failed (a success the wrapper writes into the
+    entry itself, at :data:`END` and :data:`STATE`). :class:`~distcomm.FlightRecorder` is one;
+    a communicator has at most one."""
+
+    order = -100  # outermost: it sees every call start, and every failure, checks included
+
+    def group(self, name: str) -> Any:
+        """The key a communicator of group ``name`` records under."""
+        raise NotImplementedError
+
+    def begin(self, group_key: Any, call: tuple[str, str], data: Any, detail: Any) -> list[Any]:
+        """Record that ``call`` starts now; the entry (a list) that :meth:`end` completes."""
+        raise NotImplementedError
+
+    def end(self, entry: list[Any], error: BaseException | None) -> None:
+        """Complete ``entry``: completed, or failed with ``error``."""
+        raise NotImplementedError
+
+    def dump(self, reason: str = "requested") -> Path | None:
+        """Write the record now; its path, or ``None``. Never raises."""
+        return None
+
+
 class HookRegistry:
     """The hooks of a communicator (its base class): attach, detach, list; and its flight recorder."""
 
+    rank: int
+    world_size: int
     _hooks: tuple[Hook, ...]
-    _recorder: FlightRecorder | None
+    _recorder: Recorder | None
     _record_group: Any
     _backend: Backend
 
@@ -136,18 +168,17 @@ class HookRegistry:
     def register_hook(self, hook: Hook) -> HookHandle:
         """Pass every collective through ``hook`` from now on; the handle's ``remove()`` stops it.
 
-        A :class:`~distcomm.FlightRecorder` takes the place of the one recording now.
+        A :class:`Recorder` (such as :class:`~distcomm.FlightRecorder`) takes the place of the
+        one recording now.
         """
-        from distcomm.flight_recorder import FlightRecorder  # it builds on this module
-
         if not isinstance(hook, Hook):
             raise InvalidArgumentError(f"register_hook takes a distcomm.hooks.Hook, got {type(hook).__name__}")
         with _registration:  # a new tuple each time: a collective running meanwhile keeps the one it read
-            if isinstance(hook, FlightRecorder):
+            if isinstance(hook, Recorder):
                 self._record_into(hook)
             else:
                 self._hooks = tuple(sorted((*self._hooks, hook), key=lambda h: h.order))
-        return HookHandle(self, hook)  # type: ignore[arg-type]
+        return HookHandle(self, hook)
 
     def remove_hook(self, hook: Hook) -> None:
         """Stop passing collectives through ``hook`` (harmless when it is not attached)."""
@@ -156,14 +187,14 @@ class HookRegistry:
                 self._recorder = None
             self._hooks = tuple(h for h in self._hooks if h is not hook)
 
-    def _record_into(self, recorder: FlightRecorder | None) -> None:
+    def _record_into(self, recorder: Recorder | None) -> None:
         """Record this communicator's calls into ``recorder``, under its group's name (the same on every rank)."""
         self._recorder = recorder
         if recorder is not None:
             self._record_group = recorder.group(str(getattr(self._backend.group, "group_name", "") or self._backend.name))
 
     @property
-    def flight_recorder(self) -> FlightRecorder | None:
+    def flight_recorder(self) -> Recorder | None:
         """The recorder of this communicator's calls (``None`` with ``DISTCOMM_FLIGHT_RECORDER=0``)."""
         return self._recorder
 
@@ -191,10 +222,10 @@ def collective(describe: Callable[..., str] | None = None, payload: Callable[...
     def decorate(method: F) -> F:
         operation = method.__name__
 
-        def closed(comm: Communicator) -> ClosedCommunicatorError:
+        def closed(comm: HookRegistry) -> ClosedCommunicatorError:
             return ClosedCommunicatorError(f"{operation} on a closed {type(comm).__name__}: create a new communicator")
 
-        def hooked(comm: Communicator, hooks: tuple[Hook, ...], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        def hooked(comm: HookRegistry, hooks: tuple[Hook, ...], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             call = Call(comm, operation, args, kwargs, describe, payload)
             return _dispatch(hooks, call, lambda: _named(method, comm, operation, args, kwargs))
 
@@ -244,8 +275,6 @@ def _with_signature_of(method: Callable[..., Any], closed: Any, hooked: Any, rai
     packs no ``*args``/``**kwargs``, which keeps the hot paths within a microsecond of torch.
     The flight recorder, on by default, is called here directly rather than through the
     general hook dispatch, for the same reason; it still sees every call first and last."""
-    from distcomm import flight_recorder  # it builds on this module
-
     parameters = list(inspect.signature(method).parameters.values())[1:]  # without self
     positional = [p.name for p in parameters if p.kind is p.POSITIONAL_OR_KEYWORD]
     keywords = [p.name for p in parameters if p.kind is p.KEYWORD_ONLY]
@@ -266,7 +295,7 @@ def _with_signature_of(method: Callable[..., Any], closed: Any, hooked: Any, rai
     scope = {
         "method": method, "closed": closed, "hooked": hooked, "raise_named": raise_named,
         "CollectiveError": CollectiveError, "renamed": renamed,
-        "END": flight_recorder.END, "STATE": flight_recorder.STATE, "COMPLETED": flight_recorder.COMPLETED,
+        "END": END, "STATE": STATE, "COMPLETED": COMPLETED,
         "now": time.monotonic_ns, "CALL": (method.__name__, detail_name),
     }  # fmt: skip
     exec(compile(source, f"<distcomm collective {method.__qualname__}>", "exec"), scope, namespace)  # noqa: S102
@@ -275,7 +304,7 @@ def _with_signature_of(method: Callable[..., Any], closed: Any, hooked: Any, rai
     return functools.update_wrapper(run, method)
 
 
-def _named(method: Callable[..., Any], comm: Communicator, operation: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def _named(method: Callable[..., Any], comm: HookRegistry, operation: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     try:
         return method(comm, *args, **kwargs)
     except CollectiveError as error:

@@ -26,6 +26,10 @@ from distcomm.communicator import Communicator
 from distcomm.config import DistributedConfig
 from distcomm.devices import assign_device_for_local_rank
 from distcomm.errors import CollectiveError, ConfigurationError
+from distcomm.job_environment import MissingEnvironmentError as MissingEnvironmentError  # re-exported
+from distcomm.job_environment import identity_from_environment as identity_from_environment  # re-exported
+from distcomm.job_environment import int_variable
+from distcomm.job_environment import os_environ_get_or_throw as os_environ_get_or_throw  # re-exported
 from distcomm.torch_dist import TorchDistCommunicator
 
 logger = logging.getLogger(__name__)
@@ -35,18 +39,6 @@ DISTRIBUTED_PORT = 13356
 LSF_MASTER_PORT = 23456
 PORT_OVERRIDE_VARIABLE = "DISTCOMM_MASTER_PORT"
 """Set it to move the fixed SLURM and LSF rendezvous ports, where another service holds them."""
-
-
-class MissingEnvironmentError(ConfigurationError, RuntimeError):
-    """A launcher variable that must be set is not."""
-
-
-def os_environ_get_or_throw(x: str, environ: Mapping[str, str] | None = None) -> str:
-    """The value of environment variable ``x``; a ``RuntimeError`` naming ``x`` if it is unset."""
-    environ = os.environ if environ is None else environ
-    if x not in environ:
-        raise MissingEnvironmentError(f"environment variable {x} is not set; the launcher should set it")
-    return environ[x]
 
 
 def find_free_port() -> int:
@@ -81,42 +73,6 @@ class LaunchPlan:
     backend: str
     environment: dict[str, str] = attrs.field(factory=dict)
     """Variables to export before the process group is created."""
-
-
-def _int_variable(name: str, environ: Mapping[str, str]) -> int:
-    value = os_environ_get_or_throw(name, environ)
-    try:
-        return int(value)
-    except ValueError:
-        raise ConfigurationError(f"environment variable {name}={value!r} is not an integer") from None
-
-
-_IDENTITY_VARIABLES = (
-    ("torchrun", "RANK", "WORLD_SIZE"),
-    ("SLURM", "SLURM_PROCID", "SLURM_NTASKS"),
-    ("LSF/jsrun", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
-)
-
-
-def identity_from_environment(environ: Mapping[str, str] | None = None) -> tuple[int, int]:
-    """This process's rank and the world size, as the launcher exported them.
-
-    The first launcher whose rank variable is set wins (torchrun, then SLURM, then
-    LSF); a missing or malformed value is a :class:`ConfigurationError` naming it.
-    """
-    environ = os.environ if environ is None else environ
-    for launcher, rank_name, size_name in _IDENTITY_VARIABLES:
-        if rank_name in environ:
-            if size_name not in environ:
-                raise MissingEnvironmentError(
-                    f"{rank_name} is set but {size_name} is not: {launcher} should export both; pass world_size"
-                )
-            return _int_variable(rank_name, environ), _int_variable(size_name, environ)
-    names = ", ".join(f"{r}/{s} ({launcher})" for launcher, r, s in _IDENTITY_VARIABLES)
-    raise MissingEnvironmentError(
-        f"rank and world_size were not given and no launcher exported them (looked for {names}): "
-        "pass rank= and world_size=, or start the job with torchrun, srun or jsrun"
-    )
 
 
 def init_method_url(
@@ -197,14 +153,14 @@ def _plan_slurm(config: DistributedConfig, environ: Mapping[str, str]) -> Launch
             "with srun/sbatch, or set submit to false (each rank would otherwise train alone as rank 0)"
         )
     host = slurm_hostnames(node_list, environ.get("PATH", os.defpath))[0]
-    nnodes = _int_variable("SLURM_NNODES", environ)
+    nnodes = int_variable("SLURM_NNODES", environ)
     if "SLURM_NTASKS_PER_NODE" in environ:
         per_node_text = environ["SLURM_NTASKS_PER_NODE"].split("(")[0]
         if not per_node_text.isdigit():
             raise ConfigurationError(f"SLURM_NTASKS_PER_NODE={environ['SLURM_NTASKS_PER_NODE']!r} is not an integer")
         tasks_per_node = int(per_node_text)
     else:
-        ntasks = _int_variable("SLURM_NTASKS", environ)
+        ntasks = int_variable("SLURM_NTASKS", environ)
         if ntasks % nnodes:
             raise ConfigurationError(f"SLURM_NTASKS={ntasks} does not divide evenly over SLURM_NNODES={nnodes}")
         tasks_per_node = ntasks // nnodes
@@ -212,7 +168,7 @@ def _plan_slurm(config: DistributedConfig, environ: Mapping[str, str]) -> Launch
     if tasks_per_node == 1:
         if world_size % nnodes:
             raise ConfigurationError(f"world_size={world_size} must be divisible by SLURM_NNODES={nnodes}")
-        rank = _int_variable("SLURM_NODEID", environ) * (world_size // nnodes)
+        rank = int_variable("SLURM_NODEID", environ) * (world_size // nnodes)
         local_rank = 0
     else:
         if tasks_per_node != world_size // nnodes:
@@ -220,8 +176,8 @@ def _plan_slurm(config: DistributedConfig, environ: Mapping[str, str]) -> Launch
                 f"SLURM runs {tasks_per_node} tasks per node but world_size={world_size} over {nnodes} "
                 f"nodes needs {world_size // nnodes}: make world_size = tasks per node x nodes"
             )
-        rank = _int_variable("SLURM_PROCID", environ)
-        local_rank = _int_variable("SLURM_LOCALID", environ)
+        rank = int_variable("SLURM_PROCID", environ)
+        local_rank = int_variable("SLURM_LOCALID", environ)
     return LaunchPlan(
         "slurm",
         rank,
@@ -246,8 +202,8 @@ def read_lsf_hostfile(path: str) -> list[str]:
 
 
 def _plan_lsf(config: DistributedConfig, environ: Mapping[str, str]) -> LaunchPlan:
-    world_size = _int_variable("OMPI_COMM_WORLD_SIZE", environ)
-    rank = _int_variable("OMPI_COMM_WORLD_RANK", environ)
+    world_size = int_variable("OMPI_COMM_WORLD_SIZE", environ)
+    rank = int_variable("OMPI_COMM_WORLD_RANK", environ)
     local_rank = int(environ.get("OMPI_COMM_WORLD_LOCAL_RANK", "0"))
     master = read_lsf_hostfile(os_environ_get_or_throw("LSB_DJOB_HOSTFILE", environ))[0]
     exports = {
@@ -262,10 +218,10 @@ def _plan_lsf(config: DistributedConfig, environ: Mapping[str, str]) -> LaunchPl
 def _plan_torchrun(config: DistributedConfig, environ: Mapping[str, str]) -> LaunchPlan:
     if "MASTER_ADDR" not in environ and (config.init_method or "").startswith("file://"):
         # A shared-file rendezvous needs no address: each process says its rank (fairchem's local "file" mode).
-        rank = _int_variable("RANK", environ) if "RANK" in environ else 0
+        rank = int_variable("RANK", environ) if "RANK" in environ else 0
         if rank >= config.world_size:
             raise ConfigurationError(f"RANK={rank} is not below world_size={config.world_size}")
-        local_rank = _int_variable("LOCAL_RANK", environ) if "LOCAL_RANK" in environ else 0
+        local_rank = int_variable("LOCAL_RANK", environ) if "LOCAL_RANK" in environ else 0
         return LaunchPlan("file", rank, config.world_size, local_rank, config.init_method or "", config.resolved_backend)
     if "MASTER_ADDR" not in environ:
         if config.world_size != 1:
@@ -275,9 +231,9 @@ def _plan_torchrun(config: DistributedConfig, environ: Mapping[str, str]) -> Lau
                 "(summit: true), or set world_size to 1 for a single process"
             )
         return LaunchPlan("single", 0, 1, 0, "env://", config.resolved_backend)
-    rank = _int_variable("RANK", environ)
-    local_rank = _int_variable("LOCAL_RANK", environ)
-    _int_variable("MASTER_PORT", environ)
+    rank = int_variable("RANK", environ)
+    local_rank = int_variable("LOCAL_RANK", environ)
+    int_variable("MASTER_PORT", environ)
     launched = environ.get("WORLD_SIZE")
     if launched is not None and launched.isdigit() and int(launched) != config.world_size:
         raise ConfigurationError(

@@ -60,4 +60,8 @@ class LocalCommunicator(Communicator):
     """
 
     def __init__(self, device: torch.device | str = "cpu") -> None:
-        super().__init__(LocalBackend(device))
+        self._home = torch.device(device)
+        super().__init__()
+
+    def _open_backend(self) -> Backend:
+        return LocalBackend(self._home)

@@ -6,6 +6,8 @@ them) take one collective; larger ones take a second for the rest. A rank that c
 send its object (unpicklable, too large, a bad argument) sends the reason instead, with
 the length negated, so every rank raises the same error instead of some of them
 waiting forever.
+
+Tested with the object collectives: tests/test_collectives.py, tests/test_serialization.py, tests/test_wire.py.
 """
 
 from __future__ import annotations
@@ -15,14 +17,14 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import torch
 
-from distcomm.agreement import explain
 from distcomm.conversion import describe, parse_device
 from distcomm.errors import InconsistentInputError, InvalidArgumentError, WireFormatError
+from distcomm.mismatch import explain
 from distcomm.opening import Opening, body_room, open_call, slot_bytes
 from distcomm.serialization import UnsafeObjectError, max_payload_bytes
 
 if TYPE_CHECKING:
-    from distcomm.communicator import Communicator
+    from distcomm.channel import Channel
 
 OBJECT_SLOT_BYTES = slot_bytes(1)
 """Object collectives send payloads up to about this size in one collective (worlds of up to 16 ranks)."""
@@ -31,25 +33,25 @@ LENGTH_BYTES = 8
 DeviceLike = torch.device | str | None
 
 
-def target_device(comm: Communicator, device: DeviceLike, operation: str = "an object collective") -> torch.device:
+def target_device(channel: Channel, device: DeviceLike, operation: str = "an object collective") -> torch.device:
     """Where an object collective's bytes travel: ``device`` (checked), else the communicator's."""
     if device is None:
-        return comm.device
+        return channel.device
     target = parse_device(device, operation)
-    if not comm._accepts(target):
-        raise InvalidArgumentError(f"{operation}: the {comm.backend} backend cannot move data on {target}; pass device=None")
+    if not channel.accepts(target):
+        raise InvalidArgumentError(f"{operation}: the {channel.backend.name} backend cannot move data on {target}; pass device=None")
     return target
 
 
-def encode(comm: Communicator, obj: Any, operation: str) -> tuple[bytes, InvalidArgumentError | None]:
+def encode(channel: Channel, obj: Any, operation: str) -> tuple[bytes, InvalidArgumentError | None]:
     """``obj``'s bytes, or, when it cannot be sent, the message to send instead and the error."""
     try:
-        payload = comm.object_codec.encode(obj)
+        payload = channel.object_codec.encode(obj)
     except Exception as error:
         refusal = InvalidArgumentError(f"{operation}: the object cannot be pickled: {error}")
         refusal.__cause__ = error
         return str(refusal).encode(), refusal
-    limit = max_payload_bytes(comm.object_codec)
+    limit = max_payload_bytes(channel.object_codec)
     if len(payload) > limit:
         too_large = InvalidArgumentError(
             f"{operation}: the object encodes to {len(payload)} bytes, over the codec's limit of {limit} "
@@ -74,7 +76,7 @@ def raise_refusals(operation: str, reasons: list[str | None], refusal: BaseExcep
     raise InconsistentInputError(explain(operation, [(reason, ()) for reason in reasons])) from refusal
 
 
-def read_body(comm: Communicator, opening: Opening, rank: int, operation: str) -> tuple[int, bytes]:
+def read_body(channel: Channel, opening: Opening, rank: int, operation: str) -> tuple[int, bytes]:
     """The length ``rank`` announced (negative: a refusal, whose text follows) and the bytes that came
     inline, checked: a refusal's text and an inline head must be exactly as long as announced,
     and a payload within the codec's limit, before anything is allocated for it."""
@@ -82,29 +84,29 @@ def read_body(comm: Communicator, opening: Opening, rank: int, operation: str) -
     if words is None:
         raise WireFormatError(f"{operation}: rank {rank} sent an object slot with no length")
     length, head = int(words[0]), opening.body(rank)[LENGTH_BYTES:].tobytes()
-    limit = max_payload_bytes(comm.object_codec)
+    limit = max_payload_bytes(channel.object_codec)
     if length > limit:
         raise UnsafeObjectError(
             f"{operation}: rank {rank} announced a payload of {length} bytes, over the codec's limit of "
             f"{limit} bytes; nothing was allocated for it (raise the codec's max_bytes if it is genuine)"
         )
-    room = body_room(comm.world_size) - LENGTH_BYTES
+    room = body_room(channel.world_size) - LENGTH_BYTES
     if length < 0 and len(head) != -length or length >= 0 and len(head) != min(length, room):
         raise WireFormatError(f"{operation}: rank {rank} announced {length} bytes and sent {len(head)} in its slot")
     return length, head
 
 
-def exchange(comm: Communicator, obj: Any, operation: str, device: DeviceLike = None, *, step: str = "objects") -> list[bytes]:
+def exchange(channel: Channel, obj: Any, operation: str, device: DeviceLike = None, *, step: str = "objects") -> list[bytes]:
     """Every rank's encoded ``obj``, in rank order (not yet decoded)."""
-    payload, refusal = encode(comm, obj, operation)
-    target = target_device(comm, device, operation)
-    if comm.world_size == 1:  # no other rank: the payload was still made, so what cannot travel fails here too
+    payload, refusal = encode(channel, obj, operation)
+    target = target_device(channel, device, operation)
+    if channel.world_size == 1:  # no other rank: the payload was still made, so what cannot travel fails here too
         if refusal is not None:
             raise_refusals(operation, [payload.decode(errors="replace")], refusal)
         return [payload]
-    body = slot_body(payload, body_room(comm.world_size), refused=refusal is not None)
-    opening = open_call(comm, operation, step, body, device=target)
-    slots = [read_body(comm, opening, rank, operation) for rank in range(comm.world_size)]
+    body = slot_body(payload, body_room(channel.world_size), refused=refusal is not None)
+    opening = open_call(channel, operation, step, body, device=target)
+    slots = [read_body(channel, opening, rank, operation) for rank in range(channel.world_size)]
     if any(length < 0 for length, _ in slots):
         raise_refusals(operation, [head.decode(errors="replace") if length < 0 else None for length, head in slots], refusal)
     if all(len(head) == length for length, head in slots):
@@ -112,18 +114,18 @@ def exchange(comm: Communicator, obj: Any, operation: str, device: DeviceLike = 
     longest = max(length for length, _ in slots)
     padded = torch.zeros(longest, dtype=torch.uint8)
     padded[: len(payload)] = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
-    full = comm.tensor_backend.all_gather(padded.to(target)).cpu().numpy()
+    full = channel.backend.all_gather(padded.to(target)).cpu().numpy()
     return [row[:length].tobytes() for row, (length, _) in zip(full, slots)]
 
 
-def all_gather_objects(comm: Communicator, obj: Any, operation: str = "all_gather_object", device: DeviceLike = None) -> list[Any]:
+def all_gather_objects(channel: Channel, obj: Any, operation: str = "all_gather_object", device: DeviceLike = None) -> list[Any]:
     """Every rank's ``obj``, decoded, in rank order."""
-    decode = comm.object_codec.decode
-    return [decode(payload) for payload in exchange(comm, obj, operation, device)]
+    decode = channel.object_codec.decode
+    return [decode(payload) for payload in exchange(channel, obj, operation, device)]
 
 
 def broadcast_object(
-    comm: Communicator, obj: Any, src: int, operation: str, device: DeviceLike = None, problem: str | None = None
+    channel: Channel, obj: Any, src: int, operation: str, device: DeviceLike = None, problem: str | None = None
 ) -> Any:
     """``src``'s ``obj`` on every rank; ``src`` sends ``problem`` instead of ``obj`` when it has one.
 
@@ -131,39 +133,39 @@ def broadcast_object(
     head), so a rank in another call fails on every rank; a larger object's rest follows
     in one broadcast.
     """
-    target = target_device(comm, device, operation)
+    target = target_device(channel, device, operation)
     refusal: InvalidArgumentError | None = None
     payload = b""
-    if comm.rank == src:
+    if channel.rank == src:
         if problem is not None:
             payload, refusal = problem.encode(), InvalidArgumentError(problem)
         else:
-            payload, refusal = encode(comm, obj, operation)
-    if comm.world_size == 1:  # the only rank is the source: its object, once it has shown it can travel
+            payload, refusal = encode(channel, obj, operation)
+    if channel.world_size == 1:  # the only rank is the source: its object, once it has shown it can travel
         if refusal is not None:
             raise_refusals(operation, [payload.decode(errors="replace")], refusal)
         return obj
-    body = slot_body(payload, body_room(comm.world_size), refused=refusal is not None)
-    opening = open_call(comm, operation, f"object from {src}", body, device=target)
-    length, head = read_body(comm, opening, src, operation)
+    body = slot_body(payload, body_room(channel.world_size), refused=refusal is not None)
+    opening = open_call(channel, operation, f"object from {src}", body, device=target)
+    length, head = read_body(channel, opening, src, operation)
     if length < 0:
         reason = head.decode(errors="replace")
-        raise_refusals(operation, [reason if rank == src else None for rank in range(comm.world_size)], refusal)
+        raise_refusals(operation, [reason if rank == src else None for rank in range(channel.world_size)], refusal)
     if len(head) < length:
         rest = torch.empty(length - len(head), dtype=torch.uint8, device=target)
-        if comm.rank == src:
+        if channel.rank == src:
             rest.copy_(torch.frombuffer(bytearray(payload[len(head) :]), dtype=torch.uint8))
-        comm.tensor_backend.broadcast(rest, src)
+        channel.backend.broadcast(rest, src)
         head += rest.cpu().numpy().tobytes()
-    return obj if comm.rank == src else comm.object_codec.decode(head)
+    return obj if channel.rank == src else channel.object_codec.decode(head)
 
 
-def scatter_problem(comm: Communicator, objects: Any, src: int) -> str | None:
+def scatter_problem(channel: Channel, objects: Any, src: int) -> str | None:
     """Why ``src``'s ``objects`` cannot be scattered (checked on ``src`` only), or ``None``."""
-    if comm.rank != src:
+    if channel.rank != src:
         return None
     if isinstance(objects, (str, bytes)) or not isinstance(objects, Sequence):
         return f"src rank {src} must pass a sequence, got {describe(objects)}"
-    if len(objects) != comm.world_size:
-        return f"src rank {src} passed {len(objects)} objects for {comm.world_size} ranks; pass exactly one per rank"
+    if len(objects) != channel.world_size:
+        return f"src rank {src} passed {len(objects)} objects for {channel.world_size} ranks; pass exactly one per rank"
     return None

@@ -38,7 +38,7 @@ import torch
 from distcomm.errors import InconsistentInputError, WireFormatError
 
 if TYPE_CHECKING:
-    from distcomm.communicator import Communicator
+    from distcomm.channel import Channel
 
 MAGIC = b"distcom1"
 TAG_BYTES = 32
@@ -102,7 +102,7 @@ def _prefix(operation: str, step: str) -> tuple[bytes, np.ndarray]:
 
 
 def open_call(
-    comm: Communicator,
+    channel: Channel,
     operation: str,
     step: str,
     body: bytes | np.ndarray = b"",
@@ -117,7 +117,7 @@ def open_call(
     calls, and :class:`~distcomm.errors.WireFormatError` when a peer's slot is not one.
     Over one rank nothing is exchanged: there is no other call to meet.
     """
-    world = comm.world_size
+    world = channel.world_size
     size = slot_bytes(world)
     head = body.tobytes() if isinstance(body, np.ndarray) else body
     extra = 0 if data is None else data.numel() * data.element_size()
@@ -129,13 +129,13 @@ def open_call(
     raw[len(MAGIC) + TAG_BYTES : PREFIX_BYTES] = (len(head) + extra).to_bytes(8, "little", signed=True)
     raw[PREFIX_BYTES:end] = head
     host_slot = torch.frombuffer(raw, dtype=torch.uint8)
-    target = device or (comm.device if data is None else data.device)
+    target = device or (channel.device if data is None else data.device)
     slot = host_slot if target.type == "cpu" else host_slot.to(target)
     if extra:
         slot[end : end + extra] = data.detach().reshape(-1).view(torch.uint8)  # type: ignore[union-attr]
     if world == 1:
         return Opening(slot.unsqueeze(0), host_slot.numpy().reshape(1, size), (len(head) + extra,))
-    rows = comm.tensor_backend.all_gather(slot)
+    rows = channel.backend.all_gather(slot)
     table = rows.numpy() if rows.device.type == "cpu" else rows[:, :end].cpu().numpy()
     return Opening(rows, table, read_prefixes(table, operation, step, size))
 

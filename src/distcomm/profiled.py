@@ -19,9 +19,9 @@ import attrs
 import torch
 
 from distcomm.communicator import Communicator
-from distcomm.view import CommunicatorView
-from distcomm.hooks import Call, Hook
+from distcomm.hooks import Call, Hook, HookRegistry
 from distcomm.objects import all_gather_objects
+from distcomm.view import CommunicatorView
 
 
 @attrs.define
@@ -69,7 +69,7 @@ class ProfileHook(Hook):
         self.stats: dict[tuple[str, int], OpStats] = {}
         self._started: list[float] = []
 
-    def for_split(self, child: Communicator) -> Hook:
+    def for_split(self, child: HookRegistry) -> Hook:
         return ProfileHook(synchronize_cuda=self.synchronize_cuda)
 
     def before(self, call: Call) -> None:
@@ -144,7 +144,7 @@ class ProfiledCommunicator(CommunicatorView):
         ``mean_us`` per rank, and ``wait_us`` (own minus the minimum) per rank.
         """
         mine = {f"{op}\0{size}": s.mean_seconds for (op, size), s in self.stats.items()}
-        everyone = all_gather_objects(self, mine, "stragglers")
+        everyone = all_gather_objects(self._channel, mine, "stragglers")
         rows = []
         for key in sorted(set().union(*everyone)):
             op, size = key.split("\0")

@@ -18,6 +18,11 @@ from distcomm.errors import InvalidArgumentError
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 """The range of values an int64 tensor holds; Python ints outside it take exact paths."""
 
+
+def fits_int64(value: int) -> bool:
+    """Whether the Python int ``value`` fits in an int64 tensor."""
+    return INT64_MIN <= value <= INT64_MAX
+
 BACKENDS = ("nccl", "gloo", "mpi")
 """The torch.distributed backends distcomm runs on (``"local"`` is the world of one)."""
 
@@ -34,11 +39,14 @@ DEFAULT_TIMEOUT = datetime.timedelta(minutes=30)
 """torch's own default for a process group, and ours."""
 
 _TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+_FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 
 
-def environment_flag(name: str) -> bool:
-    """Whether the environment variable ``name`` is set to a true word (1, true, yes, on; any case)."""
-    return os.environ.get(name, "").strip().lower() in _TRUE_WORDS
+def environment_flag(name: str, default: bool = False) -> bool:
+    """Whether the environment variable ``name`` says yes: a true word (1, true, yes, on; any
+    case) is ``True``, a false word (0, false, no, off) ``False``, anything else ``default``."""
+    word = os.environ.get(name, "").strip().lower()
+    return True if word in _TRUE_WORDS else False if word in _FALSE_WORDS else default
 
 
 def as_timeout(value: datetime.timedelta | float, name: str = "timeout") -> datetime.timedelta:

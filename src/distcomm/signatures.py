@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from distcomm.agreement import digest64
-from distcomm.conversion import describe
+from distcomm.conversion import describe, dtype_name
+from distcomm.mismatch import digest64
 from distcomm.nested import flatten
 from distcomm.ops import ReduceOpLike, parse_reduce_op
 
@@ -18,7 +18,7 @@ def signature_of(data: Any, *, shapes: bool = True) -> str:
     kinds of other leaves. With ``shapes=False`` only dtypes and numbers of dimensions."""
     if isinstance(data, torch.Tensor):
         text = describe(data)
-        return text if shapes else f"{str(data.dtype).removeprefix('torch.')}[{data.dim()}d]"
+        return text if shapes else f"{dtype_name(data.dtype)}[{data.dim()}d]"
     leaves, paths, _ = flatten(data)
     if len(leaves) == 1 and leaves[0] is data:
         return describe(data)

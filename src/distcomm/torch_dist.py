@@ -12,10 +12,11 @@ import torch
 import torch.distributed as dist
 
 from distcomm.backend import Backend
-from distcomm.devices import nccl_device
 from distcomm.communicator import Communicator
+from distcomm.devices import nccl_device
 from distcomm.errors import CollectiveError, ConfigurationError, DistCommError, InvalidArgumentError, call_torch
 from distcomm.handles import Handle, WorkHandle
+from distcomm.job_environment import identity_from_environment, local_rank_from_environment
 from distcomm.ops import TO_TORCH, ReduceOp
 from distcomm.rules import BACKENDS, DEFAULT_TIMEOUT, as_timeout, backend_available, default_backend
 
@@ -29,7 +30,6 @@ if dist.is_available() and not dist.is_initialized():
     # Importing it now, before any group exists, makes those defaults None.
     import torch.distributed.nn.functional  # noqa: F401
 
-_LOCAL_RANK_VARIABLES = ("LOCAL_RANK", "SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK")
 _ENV_RENDEZVOUS_VARIABLES = ("MASTER_ADDR", "MASTER_PORT")
 
 # Gloo rejects these dtypes. Reductions carry them as the next wider integer; broadcasts
@@ -95,10 +95,6 @@ class TorchDistBackend(Backend):
     @property
     def group(self) -> dist.ProcessGroup | None:
         return self._group
-
-    @property
-    def gathers_uneven(self) -> bool:
-        return self._cuda  # NCCL gathers tensors of different sizes natively
 
     def accepts(self, device: torch.device) -> bool:
         if self._gloo:
@@ -217,7 +213,12 @@ class TorchDistCommunicator(Communicator):
         local_rank: int | None = None,
         _owns_group: bool = False,
     ) -> None:
-        super().__init__(TorchDistBackend(group, local_rank=local_rank, owns_group=_owns_group))
+        self._opening = (group, local_rank, _owns_group)
+        super().__init__()
+
+    def _open_backend(self) -> Backend:
+        group, local_rank, owns_group = self._opening
+        return TorchDistBackend(group, local_rank=local_rank, owns_group=owns_group)
 
     @classmethod
     def init(
@@ -243,8 +244,6 @@ class TorchDistCommunicator(Communicator):
         if not backend_available(backend):
             raise InvalidArgumentError(f"backend {backend!r} is not available in this build of torch")
         if rank is None or world_size is None:
-            from distcomm.launch import identity_from_environment  # launch builds on this module
-
             found_rank, found_size = identity_from_environment()
             rank = found_rank if rank is None else rank
             world_size = found_size if world_size is None else world_size
@@ -316,12 +315,3 @@ def check_rendezvous_file(init_method: str) -> None:
                 f"the rendezvous file {init_method} is in {directory}, which does not exist: create it (on a "
                 "file system every rank reaches), or pass another init_method"
             )
-
-
-def local_rank_from_environment(rank: int) -> int:
-    """The launcher's local rank, or the global rank when no launcher said (one machine)."""
-    for name in _LOCAL_RANK_VARIABLES:
-        value = os.environ.get(name)
-        if value is not None and value.strip().isdigit():
-            return int(value)
-    return rank

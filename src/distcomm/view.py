@@ -1,4 +1,7 @@
-"""``CommunicatorView``: the same communicator with one more hook, as a value of its own type."""
+"""``CommunicatorView``: the same communicator with one more hook, as a value of its own type.
+
+Tested through its two views: tests/test_checked.py and tests/test_profiled.py.
+"""
 
 from __future__ import annotations
 
@@ -18,12 +21,15 @@ class CommunicatorView(Communicator):
     def __init__(self, inner: Communicator, hook: Hook) -> None:
         if not isinstance(inner, Communicator):
             raise TypeError(f"{type(self).__name__} wraps a Communicator, got {type(inner).__name__}")
-        super().__init__(inner.tensor_backend)
         self.inner = inner
-        self._state = inner._state
+        super().__init__()
+        self._state, self._channel, self._device_types = inner._state, inner._channel, inner._device_types
         self._hooks = inner._hooks
         self._recorder, self._record_group = inner._recorder, inner._record_group
         self.register_hook(hook)
+
+    def _open_backend(self) -> Backend:
+        return self.inner.tensor_backend
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.inner!r})"

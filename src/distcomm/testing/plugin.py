@@ -6,6 +6,8 @@
 
 Options (``pytest.ini`` / ``pyproject.toml``): ``distcomm_timeout`` bounds each
 collective in a world (seconds), ``distcomm_call_timeout`` each call.
+
+Tested by every multi-rank test, which uses its fixtures (tests/testing/test_world.py first).
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 ``python -m distcomm.testing.soak --ranks 4 --ops 10000`` runs it on a local world and
 prints each rank's resident memory as it goes; tests run a shorter one.
+
+Run by benchmarks/soak.py; tests/test_faults.py runs a short soak.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import torch
 
 from distcomm import InvalidArgumentError, LocalCommunicator
 from distcomm.ops import ReduceOp
-from distcomm.reduction import int_bits, needs_exact, reduce_exactly
+from distcomm.reduction_rules import int_bits, needs_exact, reduce_exactly
 
 
 def test_int_bits_says_when_an_int_fits_in_int64() -> None:

@@ -19,17 +19,14 @@ from typing import Any
 import attrs
 import torch
 
-from distcomm.conversion import describe, is_python_number
+from distcomm.conversion import PYTHON_NUMBER_DTYPES, describe, dtype_name, is_python_number
 from distcomm.errors import InvalidArgumentError
 from distcomm.ops import ReduceOp
 
 INT64_BITS = 63
 """A Python int fits in int64 when :func:`int_bits` of it is at most this."""
 
-PYTHON_PROTOTYPES: dict[type, torch.Tensor] = {
-    bool: torch.tensor(False), int: torch.tensor(0), float: torch.tensor(0.0, dtype=torch.float64),
-    complex: torch.tensor(0j, dtype=torch.complex128),
-}  # fmt: skip
+PYTHON_PROTOTYPES: dict[type, torch.Tensor] = {kind: torch.zeros((), dtype=dtype) for kind, dtype in PYTHON_NUMBER_DTYPES.items()}
 """A 0-d tensor of the dtype each Python number type travels as (only its dtype is read)."""
 
 PYTHON_KINDS: tuple[type, ...] = (bool, int, float, complex)
@@ -68,7 +65,7 @@ def plan_reduction(template: Any, tensor: torch.Tensor, op: ReduceOp, operation:
         )
     if dtype in _UNSUPPORTED_DTYPES:
         raise InvalidArgumentError(
-            f"{operation}: {str(dtype).removeprefix('torch.')} cannot be reduced on every backend "
+            f"{operation}: {dtype_name(dtype)} cannot be reduced on every backend "
             f"({describe(template)}); convert it to {_UNSUPPORTED_DTYPES[dtype]} first"
         )
     exact = dtype.is_floating_point or dtype.is_complex

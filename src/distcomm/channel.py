@@ -1,0 +1,69 @@
+"""The channel: what the modules that give collectives their meaning need of a communicator.
+
+A :class:`Channel` is the backend a communicator runs on, with the few things every
+step needs beside it: this rank and the world size, the device data that is not a
+tensor travels on, the object codec (shared with the communicator and its views), and
+where tensors can travel as they are. :mod:`~distcomm.reducing`,
+:mod:`~distcomm.broadcasting`, :mod:`~distcomm.gathering`, :mod:`~distcomm.objects`,
+:mod:`~distcomm.agreement` and :mod:`~distcomm.opening` take a channel, never a
+:class:`~distcomm.Communicator`: data goes down from the communicator and never climbs
+back into it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from distcomm.backend import Backend
+from distcomm.conversion import check_transportable
+from distcomm.serialization import ObjectCodec, default_codec
+
+
+class SharedState:
+    """What a communicator and its views share: whether it is closed, and its object codec."""
+
+    __slots__ = ("closed", "codec")
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.codec: ObjectCodec | None = None
+
+
+class Channel:
+    """One communicator's backend, codec and device rules, as the collectives' steps use them."""
+
+    __slots__ = ("backend", "rank", "world_size", "state", "device_types")
+
+    def __init__(self, backend: Backend, state: SharedState) -> None:
+        self.backend = backend
+        self.rank, self.world_size = backend.rank, backend.world_size
+        self.state = state
+        self.device_types: dict[str, bool] = {}
+        """Whether the backend takes tensors of each device type as they are (asked once per type)."""
+
+    @property
+    def device(self) -> torch.device:
+        """Where data that is not a tensor travels."""
+        return self.backend.device
+
+    @property
+    def object_codec(self) -> ObjectCodec:
+        """How objects become bytes: the communicator's codec (made on first use)."""
+        codec = self.state.codec
+        if codec is None:
+            codec = self.state.codec = default_codec()
+        return codec
+
+    def accepts(self, device: torch.device) -> bool:
+        """Whether the backend takes tensors on ``device`` as they are."""
+        known = self.device_types.get(device.type)
+        if known is None:
+            known = self.device_types[device.type] = self.backend.accepts(device)
+        return known
+
+    def transport(self, tensor: torch.Tensor, operation: str) -> torch.Tensor:
+        """``tensor`` itself when the backend takes it where it is, else a contiguous copy on ``device``."""
+        if self.accepts(tensor.device) and tensor.is_contiguous():
+            return tensor
+        check_transportable(tensor, operation)
+        return tensor.to(self.device, memory_format=torch.contiguous_format, copy=True)

@@ -1,0 +1,36 @@
+"""Reading what the launcher exported: rank, world size, local rank and the job's name."""
+
+from __future__ import annotations
+
+import pytest
+
+from distcomm import ConfigurationError
+from distcomm.job_environment import (
+    MissingEnvironmentError,
+    identity_from_environment,
+    job_name,
+    local_rank_from_environment,
+)
+
+
+def test_each_launcher_is_read_under_its_own_names() -> None:
+    assert identity_from_environment({"RANK": "3", "WORLD_SIZE": "8"}) == (3, 8)
+    assert identity_from_environment({"SLURM_PROCID": "5", "SLURM_NTASKS": "6"}) == (5, 6)
+    assert identity_from_environment({"OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_SIZE": "2"}) == (1, 2)
+    assert identity_from_environment({"RANK": "0", "WORLD_SIZE": "2", "SLURM_PROCID": "7", "SLURM_NTASKS": "9"}) == (0, 2)
+
+
+def test_missing_or_malformed_variables_are_named() -> None:
+    with pytest.raises(MissingEnvironmentError, match="RANK is set but WORLD_SIZE is not"):
+        identity_from_environment({"RANK": "0"})
+    with pytest.raises(ConfigurationError, match=r"RANK='x' is not an integer"):
+        identity_from_environment({"RANK": "x", "WORLD_SIZE": "2"})
+    with pytest.raises(MissingEnvironmentError, match="no launcher exported them"):
+        identity_from_environment({})
+
+
+def test_local_rank_and_job_name() -> None:
+    assert local_rank_from_environment(5, {"SLURM_LOCALID": "1"}) == 1
+    assert local_rank_from_environment(5, {}) == 5  # one machine: the global rank
+    assert job_name({"SLURM_JOB_ID": "123/4 x"}) == "123_4_x" and job_name({}) == "job"
+    assert job_name({"DISTCOMM_JOB": "mine", "SLURM_JOB_ID": "1"}) == "mine"
