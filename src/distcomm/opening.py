@@ -89,15 +89,14 @@ def tag_of(operation: str, step: str) -> bytes:
     return text.ljust(TAG_BYTES, b"\0")
 
 
-_PREFIXES: dict[tuple[str, str], tuple[bytes, np.ndarray]] = {}
-"""The magic and tag of each (operation, step), as bytes and as the array a row is compared with."""
+_PREFIXES: dict[tuple[str, str], bytes] = {}
+"""The magic and tag of each (operation, step), as they travel (made once per call kind)."""
 
 
-def _prefix(operation: str, step: str) -> tuple[bytes, np.ndarray]:
+def _prefix(operation: str, step: str) -> bytes:
     known = _PREFIXES.get((operation, step))
     if known is None:
-        raw = MAGIC + tag_of(operation, step)
-        known = _PREFIXES[operation, step] = (raw, np.frombuffer(raw, dtype=np.uint8))
+        known = _PREFIXES[operation, step] = MAGIC + tag_of(operation, step)
     return known
 
 
@@ -125,7 +124,7 @@ def open_call(
     if end + extra > size:
         raise AssertionError(f"an opening body of {len(head) + extra} bytes does not fit a {size}-byte slot")
     raw = bytearray(size)
-    raw[: len(MAGIC) + TAG_BYTES] = _prefix(operation, step)[0]
+    raw[: len(MAGIC) + TAG_BYTES] = _prefix(operation, step)
     raw[len(MAGIC) + TAG_BYTES : PREFIX_BYTES] = (len(head) + extra).to_bytes(8, "little", signed=True)
     raw[PREFIX_BYTES:end] = head
     host_slot = torch.frombuffer(raw, dtype=torch.uint8)
@@ -145,7 +144,7 @@ def read_prefixes(table: np.ndarray, operation: str, step: str, size: int) -> tu
 
     Every rank reads the same table, so every rank raises the same error.
     """
-    expected = _prefix(operation, step)[0]
+    expected = _prefix(operation, step)
     sizes = table[:, len(MAGIC) + TAG_BYTES : PREFIX_BYTES].copy().view("<i8")[:, 0]
     found = sizes.tolist()
     room = size - PREFIX_BYTES
