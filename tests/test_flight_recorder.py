@@ -11,7 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from distcomm import CollectiveError, FlightRecorder, LocalCommunicator, distutils, flight_recorder, use_communicator
+from distcomm import (
+    CollectiveError,
+    FlightRecorder,
+    Hook,
+    LocalCommunicator,
+    distutils,
+    flight_recorder,
+    use_communicator,
+)
+from distcomm.hooks import Call
 from distcomm.testing import World
 from distcomm.trace import analyse, load, render
 
@@ -177,11 +186,20 @@ def test_a_failed_dump_never_raises(tmp_path) -> None:
 
 def test_the_watchdog_dumps_a_call_in_flight_too_long(tmp_path) -> None:
     recorder = FlightRecorder(directory=tmp_path, watchdog_seconds=0.3)
-    entry = recorder.begin(recorder.group("test"), ("all_reduce", "op"), torch.ones(1), "sum")
-    assert wait_for_files(tmp_path, 1, 5) < 5
+    waited: list[float] = []
+
+    class Stuck(Hook):  # inside the call, after the recorder noted its start: wait for the watchdog's dump
+        def before(self, call: Call) -> None:
+            waited.append(wait_for_files(tmp_path, 1, 5))
+
+    comm = LocalCommunicator()
+    comm.register_hook(recorder)
+    comm.register_hook(Stuck())
+    comm.all_reduce(torch.ones(1), "max")
+    assert waited[0] < 5
     (record,) = [json.loads(line) for line in next(tmp_path.glob("*.jsonl")).read_text().splitlines()][1:]
-    assert record["state"] == "started" and record["op"] == "all_reduce"
-    recorder.end(entry, None)
+    assert (record["state"], record["op"], record["detail"], record["data"]) == ("started", "all_reduce", "op=max", "float32[1]")
+    assert [r["state"] for r in recorder.records()] == ["completed"]
 
 
 def test_it_can_be_switched_off(monkeypatch) -> None:

@@ -61,7 +61,7 @@ CALLS = {
     "all_gather_async": lambda c: c.all_gather_async(torch.ones(2)).wait(),
 }
 DEPRECATED = {"all_gather_objects": "all_gather_object", "gather_objects": "gather_object", "scatter_objects": "scatter_object"}
-NOT_COLLECTIVES = {"close", "register_hook", "remove_hook", "dump_flight_record"}
+NOT_COLLECTIVES = {"close", "register_hook", "remove_hook", "dump_flight_record", "with_hooks"}
 
 
 def public_methods() -> set[str]:

@@ -20,12 +20,11 @@ from typing import Any
 
 import torch.distributed as dist
 
-from distcomm.communicator import Communicator
+from distcomm.communicator import Communicator, CommunicatorView
 from distcomm.errors import CollectiveError, CollectiveMismatchError
 from distcomm.hooks import Call, Hook, HookRegistry
 from distcomm.objects import all_gather_objects
 from distcomm.rules import as_timeout
-from distcomm.view import CommunicatorView
 
 logger = logging.getLogger(__name__)
 
@@ -123,13 +122,14 @@ class CheckedCommunicator(CommunicatorView):
     def __init__(self, inner: Communicator, timeout: datetime.timedelta | float | None = None) -> None:
         if not isinstance(inner, Communicator):
             raise TypeError(f"CheckedCommunicator wraps a Communicator, got {type(inner).__name__}")
-        self.check = CheckHook(inner, timeout)
-        super().__init__(inner, self.check)
+        super().__init__(inner, CheckHook(inner, timeout))
+
+    @property
+    def check(self) -> CheckHook:
+        """The hook that checks every call."""
+        return next(hook for hook in self._own_hooks if isinstance(hook, CheckHook))
 
     @property
     def timeout(self) -> datetime.timedelta:
         """How long a rank waits for the others' fingerprints."""
         return self.check.timeout
-
-    def _rewrap(self, child: Communicator) -> Communicator:
-        return CheckedCommunicator(child, self.check.timeout)

@@ -30,21 +30,22 @@ import torch
 
 from distcomm import broadcasting, gathering, reducing
 from distcomm.agreement import Claim, agree
+from distcomm.async_collectives import AsyncCollectives, gather_layout
 from distcomm.backend import Backend
 from distcomm.channel import Channel, SharedState
 from distcomm.conversion import check_rank, describe
 from distcomm.errors import InvalidArgumentError
-from distcomm.flight_recorder import FlightRecorder, default_recorder
-from distcomm.handles import CompletedHandle, Handle
-from distcomm.hooks import Hook, HookRegistry, collective
+from distcomm.flight_recorder import default_recorder
+from distcomm.handles import Handle
+from distcomm.hooks import Call, Hook, collective
 from distcomm.object_collectives import ObjectCollectives
 from distcomm.objects import OBJECT_SLOT_BYTES
 from distcomm.opening import open_call
 from distcomm.ops import ReduceOp, ReduceOpLike, parse_reduce_op
-from distcomm.reduction_rules import PYTHON_PROTOTYPES, plan_reduction, reduce_alone
+from distcomm.reduction_rules import PYTHON_PROTOTYPES, reduce_alone
 from distcomm.rules import fits_int64
 from distcomm.serialization import ObjectCodec
-from distcomm.signatures import op_name, signature_of, tensor_layout
+from distcomm.signatures import tensor_layout
 
 T = TypeVar("T")
 C = TypeVar("C", bound="Communicator")
@@ -52,12 +53,17 @@ C = TypeVar("C", bound="Communicator")
 __all__ = ["OBJECT_SLOT_BYTES", "Communicator", "Handle"]
 
 
-def _describe_gather(data: Any, *, same_shape: bool = False, out: Any = None) -> str:
-    """What must match across ranks in a gather: dtypes and dimensions, and shapes when promised equal."""
-    return signature_of(data, shapes=same_shape) + (" same_shape" if same_shape else "")
+def _broadcast_layout(call: Call) -> str:
+    """What must match across ranks in a broadcast: the tensors it fills (the rest is src's alone)."""
+    return tensor_layout(call.data)
 
 
-class Communicator(ObjectCollectives, HookRegistry, abc.ABC):
+def _ranks(call: Call) -> str:
+    ranks = call.data
+    return f"ranks={sorted(ranks) if isinstance(ranks, Sequence) else ranks!r}"
+
+
+class Communicator(ObjectCollectives, AsyncCollectives, abc.ABC):
     """One object to talk to the other ranks of a job, over a :class:`~distcomm.backend.Backend`.
 
     An abstract base class: most code gets one from
@@ -85,20 +91,28 @@ class Communicator(ObjectCollectives, HookRegistry, abc.ABC):
     def _open_backend(self) -> Backend:
         """The backend this communicator runs on (called once, by ``__init__``)."""
 
-    def _attach(self, backend: Backend) -> None:
-        """Run on ``backend``, with fresh state, no hooks and the default flight recorder."""
+    def _attach(self, backend: Backend, hooks: tuple[Hook, ...] | None = None) -> None:
+        """Run on ``backend``, with fresh state and ``hooks`` (by default, the process's flight recorder)."""
         if not isinstance(backend, Backend):
             raise InvalidArgumentError(f"a Communicator runs on a distcomm Backend, got {describe(backend)}")
         self._backend = backend
         self._state = SharedState()
         self._channel = Channel(backend, self._state)
-        self._hooks: tuple[Hook, ...] = ()
         self._device_types = self._channel.device_types  # the hot path reads it directly
-        self._recorder: FlightRecorder | None = None
-        self._record_group: Any = None
-        self._record_into(default_recorder())
         # Plain attributes rather than properties: read on every hot-path call.
         self.rank, self.world_size, self.local_rank = backend.rank, backend.world_size, backend.local_rank
+        self.group_name = str(getattr(backend.group, "group_name", "") or backend.name)
+        """The name of the group it talks over, the same on every rank (what the flight recorder keys on)."""
+        if hooks is None:
+            recorder = default_recorder()
+            hooks = () if recorder is None else (recorder,)
+        self._init_hooks(hooks)
+
+    def with_hooks(self, *hooks: Hook) -> Communicator:
+        """This communicator with ``hooks`` added, as a view: same backend, state and ranks; the
+        hooks of this one (also those registered later) run too. Splits of the view carry its
+        hooks on (see :meth:`Hook.for_split`); closing it closes this one."""
+        return CommunicatorView(self, *hooks)
 
     # ------------------------------------------------------------------ identity
 
@@ -171,13 +185,13 @@ class Communicator(ObjectCollectives, HookRegistry, abc.ABC):
 
     # -------------------------------------------------------------- collectives
 
-    @collective()
+    @collective(None)
     def barrier(self) -> None:
         """Block until every rank has called ``barrier`` (a rank in another collective makes every rank raise)."""
         if self.world_size > 1:
             open_call(self._channel, "barrier", "")
 
-    @collective(lambda data, src=0: f"{tensor_layout(data)} src={src}", lambda data, src=0: data)
+    @collective(_broadcast_layout)
     def broadcast(self, data: T, src: int = 0) -> T:
         """Send ``src``'s ``data`` to every rank.
 
@@ -193,11 +207,11 @@ class Communicator(ObjectCollectives, HookRegistry, abc.ABC):
         return cast(T, broadcasting.broadcast_data(self._channel, data, src))
 
     @overload
-    def all_reduce(self, data: torch.Tensor, op: ReduceOpLike = "sum") -> torch.Tensor: ...
+    def all_reduce(self, /, data: torch.Tensor, op: ReduceOpLike = "sum") -> torch.Tensor: ...
     @overload
-    def all_reduce(self, data: T, op: ReduceOpLike = "sum") -> T: ...
+    def all_reduce(self, /, data: T, op: ReduceOpLike = "sum") -> T: ...
 
-    @collective(lambda data, op="sum": f"{signature_of(data)} op={op_name(op)}", lambda data, op="sum": data)
+    @collective()
     def all_reduce(self, data: Any, op: ReduceOpLike = "sum") -> Any:
         """Reduce ``data`` over all ranks with ``op`` (sum, mean, min, max, product); return the result.
 
@@ -231,7 +245,7 @@ class Communicator(ObjectCollectives, HookRegistry, abc.ABC):
             return reducing.reduce_tensor(self._channel, data, op)
         return reducing.reduce_structure(self._channel, data, op, "all_reduce")
 
-    @collective(lambda mapping, op="sum": f"{signature_of(mapping)} op={op_name(op)}", lambda mapping, op="sum": mapping)
+    @collective()
     def reduce_dict(self, mapping: Mapping[str, Any], op: ReduceOpLike = "sum") -> dict[str, Any]:
         """Reduce a (nested) dict of metrics in one collective per dtype; return a new dict.
 
@@ -245,7 +259,7 @@ class Communicator(ObjectCollectives, HookRegistry, abc.ABC):
         data = dict(mapping) if not isinstance(mapping, dict) else mapping
         return reducing.reduce_structure(self._channel, data, reduce_op, "reduce_dict", detach=True)  # type: ignore[no-any-return]
 
-    @collective(_describe_gather, lambda data, **_: data)
+    @collective(gather_layout, local=("out",))
     def all_gather(self, data: Any, *, same_shape: bool = False, out: torch.Tensor | None = None) -> list[Any]:
         """Return a list with every rank's ``data``, in rank order, on every rank.
 
@@ -272,7 +286,7 @@ class Communicator(ObjectCollectives, HookRegistry, abc.ABC):
 
     # --------------------------------------------------------- sub-communicators
 
-    @collective(lambda ranks: f"ranks={sorted(ranks) if isinstance(ranks, Sequence) else ranks!r}")
+    @collective(_ranks)
     def split(self, ranks: Sequence[int]) -> Communicator | None:
         """Make a communicator over ``ranks`` (this communicator's numbering); call it on every rank.
 
@@ -305,67 +319,49 @@ class Communicator(ObjectCollectives, HookRegistry, abc.ABC):
         return members
 
     def _child(self, backend: Backend) -> Communicator:
-        """A communicator of this one's class over ``backend``, with its codec and hooks."""
-        child = type(self).__new__(type(self))
-        child._attach(backend)
-        child.object_codec = self.object_codec
-        child._record_into(self._recorder)
-        for hook in self._hooks:
-            derived = hook.for_split(child)
-            if derived is not None:
-                child.register_hook(derived)
+        """A communicator of this one's class over ``backend``: its hooks carried on, one rule for all."""
+        child = self._new_child(backend)
+        for hook in self._split_hooks(child):
+            child.register_hook(hook)
         return child
 
-    # ---------------------------------------------------------- async variants
-
-    @collective(lambda tensor, op="sum": f"{signature_of(tensor)} op={op_name(op)}", lambda tensor, op="sum": tensor)
-    def all_reduce_async(self, tensor: torch.Tensor, op: ReduceOpLike = "sum") -> Handle:
-        """Start an in-place reduction of ``tensor``; the handle's ``wait()`` returns it.
-
-        Where the backend cannot reduce it in the background (a copy to another device,
-        a dtype it must convert, a mean that needs a division), the work is done at
-        once and ``handle.asynchronous`` is ``False``.
-        """
-        reduce_op = parse_reduce_op(op)
-        if not isinstance(tensor, torch.Tensor) or not self._channel.accepts(tensor.device) or not tensor.is_contiguous():
-            return CompletedHandle(self._reduce(tensor, reduce_op))
-        plan = plan_reduction(tensor, tensor, reduce_op, "all_reduce_async")
-        if plan.transport_dtype != tensor.dtype or plan.mean_dtype is not None:
-            return CompletedHandle(reducing.reduce_tensor(self._channel, tensor, reduce_op))
-        return self._backend.all_reduce_async(tensor, plan.op)
-
-    @collective(lambda tensor, src=0: f"{signature_of(tensor)} src={src}", lambda tensor, src=0: tensor)
-    def broadcast_async(self, tensor: torch.Tensor, src: int = 0) -> Handle:
-        """Start an in-place broadcast of ``tensor`` from ``src``; ``wait()`` returns it.
-
-        A tensor the backend cannot take where it is is broadcast at once, through a
-        copy (``handle.asynchronous`` is ``False``).
-        """
-        src = self._check_rank(src, "src", "broadcast_async")
-        if not isinstance(tensor, torch.Tensor):
-            raise InvalidArgumentError(f"broadcast_async takes a tensor, got {describe(tensor)}")
-        if not self._channel.accepts(tensor.device) or not tensor.is_contiguous():
-            broadcasting.fill_from(self._channel, tensor, src)
-            return CompletedHandle(tensor)
-        return self._backend.broadcast_async(tensor, src)
-
-    @collective(_describe_gather, lambda tensor, **_: tensor)
-    def all_gather_async(self, tensor: torch.Tensor, *, same_shape: bool = False, out: torch.Tensor | None = None) -> Handle:
-        """Start gathering ``tensor`` from every rank; ``wait()`` returns the list.
-
-        Shapes may differ across ranks: they are exchanged first, synchronously (with
-        the data itself for small tensors, which then makes the handle synchronous).
-        Larger equal-shape data moves in the background. With ``same_shape=True`` (the
-        promise of :meth:`all_gather`) nothing is exchanged first, and ``out`` may be given.
-        """
-        if not isinstance(tensor, torch.Tensor):
-            raise InvalidArgumentError(f"all_gather_async takes a tensor, got {describe(tensor)}")
-        if same_shape:
-            return gathering.gather_same_shape_async(self._channel, tensor, out)
-        if out is not None:
-            raise InvalidArgumentError("all_gather_async: out is for same_shape=True, where every rank's shape is known")
-        return gathering.gather_tensor(self._channel, tensor, asynchronous=True)
+    def _new_child(self, backend: Backend) -> Communicator:
+        child = type(self).__new__(type(self))
+        child._attach(backend, hooks=())
+        child.object_codec = self.object_codec
+        return child
 
 
 _IN_PLACE_OPS = reducing.IN_PLACE_OPS  # read on every hot-path call
 
+
+
+class CommunicatorView(Communicator):
+    """``inner`` with more hooks, as a communicator of its own: same backend, state and ranks.
+
+    Made by :meth:`Communicator.with_hooks`, and the base of
+    :class:`~distcomm.CheckedCommunicator` and :class:`~distcomm.ProfiledCommunicator`.
+    ``inner``'s hooks run too, also those registered on it later; ``inner`` itself stays as
+    it was. Closing the view closes ``inner``.
+    """
+
+    def __init__(self, inner: Communicator, *hooks: Hook) -> None:
+        if not isinstance(inner, Communicator):
+            raise TypeError(f"{type(self).__name__} wraps a Communicator, got {type(inner).__name__}")
+        self.inner = inner
+        self._backend, self._state, self._channel = inner._backend, inner._state, inner._channel
+        self._device_types = inner._device_types
+        self.rank, self.world_size, self.local_rank = inner.rank, inner.world_size, inner.local_rank
+        self.group_name = inner.group_name
+        self._init_hooks(hooks, parent=inner)
+
+    def _open_backend(self) -> Backend:
+        return self.inner.tensor_backend
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.inner!r})"
+
+    def _new_child(self, backend: Backend) -> Communicator:
+        child = type(self).__new__(type(self))
+        CommunicatorView.__init__(child, self.inner._child(backend))
+        return child

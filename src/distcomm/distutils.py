@@ -160,15 +160,9 @@ def all_reduce(data, group=_DEFAULT_GROUP, average: bool = False, device=None) -
     data travels on the communicator's device.
     """
     comm = get_communicator() if group is None else _communicator_for(group)
-    if type(data) is float or (type(data) is int and fits_int64(data)):
-        if comm.world_size == 1:
-            # The hot path of single-process runs: over one rank the sum of a number is
-            # itself and the mean is it as a float, exactly what the collective returns.
-            return float(data) if average else data  # type: ignore[return-value]
-        return comm.all_reduce(data, "mean" if average else "sum")  # type: ignore[return-value]
     op = "mean" if average else "sum"
-    if isinstance(data, torch.Tensor):
-        return comm.all_reduce(data, op)
+    if type(data) is float or (type(data) is int and fits_int64(data)) or isinstance(data, torch.Tensor):
+        return comm.all_reduce(data, op)  # type: ignore[return-value]
     if device is not None:
         parse_device(device, "all_reduce")  # a bad device fails here, before anything moves
     result = np.asarray(comm.all_reduce(_legacy_numbers(data, "all_reduce"), op))

@@ -34,6 +34,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import CodeType
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -41,12 +42,12 @@ import torch
 from distcomm.conversion import dtype_name
 from distcomm.dump_signal import dump_on_signal, parse_signal
 from distcomm.errors import CollectiveError, ConfigurationError
-from distcomm.hooks import COMPLETED, END, FAILED, STARTED, STATE, Hook, HookRegistry, Recorder
+from distcomm.hooks import Call, CollectiveSpec, Recorder
 from distcomm.job_environment import identity_from_environment, job_name
 from distcomm.rules import environment_flag
 
 if TYPE_CHECKING:
-    from types import CodeType, FrameType
+    from types import FrameType
 
 logger = logging.getLogger(__name__)
 
@@ -67,10 +68,45 @@ _getframe, _now, _Tensor = sys._getframe, time.monotonic_ns, torch.Tensor  # loo
 _internal_files: dict[str, bool] = {}
 """Whether a source file is distcomm's own (then its caller is looked at instead), by file name."""
 _PACKAGE_DIRECTORY = str(Path(__file__).resolve().parent)
-# An entry is a list, filled at the start and completed at the end (cheaper than an object);
-# a collective's wrapper completes a successful one itself, at END and STATE.
-_GROUP, _SEQ, _CALL, _DTYPE, _SHAPE, _DETAIL, _CODE, _LINE, _START, _END, _STATE, _ERROR = range(12)
-assert (_END, _STATE) == (END, STATE)  # the wrapper completes entries at the places the hooks module names
+
+STARTED, COMPLETED, FAILED = "started", "completed", "failed"
+"""The states of a recorded call."""
+
+
+class RecordedCall:
+    """One call in the ring: filled when it starts, completed when it ends. It keeps the data's
+    dtype and shape and the caller's code and line, never the data or the frame (they would keep
+    the caller's tensors and locals alive). A plain slotted class: one is made per call."""
+
+    __slots__ = ("group", "seq", "spec", "detail_value", "dtype", "shape", "code", "line", "start_ns", "end_ns", "state", "error")
+
+    def __init__(
+        self, group: str, seq: int, spec: CollectiveSpec, detail_value: Any, dtype: Any, shape: Any,
+        code: CodeType | None, line: int | None, start_ns: int,
+    ) -> None:  # fmt: skip
+        self.group, self.seq, self.spec, self.detail_value = group, seq, spec, detail_value
+        self.dtype, self.shape = dtype, shape
+        """The data's dtype and shape, for a tensor; else the data's type and ``None``."""
+        self.code, self.line, self.start_ns = code, line, start_ns
+        self.end_ns, self.state = 0, STARTED
+        self.error: str | None = None
+
+    @property
+    def op(self) -> str:
+        return self.spec.operation
+
+    def as_record(self) -> dict[str, Any]:
+        """The call as a plain dict (a line of a dump)."""
+        data = f"{dtype_name(self.dtype)}{list(self.shape)}" if self.shape is not None else self.dtype.__name__
+        end = self.end_ns or None
+        return {
+            "kind": "call", "group": self.group, "seq": self.seq, "op": self.op, "data": data,
+            "detail": _detail_text(self.spec.detail_name, self.detail_value),
+            "file": self.code.co_filename if self.code else None, "line": self.line,
+            "function": self.code.co_name if self.code else None, "state": self.state,
+            "start_ns": self.start_ns, "end_ns": end,
+            "duration_ms": None if end is None else (end - self.start_ns) / 1e6, "error": self.error,
+        }  # fmt: skip
 
 
 class FlightRecorder(Recorder):
@@ -91,10 +127,10 @@ class FlightRecorder(Recorder):
         if isinstance(size, bool) or not isinstance(size, int) or not 0 < size <= MAX_SIZE:
             raise ValueError(f"a flight recorder keeps 1 to {MAX_SIZE} calls, got size={size!r}")
         signum = None if dump_signal is None else parse_signal(dump_signal)
-        self.entries: collections.deque[list[Any]] = collections.deque(maxlen=size)
+        self.entries: collections.deque[RecordedCall] = collections.deque(maxlen=size)
         self._append = self.entries.append
         self.directory = directory or os.environ.get(DIRECTORY_VARIABLE) or Path.cwd() / DEFAULT_DIRECTORY / job_name()
-        self._groups: dict[str, tuple[str, Iterator[int]]] = {}
+        self._counters: dict[str, Iterator[int]] = {}
         self._lock = threading.Lock()
         self.watchdog_seconds: float | None = None
         if watchdog_seconds is not None:
@@ -134,62 +170,62 @@ class FlightRecorder(Recorder):
 
     # ------------------------------------------------------------------ recording
 
-    def group(self, name: str) -> tuple[str, Iterator[int]]:
-        """The key a communicator of group ``name`` records under: the name and its call counter
-        (one counter per group, shared by every communicator over it)."""
+    def _counter(self, group: str) -> Iterator[int]:
+        """The call counter of ``group``: one per group, shared by every communicator over it."""
         with self._lock:
-            key = self._groups.get(name)
-            if key is None:
-                key = self._groups[name] = (name, itertools.count(1))
-            return key
+            counter = self._counters.get(group)
+            if counter is None:
+                counter = self._counters[group] = itertools.count(1)
+            return counter
 
-    def begin(self, group_key: tuple[str, Iterator[int]], call: tuple[str, str], data: Any, detail: Any) -> list[Any]:
-        """Record that ``call`` (the operation and the name of its ``detail`` argument) starts now.
-        Called by the collective's wrapper, whose caller is two frames up; returns the entry
-        that :meth:`end` completes."""
-        frame: FrameType | None = _getframe(2)
-        while frame is not None:  # up to the first frame outside distcomm: the call site
+    def before(self, call: Call) -> None:
+        """Note that ``call`` starts now, with its caller: the first frame outside distcomm."""
+        frame: FrameType | None = _getframe(3)  # above the collective's wrapper, which called _through, which called this
+        while frame is not None:
             inside = _internal_files.get(frame.f_code.co_filename)
             if inside is None:
                 inside = _internal_files[frame.f_code.co_filename] = os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIRECTORY)
             if not inside:
                 break
             frame = frame.f_back
+        group = call.comm.group_name
+        counter = self._counters.get(group) or self._counter(group)
+        spec, args = call.spec, call.args
+        data = args[0] if args else call.data
+        detail = args[1] if len(args) > 1 else call.argument(spec.detail_name) if spec.detail_name else None
         if type(data) is _Tensor:
-            entry = [group_key, next(group_key[1]), call, data.dtype, data.shape, detail, frame, 0, _now(), 0, STARTED, None]
+            entry = RecordedCall(group, next(counter), spec, detail, data.dtype, data.shape, None, None, _now())
         else:
-            entry = [group_key, next(group_key[1]), call, type(data), None, detail, frame, 0, _now(), 0, STARTED, None]
-        if frame is not None:  # keep the code and line, never the frame (it holds the caller's locals)
-            entry[_CODE], entry[_LINE] = frame.f_code, frame.f_lineno
+            entry = RecordedCall(group, next(counter), spec, detail, type(data), None, None, None, _now())
+        if frame is not None:
+            entry.code, entry.line = frame.f_code, frame.f_lineno
+        call.record = entry
         self._append(entry)
-        return entry
 
-    def end(self, entry: list[Any], error: BaseException | None) -> None:
-        """Complete ``entry``: completed, or failed with ``error`` (a failed collective dumps)."""
-        entry[_END] = time.monotonic_ns()
+    def after(self, call: Call, error: BaseException | None) -> None:
+        """Complete the call's entry: completed, or failed with ``error`` (a failed collective dumps)."""
+        entry: RecordedCall = call.record
+        entry.end_ns = _now()
         if error is None:
-            entry[_STATE] = COMPLETED
+            entry.state = COMPLETED
             return
-        entry[_STATE], entry[_ERROR] = FAILED, f"{type(error).__name__}: {error}"
+        entry.state, entry.error = FAILED, f"{type(error).__name__}: {error}"
         if isinstance(error, CollectiveError):
-            self.dump(f"{entry[_CALL][0]} #{entry[_SEQ]} failed: {error}")
-
-    def for_split(self, child: HookRegistry) -> Hook | None:
-        return None  # a split communicator records into its parent's recorder, passed on directly
+            self.dump(f"{entry.op} #{entry.seq} failed: {error}")
 
     # ------------------------------------------------------------------- reading
 
     def records(self) -> list[dict[str, Any]]:
         """The recorded calls, oldest first, as plain dicts (what a dump writes)."""
         with self._lock:
-            entries = [list(entry) for entry in self.entries]
-        return [_as_record(entry) for entry in entries]
+            entries = list(self.entries)
+        return [entry.as_record() for entry in entries]
 
     def in_flight(self, longer_than_seconds: float = 0.0) -> list[dict[str, Any]]:
         """Calls started and not finished, that have run for more than ``longer_than_seconds``."""
         now = time.monotonic_ns()
         limit = longer_than_seconds * 1e9
-        return [_as_record(e) for e in list(self.entries) if e[_STATE] == STARTED and now - e[_START] > limit]
+        return [e.as_record() for e in list(self.entries) if e.state == STARTED and now - e.start_ns > limit]
 
     def dump(self, reason: str = "requested") -> Path | None:
         """Write this rank's records to ``<directory>/<job>-rank<R>.jsonl``; the path, or ``None``
@@ -234,22 +270,6 @@ def _check_directory(directory: Path) -> None:
         raise OSError(f"{directory} is a link or not a directory: refusing to write flight records there")
     if hasattr(os, "geteuid") and info.st_uid != os.geteuid() and info.st_mode & (stat.S_IWOTH | stat.S_IWGRP):
         raise OSError(f"{directory} belongs to another user and others may write to it: choose another directory")
-
-
-def _as_record(entry: list[Any]) -> dict[str, Any]:
-    if entry[_SHAPE] is not None:
-        data = f"{dtype_name(entry[_DTYPE])}{list(entry[_SHAPE])}"
-    else:
-        data = entry[_DTYPE].__name__
-    code: CodeType | None = entry[_CODE]
-    end = entry[_END] or None
-    return {
-        "kind": "call", "group": entry[_GROUP][0], "seq": entry[_SEQ], "op": entry[_CALL][0], "data": data,
-        "detail": _detail_text(entry[_CALL][1], entry[_DETAIL]),
-        "file": code.co_filename if code else None, "line": entry[_LINE], "function": code.co_name if code else None,
-        "state": entry[_STATE], "start_ns": entry[_START], "end_ns": end,
-        "duration_ms": None if end is None else (end - entry[_START]) / 1e6, "error": entry[_ERROR],
-    }  # fmt: skip
 
 
 def _detail_text(name: str, value: Any) -> str:

@@ -4,14 +4,14 @@ Every public collective of :class:`~distcomm.Communicator` is declared with the
 :func:`collective` decorator, so it passes through the communicator's hooks by
 construction: a method added later cannot forget them. A hook's :meth:`Hook.before`
 runs before the call and :meth:`Hook.after` after it (also when it failed), in order
-of :attr:`Hook.order`: checks first, timers closest to the call, so a profile does not
-include a checker's round trips. The flight recorder (:mod:`distcomm.flight_recorder`)
-is a hook too, the outermost one; the wrapper calls it directly rather than through the
-general dispatch, which keeps it within about a microsecond per call. With no hook and
-no recorder attached, a call pays two attribute tests.
+of :attr:`Hook.order`: the flight recorder first (it sees every call start and end),
+checks next, timers closest to the call, so a profile does not include a checker's
+round trips. With no hook attached a call pays one attribute test.
 
-Attach a hook with :meth:`Communicator.register_hook`; the returned
-:class:`HookHandle` removes it.
+Attach a hook with :meth:`HookRegistry.register_hook` (the returned :class:`HookHandle`
+removes it), or make a view that adds hooks with ``comm.with_hooks(...)``. A view shares
+the hooks of the communicator it was made from, live: one registered there later is
+seen through the view too.
 """
 
 from __future__ import annotations
@@ -19,62 +19,99 @@ from __future__ import annotations
 import functools
 import inspect
 import threading
-import time
+import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Concatenate, ParamSpec, TypeVar
 
 from distcomm.errors import ClosedCommunicatorError, CollectiveError, InvalidArgumentError, renamed
+from distcomm.signatures import op_name, payload_bytes, signature_of
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from distcomm.backend import Backend
+    from distcomm.channel import SharedState
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
+Self = TypeVar("Self", bound="HookRegistry")
+
+
+class CollectiveSpec:
+    """What the hooks know of a collective from its declaration: its name and parameters,
+    and how to describe a call of it (see :attr:`Call.details`)."""
+
+    __slots__ = ("operation", "signature", "positions", "defaults", "data_name", "detail_name", "describe_data", "local")
+
+    def __init__(self, method: Callable[..., Any], describe_data: Callable[[Call], str] | None, local: tuple[str, ...]) -> None:
+        self.operation = method.__name__
+        self.signature = inspect.signature(method)
+        names = list(self.signature.parameters)[1:]  # without self
+        self.positions = {name: index for index, name in enumerate(names)}
+        self.defaults = {
+            name: p.default for name, p in self.signature.parameters.items() if p.default is not inspect.Parameter.empty
+        }
+        self.data_name = names[0] if names else ""
+        """The first parameter: the data the call moves (what the flight recorder notes)."""
+        positional = [n for n in names if self.signature.parameters[n].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+        self.detail_name = positional[1] if len(positional) > 1 else ""
+        """The second positional parameter (``op``, ``src``, ``dst``): what the flight recorder notes besides the data."""
+        self.describe_data = describe_data
+        self.local = local
+        """Parameters that are this rank's own business (a device, an output buffer): not described."""
 
 
 class Call:
-    """One collective call as hooks see it: the operation, its arguments, and lazily
-    computed summaries (``details`` for checking, ``payload_bytes`` for profiling)."""
+    """One collective call as hooks see it: the operation, its arguments (bound lazily from the
+    method's signature, defaults included), and summaries computed on demand: ``details`` for
+    checking, ``payload_bytes`` for profiling."""
 
-    __slots__ = ("comm", "operation", "args", "kwargs", "_describe", "_payload", "_details", "result")
+    __slots__ = ("comm", "spec", "operation", "args", "kwargs", "result", "record", "_details")
 
-    def __init__(
-        self,
-        comm: HookRegistry,
-        operation: str,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        describe: Callable[..., str] | None,
-        payload: Callable[..., Any] | None,
-    ) -> None:
+    def __init__(self, comm: HookRegistry, spec: CollectiveSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         self.comm = comm
-        self.operation = operation
+        self.spec = spec
+        self.operation = spec.operation
         self.args = args
         self.kwargs = kwargs
-        self._describe = describe
-        self._payload = payload
-        self._details: str | None = None
         self.result: Any = None
         """What the call returned (set before :meth:`Hook.after` runs, when it succeeded)."""
+        self.record: Any = None
+        """Where a recorder keeps its entry for this call between :meth:`Hook.before` and :meth:`Hook.after`."""
+        self._details: str | None = None
+
+    def argument(self, name: str) -> Any:
+        """The value of parameter ``name`` in this call (its default when not passed)."""
+        position = self.spec.positions[name]
+        if position < len(self.args):
+            return self.args[position]
+        return self.kwargs.get(name, self.spec.defaults.get(name))
+
+    @property
+    def arguments(self) -> dict[str, Any]:
+        """Every parameter by name, defaults included (bound from the method's signature)."""
+        return {name: self.argument(name) for name in self.spec.positions}
+
+    @property
+    def data(self) -> Any:
+        """The call's first argument: the data it moves (``None`` for a barrier)."""
+        return self.argument(self.spec.data_name) if self.spec.data_name else None
 
     @property
     def details(self) -> str:
-        """What must match across ranks: dtypes, shapes, the reduce op, src or dst."""
+        """What must match across ranks: the data's layout, then the other arguments (the reduce
+        op, src or dst, flags), e.g. ``float32[2, 3] op=sum``."""
         if self._details is None:
-            self._details = "" if self._describe is None else self._describe(*self.args, **self.kwargs)
+            self._details = _describe(self)
         return self._details
 
     @property
     def payload(self) -> Any:
         """The data the call moves (``None`` for objects and barriers)."""
-        return None if self._payload is None else self._payload(*self.args, **self.kwargs)
+        return None if self.spec.describe_data is None else self.data
 
     @property
     def payload_bytes(self) -> int:
         """The bytes the call's data takes: tensors and arrays by size, numbers 8 each, objects 0."""
-        from distcomm.signatures import payload_bytes  # here, to keep this module free of torch
-
         payload = self.payload
         return 0 if payload is None else payload_bytes(payload)
 
@@ -82,33 +119,66 @@ class Call:
         return f"Call({self.operation} {self.details})"
 
 
+def _describe(call: Call) -> str:
+    spec = call.spec
+    parts = [] if spec.describe_data is None else [spec.describe_data(call)]
+    for name in spec.positions:
+        if name == spec.data_name or name in spec.local:
+            continue
+        value = call.argument(name)
+        if value is None or value is False:
+            continue
+        parts.append(name if value is True else f"op={op_name(value)}" if name == "op" else f"{name}={value}")
+    return " ".join(part for part in parts if part)
+
+
+def describe_data(call: Call) -> str:
+    """The default description of a call's data: dtypes and shapes of its tensors, kinds of other leaves."""
+    return signature_of(call.data)
+
+
 class Hook:
     """Work done around every collective of a communicator; subclasses override what they need."""
 
     order: ClassVar[int] = 50
-    """Lower runs :meth:`before` earlier and :meth:`after` later: checks 0, timers 100."""
+    """Lower runs :meth:`before` earlier and :meth:`after` later: recorder -100, checks 0, timers 100."""
 
     def before(self, call: Call) -> None:
         """Called before the collective starts; raising here stops the call."""
 
     def after(self, call: Call, error: BaseException | None) -> None:
-        """Called when the collective returned (``error`` is ``None``) or raised ``error``."""
+        """Called when the collective returned (``error`` is ``None``) or raised ``error``; only for
+        hooks whose :meth:`before` returned."""
 
     def for_split(self, child: HookRegistry) -> Hook | None:
         """The hook to attach to a communicator split from this one (``None``: none)."""
         return None
 
 
-class HookHandle:
-    """Returned by :meth:`Communicator.register_hook`; :meth:`remove` detaches the hook."""
+class Recorder(Hook):
+    """A hook that keeps a record of calls (:class:`~distcomm.FlightRecorder` is one): it runs
+    first and last, and a communicator has at most one. Split children record into the same one."""
 
-    def __init__(self, comm: HookRegistry, hook: Hook) -> None:
-        self._comm = comm
+    order = -100  # outermost: it sees every call start, and every failure, checks included
+
+    def for_split(self, child: HookRegistry) -> Hook | None:
+        return self
+
+    def dump(self, reason: str = "requested") -> Path | None:
+        """Write the record now; its path, or ``None``. Never raises."""
+        return None
+
+
+class HookHandle:
+    """Returned by :meth:`HookRegistry.register_hook`; :meth:`remove` detaches the hook."""
+
+    def __init__(self, registry: HookRegistry, hook: Hook) -> None:
+        self._registry = registry
         self.hook = hook
 
     def remove(self) -> None:
         """Detach the hook (harmless when repeated)."""
-        self._comm.remove_hook(self.hook)
+        self._registry.remove_hook(self.hook)
 
     def __enter__(self) -> HookHandle:
         return self
@@ -117,53 +187,35 @@ class HookHandle:
         self.remove()
 
 
-STARTED, COMPLETED, FAILED = "started", "completed", "failed"
-"""The states of a recorded call."""
-END, STATE = 9, 10
-"""Where a recorded entry keeps its end time and its state: a collective's wrapper completes a
-successful entry itself, in place, which is cheaper than a call."""
-
-
-class Recorder(Hook):
-    """A hook that every collective's wrapper calls directly, first and last: :meth:`begin` when
-    the call starts and :meth:`end` when it failed (a success the wrapper writes into the
-    entry itself, at :data:`END` and :data:`STATE`). :class:`~distcomm.FlightRecorder` is one;
-    a communicator has at most one."""
-
-    order = -100  # outermost: it sees every call start, and every failure, checks included
-
-    def group(self, name: str) -> Any:
-        """The key a communicator of group ``name`` records under."""
-        raise NotImplementedError
-
-    def begin(self, group_key: Any, call: tuple[str, str], data: Any, detail: Any) -> list[Any]:
-        """Record that ``call`` starts now; the entry (a list) that :meth:`end` completes."""
-        raise NotImplementedError
-
-    def end(self, entry: list[Any], error: BaseException | None) -> None:
-        """Complete ``entry``: completed, or failed with ``error``."""
-        raise NotImplementedError
-
-    def dump(self, reason: str = "requested") -> Path | None:
-        """Write the record now; its path, or ``None``. Never raises."""
-        return None
-
-
 class HookRegistry:
-    """The hooks of a communicator (its base class): attach, detach, list; and its flight recorder."""
+    """The hooks of a communicator (its base class): its own, and those of the communicator it
+    is a view of, which it shares live."""
 
     rank: int
-    world_size: int
+    group_name: str
+    _state: SharedState
     _hooks: tuple[Hook, ...]
-    _recorder: Recorder | None
-    _record_group: Any
-    _backend: Backend
+    """Every hook a call passes through, in order: the parent's and its own (read on every call)."""
+    _own_hooks: tuple[Hook, ...]
+    _parent: HookRegistry | None
+    _views: weakref.WeakSet[HookRegistry]
+
+    def _init_hooks(self, hooks: tuple[Hook, ...], parent: HookRegistry | None = None) -> None:
+        """Start with ``hooks`` of its own, after those of ``parent`` (whose later changes it sees)."""
+        for hook in hooks:
+            if not isinstance(hook, Hook):
+                raise InvalidArgumentError(f"hooks are distcomm.hooks.Hook objects, got {type(hook).__name__}")
+        self._parent, self._views = parent, weakref.WeakSet()
+        self._own_hooks = ()
+        with _registration:
+            if parent is not None:
+                parent._views.add(self)
+            self._set_own(hooks)
 
     @property
     def hooks(self) -> tuple[Hook, ...]:
-        """The hooks every collective of this communicator passes through, in the order they run
-        (the flight recorder, when one records, first)."""
-        return self._hooks if self._recorder is None else (self._recorder, *self._hooks)
+        """The hooks every collective of this communicator passes through, in the order they run."""
+        return self._hooks
 
     def register_hook(self, hook: Hook) -> HookHandle:
         """Pass every collective through ``hook`` from now on; the handle's ``remove()`` stops it.
@@ -174,161 +226,101 @@ class HookRegistry:
         if not isinstance(hook, Hook):
             raise InvalidArgumentError(f"register_hook takes a distcomm.hooks.Hook, got {type(hook).__name__}")
         with _registration:  # a new tuple each time: a collective running meanwhile keeps the one it read
-            if isinstance(hook, Recorder):
-                self._record_into(hook)
-            else:
-                self._hooks = tuple(sorted((*self._hooks, hook), key=lambda h: h.order))
+            self._set_own((*self._own_hooks, hook))
         return HookHandle(self, hook)
 
     def remove_hook(self, hook: Hook) -> None:
-        """Stop passing collectives through ``hook`` (harmless when it is not attached)."""
+        """Stop passing collectives through ``hook`` (harmless when it is not attached here)."""
         with _registration:
-            if hook is self._recorder:
-                self._recorder = None
-            self._hooks = tuple(h for h in self._hooks if h is not hook)
+            self._set_own(tuple(h for h in self._own_hooks if h is not hook))
 
-    def _record_into(self, recorder: Recorder | None) -> None:
-        """Record this communicator's calls into ``recorder``, under its group's name (the same on every rank)."""
-        self._recorder = recorder
-        if recorder is not None:
-            self._record_group = recorder.group(str(getattr(self._backend.group, "group_name", "") or self._backend.name))
+    def _set_own(self, hooks: tuple[Hook, ...]) -> None:
+        if any(isinstance(h, Recorder) for h in hooks):  # the newest recorder takes the place of the others
+            newest = [h for h in hooks if isinstance(h, Recorder)][-1]
+            hooks = tuple(h for h in hooks if not isinstance(h, Recorder) or h is newest)
+        self._own_hooks = hooks
+        self._refresh()
+
+    def _refresh(self) -> None:
+        inherited = () if self._parent is None else self._parent._hooks
+        if any(isinstance(h, Recorder) for h in self._own_hooks):
+            inherited = tuple(h for h in inherited if not isinstance(h, Recorder))
+        self._hooks = tuple(sorted((*inherited, *self._own_hooks), key=lambda h: h.order))
+        for view in list(self._views):
+            view._refresh()
+
+    def _split_hooks(self, child: HookRegistry) -> tuple[Hook, ...]:
+        """This communicator's own hooks as ``child``, split from it, should have them: the one rule
+        by which instrumentation reaches split communicators."""
+        derived = (hook.for_split(child) for hook in self._own_hooks)
+        return tuple(hook for hook in derived if hook is not None)
 
     @property
     def flight_recorder(self) -> Recorder | None:
         """The recorder of this communicator's calls (``None`` with ``DISTCOMM_FLIGHT_RECORDER=0``)."""
-        return self._recorder
+        return next((h for h in self._hooks if isinstance(h, Recorder)), None)
 
     def dump_flight_record(self, reason: str = "requested") -> Path | None:
         """Write this rank's flight record now (see :mod:`distcomm.flight_recorder`); its path,
         or ``None`` when nothing records or it could not be written. Never raises."""
-        return None if self._recorder is None else self._recorder.dump(reason)
+        recorder = self.flight_recorder
+        return None if recorder is None else recorder.dump(reason)
 
 
-_registration = threading.Lock()
+_registration = threading.RLock()
 """Serialises hook registration, so two threads registering at once both take effect."""
 
 COLLECTIVES: dict[str, Callable[..., Any]] = {}
 """Every method declared with :func:`collective`, by name (the hook coverage test reads it)."""
 
 
-def collective(describe: Callable[..., str] | None = None, payload: Callable[..., Any] | None = None) -> Callable[[F], F]:
-    """Declare a public collective: it refuses a closed communicator, passes through the
-    hooks, and names itself in a :class:`CollectiveError` raised by any of its steps.
+def collective(
+    describe: Callable[[Call], str] | None = describe_data, *, local: tuple[str, ...] = ()
+) -> Callable[[Callable[Concatenate[Self, P], R]], Callable[Concatenate[Self, P], R]]:
+    """Declare a public collective: it refuses a closed communicator, passes through the hooks,
+    and names itself in a :class:`CollectiveError` raised by any of its steps.
 
-    ``describe`` and ``payload`` take the method's arguments and give the call's
-    details and data; they run only when a hook asks.
+    ``describe`` says what of the call's data must match across ranks (``None``: the data is
+    an object, not described and not counted as payload); ``local`` names parameters that
+    are each rank's own (a device, an output buffer). Both run only when a hook asks.
     """
 
-    def decorate(method: F) -> F:
-        operation = method.__name__
+    def decorate(method: Callable[Concatenate[Self, P], R]) -> Callable[Concatenate[Self, P], R]:
+        spec = CollectiveSpec(method, describe, local)
 
-        def closed(comm: HookRegistry) -> ClosedCommunicatorError:
-            return ClosedCommunicatorError(f"{operation} on a closed {type(comm).__name__}: create a new communicator")
+        @functools.wraps(method)
+        def run(self: Self, /, *args: P.args, **kwargs: P.kwargs) -> R:
+            if self._state.closed:
+                raise ClosedCommunicatorError(f"{spec.operation} on a closed {type(self).__name__}: create a new communicator")
+            hooks = self._hooks  # read once: a hook added or removed meanwhile takes effect at the next call
+            if hooks:
+                return _through(hooks, Call(self, spec, args, kwargs), method)  # type: ignore[no-any-return]
+            try:
+                return method(self, *args, **kwargs)
+            except CollectiveError as error:
+                raise renamed(error, spec.operation, self.rank)  # noqa: B904 (renamed() sets the cause)
 
-        def hooked(comm: HookRegistry, hooks: tuple[Hook, ...], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            call = Call(comm, operation, args, kwargs, describe, payload)
-            return _dispatch(hooks, call, lambda: _named(method, comm, operation, args, kwargs))
-
-        def raise_named(error: CollectiveError, rank: int) -> NoReturn:
-            _raise_named(error, operation, rank)
-
-        run = _with_signature_of(method, closed, hooked, raise_named)
-        COLLECTIVES[operation] = run
-        return cast(F, run)
+        COLLECTIVES[spec.operation] = run
+        return run
 
     return decorate
 
 
-_TEMPLATE = """
-def {name}(self, {parameters}):
-    if self._state.closed:
-        raise closed(self)
-    recorder = self._recorder
-    hooks = self._hooks  # read once: a hook added or removed meanwhile takes effect at the next call
-    if recorder is None:
-        if hooks:
-            return hooked(self, hooks, ({positional}), {{{keywords}}})
-        try:
-            return method(self, {arguments})
-        except CollectiveError as error:
-            raise_named(error, self.rank)
-    entry = recorder.begin(self._record_group, CALL, {data}, {detail})
-    try:
-        result = hooked(self, hooks, ({positional}), {{{keywords}}}) if hooks else method(self, {arguments})
-    except CollectiveError as error:
-        named = error if hooks else renamed(error, {name!r}, self.rank)  # the hooks' path names its own
-        recorder.end(entry, named)
-        if named is error:
-            raise
-        raise named from error
-    except BaseException as error:
-        recorder.end(entry, error)
-        raise
-    entry[END] = now()
-    entry[STATE] = COMPLETED
-    return result
-"""
-
-
-def _with_signature_of(method: Callable[..., Any], closed: Any, hooked: Any, raise_named: Any) -> Callable[..., Any]:
-    """The wrapper of a collective, written with the method's own parameters: a call through it
-    packs no ``*args``/``**kwargs``, which keeps the hot paths within a microsecond of torch.
-    The flight recorder, on by default, is called here directly rather than through the
-    general hook dispatch, for the same reason; it still sees every call first and last."""
-    parameters = list(inspect.signature(method).parameters.values())[1:]  # without self
-    positional = [p.name for p in parameters if p.kind is p.POSITIONAL_OR_KEYWORD]
-    keywords = [p.name for p in parameters if p.kind is p.KEYWORD_ONLY]
-    if len(positional) + len(keywords) != len(parameters):
-        raise TypeError(f"a collective takes plain and keyword-only parameters: {method.__qualname__}")
-    detail_name = positional[1] if len(positional) > 1 else ""
-    source = _TEMPLATE.format(
-        name=method.__name__,
-        data=positional[0] if positional else "None",
-        detail_name=detail_name,
-        detail=detail_name or "None",
-        parameters=", ".join(positional + (["*"] + keywords if keywords else [])),
-        positional="".join(f"{name}, " for name in positional),
-        keywords=", ".join(f"{name!r}: {name}" for name in keywords),
-        arguments=", ".join(positional + [f"{name}={name}" for name in keywords]),
-    )
-    namespace: dict[str, Any] = {}
-    scope = {
-        "method": method, "closed": closed, "hooked": hooked, "raise_named": raise_named,
-        "CollectiveError": CollectiveError, "renamed": renamed,
-        "END": END, "STATE": STATE, "COMPLETED": COMPLETED,
-        "now": time.monotonic_ns, "CALL": (method.__name__, detail_name),
-    }  # fmt: skip
-    exec(compile(source, f"<distcomm collective {method.__qualname__}>", "exec"), scope, namespace)  # noqa: S102
-    run = namespace[method.__name__]
-    run.__defaults__, run.__kwdefaults__ = method.__defaults__, method.__kwdefaults__
-    return functools.update_wrapper(run, method)
-
-
-def _named(method: Callable[..., Any], comm: HookRegistry, operation: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    try:
-        return method(comm, *args, **kwargs)
-    except CollectiveError as error:
-        _raise_named(error, operation, comm.rank)
-
-
-def _raise_named(error: CollectiveError, operation: str, rank: int) -> NoReturn:
-    """Raise ``error`` as ``operation``'s, the method the caller called, naming the step that failed."""
-    named = renamed(error, operation, rank)
-    if named is error:
-        raise error
-    raise named from error
-
-
-def _dispatch(hooks: tuple[Hook, ...], call: Call, run: Callable[[], Any]) -> Any:
-    """Run ``run`` between the ``before`` and ``after`` of ``hooks`` (the tuple the call started with)."""
-    entered: list[Hook] = []
+def _through(hooks: tuple[Hook, ...], call: Call, method: Callable[..., Any]) -> Any:
+    """Run ``method`` between the ``before`` and ``after`` of ``hooks`` (the tuple the call started
+    with). A :class:`CollectiveError` of the method is named after it, as the caller sees it,
+    before the hooks see it; a hook's own error passes as it is."""
+    entered = 0
     try:
         for hook in hooks:
             hook.before(call)
-            entered.append(hook)
-        call.result = run()
+            entered += 1
+        try:
+            call.result = method(call.comm, *call.args, **call.kwargs)
+        except CollectiveError as error:
+            raise renamed(error, call.operation, call.comm.rank)  # noqa: B904 (renamed() sets the cause)
     except BaseException as error:
-        for hook in reversed(entered):
+        for hook in reversed(hooks[:entered]):
             hook.after(call, error)
         raise
     for hook in reversed(hooks):

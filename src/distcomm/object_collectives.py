@@ -20,7 +20,7 @@ from distcomm import objects as wire
 from distcomm.agreement import Claim, agree
 from distcomm.conversion import check_rank, describe
 from distcomm.errors import InvalidArgumentError
-from distcomm.hooks import collective
+from distcomm.hooks import HookRegistry, collective
 
 if TYPE_CHECKING:
     from distcomm.channel import Channel
@@ -29,14 +29,14 @@ T = TypeVar("T")
 DeviceLike = torch.device | str | None
 
 
-class ObjectCollectives:
+class ObjectCollectives(HookRegistry):
     """The object collectives of a communicator, over its channel."""
 
     _channel: Channel
     rank: int
     world_size: int
 
-    @collective()
+    @collective(None, local=("device",))
     def all_gather_object(self, obj: T, *, device: DeviceLike = None) -> list[T]:
         """Every rank's picklable ``obj``, in rank order, on every rank.
 
@@ -45,14 +45,14 @@ class ObjectCollectives:
         """
         return wire.all_gather_objects(self._channel, obj, "all_gather_object", device)
 
-    @collective(lambda obj, dst=0, **_: f"dst={dst}")
+    @collective(None, local=("device",))
     def gather_object(self, obj: T, dst: int = 0, *, device: DeviceLike = None) -> list[T] | None:
         """Every rank's picklable ``obj`` as a list on rank ``dst``; ``None`` on the others."""
         dst = check_rank(dst, "dst", "gather_object", self.world_size)
         payloads = wire.exchange(self._channel, obj, "gather_object", device)
         return [self._channel.object_codec.decode(p) for p in payloads] if self.rank == dst else None
 
-    @collective(lambda obj, src=0, **_: f"src={src}")
+    @collective(None, local=("device",))
     def broadcast_object(self, obj: T, src: int = 0, *, device: DeviceLike = None) -> T:
         """Return ``src``'s picklable ``obj`` on every rank (``src`` gets its own object back).
 
@@ -61,7 +61,7 @@ class ObjectCollectives:
         src = check_rank(src, "src", "broadcast_object", self.world_size)
         return cast(T, wire.broadcast_object(self._channel, obj, src, "broadcast_object", device))
 
-    @collective(lambda object_list, src=0, **_: f"src={src}")
+    @collective(None, local=("device",))
     def broadcast_object_list(self, object_list: list[Any], src: int = 0, *, device: DeviceLike = None) -> None:
         """Replace, in place, the items of ``object_list`` on every rank by ``src``'s items.
 
@@ -79,7 +79,7 @@ class ObjectCollectives:
         if received is not object_list:
             object_list[:] = received
 
-    @collective(lambda objects, src=0: f"src={src}")
+    @collective(None)
     def scatter_object(self, objects: Sequence[T] | None, src: int = 0) -> T:
         """Give rank ``i`` the item ``objects[i]`` of ``src``'s sequence (others pass ``None``).
 

@@ -18,10 +18,9 @@ from typing import Any
 import attrs
 import torch
 
-from distcomm.communicator import Communicator
+from distcomm.communicator import Communicator, CommunicatorView
 from distcomm.hooks import Call, Hook, HookRegistry
 from distcomm.objects import all_gather_objects
-from distcomm.view import CommunicatorView
 
 
 @attrs.define
@@ -96,8 +95,12 @@ class ProfiledCommunicator(CommunicatorView):
     def __init__(self, inner: Communicator, *, synchronize_cuda: bool = False) -> None:
         if not isinstance(inner, Communicator):
             raise TypeError(f"ProfiledCommunicator wraps a Communicator, got {type(inner).__name__}")
-        self.profile = ProfileHook(synchronize_cuda=synchronize_cuda)
-        super().__init__(inner, self.profile)
+        super().__init__(inner, ProfileHook(synchronize_cuda=synchronize_cuda))
+
+    @property
+    def profile(self) -> ProfileHook:
+        """The hook that times every call."""
+        return next(hook for hook in self._own_hooks if isinstance(hook, ProfileHook))
 
     @property
     def synchronize_cuda(self) -> bool:
@@ -106,9 +109,6 @@ class ProfiledCommunicator(CommunicatorView):
     @property
     def stats(self) -> dict[tuple[str, int], OpStats]:
         return self.profile.stats
-
-    def _rewrap(self, child: Communicator) -> Communicator:
-        return ProfiledCommunicator(child, synchronize_cuda=self.synchronize_cuda)
 
     def reset(self) -> None:
         self.stats.clear()

@@ -1,0 +1,94 @@
+"""The asynchronous collectives: start a tensor collective, get a handle, wait on it later.
+
+They are methods of every :class:`~distcomm.Communicator` (this class is one of its bases).
+Where the backend cannot run a call in the background (a copy to another device, a dtype it
+must convert, a mean that needs a division), the work is done at once and the handle says
+so (``handle.asynchronous`` is ``False``).
+
+Tested with the other collectives: tests/test_collectives.py, tests/test_hooks.py.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from distcomm import broadcasting, gathering, reducing
+from distcomm.conversion import check_rank, describe
+from distcomm.errors import InvalidArgumentError
+from distcomm.handles import CompletedHandle, Handle
+from distcomm.hooks import Call, HookRegistry, collective
+from distcomm.ops import ReduceOp, ReduceOpLike, parse_reduce_op
+from distcomm.reduction_rules import plan_reduction
+from distcomm.signatures import signature_of
+
+if TYPE_CHECKING:
+    from distcomm.backend import Backend
+    from distcomm.channel import Channel
+
+
+def gather_layout(call: Call) -> str:
+    """What must match across ranks in a gather: dtypes and dimensions, and shapes when promised equal."""
+    return signature_of(call.data, shapes=bool(call.argument("same_shape")))
+
+
+class AsyncCollectives(HookRegistry):
+    """The asynchronous tensor collectives of a communicator."""
+
+    _channel: Channel
+    _backend: Backend
+    rank: int
+    world_size: int
+
+    def _reduce(self, data: Any, op: ReduceOp) -> Any:
+        """Reduce ``data`` at once (the communicator's synchronous path)."""
+        raise NotImplementedError
+
+    @collective()
+    def all_reduce_async(self, tensor: torch.Tensor, op: ReduceOpLike = "sum") -> Handle:
+        """Start an in-place reduction of ``tensor``; the handle's ``wait()`` returns it.
+
+        Where the backend cannot reduce it in the background (a copy to another device,
+        a dtype it must convert, a mean that needs a division), the work is done at
+        once and ``handle.asynchronous`` is ``False``.
+        """
+        reduce_op = parse_reduce_op(op)
+        if not isinstance(tensor, torch.Tensor) or not self._channel.accepts(tensor.device) or not tensor.is_contiguous():
+            return CompletedHandle(self._reduce(tensor, reduce_op))
+        plan = plan_reduction(tensor, tensor, reduce_op, "all_reduce_async")
+        if plan.transport_dtype != tensor.dtype or plan.mean_dtype is not None:
+            return CompletedHandle(reducing.reduce_tensor(self._channel, tensor, reduce_op))
+        return self._backend.all_reduce_async(tensor, plan.op)
+
+    @collective()
+    def broadcast_async(self, tensor: torch.Tensor, src: int = 0) -> Handle:
+        """Start an in-place broadcast of ``tensor`` from ``src``; ``wait()`` returns it.
+
+        A tensor the backend cannot take where it is is broadcast at once, through a
+        copy (``handle.asynchronous`` is ``False``).
+        """
+        src = check_rank(src, "src", "broadcast_async", self.world_size)
+        if not isinstance(tensor, torch.Tensor):
+            raise InvalidArgumentError(f"broadcast_async takes a tensor, got {describe(tensor)}")
+        if not self._channel.accepts(tensor.device) or not tensor.is_contiguous():
+            broadcasting.fill_from(self._channel, tensor, src)
+            return CompletedHandle(tensor)
+        return self._backend.broadcast_async(tensor, src)
+
+    @collective(gather_layout, local=("out",))
+    def all_gather_async(self, tensor: torch.Tensor, *, same_shape: bool = False, out: torch.Tensor | None = None) -> Handle:
+        """Start gathering ``tensor`` from every rank; ``wait()`` returns the list.
+
+        Shapes may differ across ranks: they are exchanged first, synchronously (with
+        the data itself for small tensors, which then makes the handle synchronous).
+        Larger equal-shape data moves in the background. With ``same_shape=True`` (the
+        promise of :meth:`all_gather`) nothing is exchanged first, and ``out`` may be given.
+        """
+        if not isinstance(tensor, torch.Tensor):
+            raise InvalidArgumentError(f"all_gather_async takes a tensor, got {describe(tensor)}")
+        if same_shape:
+            return gathering.gather_same_shape_async(self._channel, tensor, out)
+        if out is not None:
+            raise InvalidArgumentError("all_gather_async: out is for same_shape=True, where every rank's shape is known")
+        return gathering.gather_tensor(self._channel, tensor, asynchronous=True)
