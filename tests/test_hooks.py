@@ -59,7 +59,19 @@ CALLS = {
     "all_reduce_async": lambda c: c.all_reduce_async(torch.ones(2)).wait(),
     "broadcast_async": lambda c: c.broadcast_async(torch.ones(2)).wait(),
     "all_gather_async": lambda c: c.all_gather_async(torch.ones(2)).wait(),
+    "reduce": lambda c: c.reduce(torch.ones(2)),
+    "gather": lambda c: c.gather(torch.ones(2)),
+    "scatter": lambda c: c.scatter([torch.ones(2)]),
+    "reduce_scatter": lambda c: c.reduce_scatter(torch.ones(2)),
+    "all_to_all": lambda c: c.all_to_all([torch.ones(2)]),
+    "batch_send_recv": lambda c: c.batch_send_recv({}, []),
+    # A world of one has no peer: these are seen failing, as themselves.
+    "send": lambda c: c.send(torch.ones(2), 0),
+    "recv": lambda c: c.recv(0),
+    "isend": lambda c: c.isend(torch.ones(2), 0),
+    "irecv": lambda c: c.irecv(0),
 }
+REFUSED_ALONE = {"send", "recv", "isend", "irecv"}
 DEPRECATED = {"all_gather_objects": "all_gather_object", "gather_objects": "gather_object", "scatter_objects": "scatter_object"}
 NOT_COLLECTIVES = {"close", "register_hook", "remove_hook", "dump_flight_record", "with_hooks"}
 
@@ -79,9 +91,14 @@ def test_every_public_method_is_seen_by_a_hook() -> None:
         comm = LocalCommunicator()
         recorder = Recorder()
         comm.register_hook(recorder)
-        call(comm)
+        if name in REFUSED_ALONE:
+            with pytest.raises(InvalidArgumentError, match="is this rank"):
+                call(comm)
+        else:
+            call(comm)
         # Seen once, as the method the caller called: internal steps are not calls of their own.
-        assert recorder.log == [("recorder", "before", name), ("recorder", "after", name, None)], name
+        error = "InvalidArgumentError" if name in REFUSED_ALONE else None
+        assert recorder.log == [("recorder", "before", name), ("recorder", "after", name, error)], name
 
 
 def test_deprecated_object_names_warn_and_are_seen_under_the_new_name() -> None:
@@ -308,3 +325,69 @@ def hooks_churn_while_collectives_run(comm) -> list[float]:
 def test_hooks_registered_from_another_thread_never_split_the_ranks(dist_world) -> None:
     results = dist_world(2).run(hooks_churn_while_collectives_run)
     assert results == [[4.0] * 200, [4.0] * 200]
+
+
+def test_a_view_shares_the_hooks_of_its_communicator_live() -> None:
+    inner = LocalCommunicator()
+    log: list = []
+    view = inner.with_hooks(Recorder("view", 60, log))
+    assert type(view).__name__ == "CommunicatorView" and view.rank == inner.rank and view.inner is inner
+    handle = inner.register_hook(Recorder("inner", 40, log))  # after the view was made
+    view.barrier()
+    assert [entry[:2] for entry in log] == [("inner", "before"), ("view", "before"), ("view", "after"), ("inner", "after")]
+    handle.remove()
+    log.clear()
+    view.barrier()
+    inner.barrier()  # the view's own hook is not the inner communicator's
+    assert [entry[0] for entry in log] == ["view", "view"]
+    checked = CheckedCommunicator(inner)
+    late = Recorder("late", 50, log)
+    inner.register_hook(late)
+    assert checked.hooks == (inner.flight_recorder, checked.check, late)
+
+
+def test_hooks_of_views_and_of_their_communicator_carry_on_to_split_children_once() -> None:
+    inner = LocalCommunicator()
+    log: list = []
+    inner.register_hook(Recorder("inner", 40, log))
+    view = ProfiledCommunicator(inner.with_hooks(Recorder("view", 60, log)))
+    child = view.split([0])
+    assert isinstance(child, ProfiledCommunicator) and child.inner.inner.flight_recorder is inner.flight_recorder
+    log.clear()  # the split itself passed through the parent's hooks
+    child.barrier()
+    assert [entry[:2] for entry in log] == [
+        ("inner-child", "before"), ("view-child", "before"), ("view-child", "after"), ("inner-child", "after")
+    ]
+    assert [type(h).__name__ for h in child.hooks] == ["FlightRecorder", "Recorder", "Recorder", "ProfileHook"]
+    assert child.summary()[0]["op"] == "barrier" and view.summary()[0]["op"] == "split"
+
+
+def test_a_call_binds_its_arguments_lazily_with_the_defaults_of_the_signature() -> None:
+    seen: list[Call] = []
+
+    class Keep(Hook):
+        def before(self, call: Call) -> None:
+            seen.append(call)
+
+    comm = LocalCommunicator()
+    comm.register_hook(Keep())
+    comm.all_reduce(3)
+    comm.all_gather(torch.ones(2), same_shape=True)
+    comm.broadcast(torch.ones(1), 0)
+    assert seen[0].arguments == {"data": 3, "op": "sum"} and seen[0].details == "int op=sum"
+    assert seen[1].arguments == {"data": seen[1].data, "same_shape": True, "out": None}
+    assert seen[1].details == "float32[2] same_shape" and seen[2].details == "float32[1] src=0"
+    assert seen[2].argument("src") == 0 and seen[0].payload_bytes == 8
+
+
+def test_the_flight_recorder_is_registered_like_any_hook() -> None:
+    comm = LocalCommunicator()
+    mine = FlightRecorder(size=4)
+    comm.register_hook(mine)  # takes the place of the default one
+    assert comm.hooks == (mine,) and comm.flight_recorder is mine
+    comm.all_reduce(torch.ones(3), "max")
+    (record,) = mine.records()
+    assert (record["op"], record["data"], record["detail"], record["state"]) == ("all_reduce", "float32[3]", "op=max", "completed")
+    assert record["file"] == __file__
+    comm.remove_hook(mine)
+    assert comm.hooks == () and comm.dump_flight_record() is None

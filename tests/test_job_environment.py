@@ -7,6 +7,7 @@ import pytest
 from distcomm import ConfigurationError
 from distcomm.job_environment import (
     MissingEnvironmentError,
+    environment_flag,
     identity_from_environment,
     job_name,
     local_rank_from_environment,
@@ -34,3 +35,10 @@ def test_local_rank_and_job_name() -> None:
     assert local_rank_from_environment(5, {}) == 5  # one machine: the global rank
     assert job_name({"SLURM_JOB_ID": "123/4 x"}) == "123_4_x" and job_name({}) == "job"
     assert job_name({"DISTCOMM_JOB": "mine", "SLURM_JOB_ID": "1"}) == "mine"
+
+
+@pytest.mark.parametrize(("word", "default", "expected"), [("1", False, True), ("Yes", False, True), ("off", True, False),
+                                                           ("0", True, False), ("", True, True), ("maybe", False, False)])  # fmt: skip
+def test_environment_flags(monkeypatch, word: str, default: bool, expected: bool) -> None:
+    monkeypatch.setenv("DISTCOMM_TEST_FLAG", word)
+    assert environment_flag("DISTCOMM_TEST_FLAG", default) is expected

@@ -27,9 +27,9 @@ import torch.distributed as dist
 from distcomm.checked import CheckedCommunicator
 from distcomm.communicator import Communicator
 from distcomm.errors import InvalidArgumentError
+from distcomm.job_environment import environment_flag
 from distcomm.local import LocalCommunicator
 from distcomm.profiled import ProfiledCommunicator
-from distcomm.rules import environment_flag
 from distcomm.torch_dist import TorchDistCommunicator, owner_of_default_group
 
 _scoped: contextvars.ContextVar[Communicator | None] = contextvars.ContextVar("distcomm_scoped", default=None)

@@ -10,22 +10,22 @@ Tested with the other collectives: tests/test_collectives.py, tests/test_hooks.p
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from distcomm import broadcasting, gathering, reducing
-from distcomm.conversion import check_rank, describe
+from distcomm.collective_base import CollectiveBase
+from distcomm.conversion import describe
 from distcomm.errors import InvalidArgumentError
 from distcomm.handles import CompletedHandle, Handle
-from distcomm.hooks import Call, HookRegistry, collective
-from distcomm.ops import ReduceOp, ReduceOpLike, parse_reduce_op
+from distcomm.hooks import Call, collective
+from distcomm.ops import ReduceOpLike, parse_reduce_op
 from distcomm.reduction_rules import plan_reduction
 from distcomm.signatures import signature_of
 
 if TYPE_CHECKING:
-    from distcomm.backend import Backend
-    from distcomm.channel import Channel
+    pass
 
 
 def gather_layout(call: Call) -> str:
@@ -33,17 +33,8 @@ def gather_layout(call: Call) -> str:
     return signature_of(call.data, shapes=bool(call.argument("same_shape")))
 
 
-class AsyncCollectives(HookRegistry):
+class AsyncCollectives(CollectiveBase):
     """The asynchronous tensor collectives of a communicator."""
-
-    _channel: Channel
-    _backend: Backend
-    rank: int
-    world_size: int
-
-    def _reduce(self, data: Any, op: ReduceOp) -> Any:
-        """Reduce ``data`` at once (the communicator's synchronous path)."""
-        raise NotImplementedError
 
     @collective()
     def all_reduce_async(self, tensor: torch.Tensor, op: ReduceOpLike = "sum") -> Handle:
@@ -68,7 +59,7 @@ class AsyncCollectives(HookRegistry):
         A tensor the backend cannot take where it is is broadcast at once, through a
         copy (``handle.asynchronous`` is ``False``).
         """
-        src = check_rank(src, "src", "broadcast_async", self.world_size)
+        src = self._check_rank(src, "src", "broadcast_async")
         if not isinstance(tensor, torch.Tensor):
             raise InvalidArgumentError(f"broadcast_async takes a tensor, got {describe(tensor)}")
         if not self._channel.accepts(tensor.device) or not tensor.is_contiguous():

@@ -95,6 +95,17 @@ class Backend(abc.ABC):
         return CompletedHandle(self.all_gather(tensor, out))
 
     @abc.abstractmethod
+    def all_to_all(self, output: torch.Tensor, tensor: torch.Tensor, output_sizes: list[int], input_sizes: list[int]) -> None:
+        """Send ``tensor``'s i-th run of ``input_sizes[i]`` elements to rank i, and receive rank
+        j's run of ``output_sizes[j]`` elements into ``output`` (both flat; sizes known to all)."""
+
+    @abc.abstractmethod
+    def start_pairs(self, sends: list[tuple[torch.Tensor, int]], receives: list[tuple[torch.Tensor, int]]) -> Handle:
+        """Start sending each ``(tensor, peer)`` of ``sends`` and filling each ``(tensor, peer)`` of
+        ``receives`` from its peer, all at once (a peer is never this rank; messages between two
+        ranks arrive in the order they were started); the handle's ``wait()`` returns when all are done."""
+
+    @abc.abstractmethod
     def split(self, members: list[int]) -> Backend | None:
         """A backend over ``members`` (sorted, valid; every rank calls it) for members, ``None`` for others."""
 

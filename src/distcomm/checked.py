@@ -24,7 +24,7 @@ from distcomm.communicator import Communicator, CommunicatorView
 from distcomm.errors import CollectiveError, CollectiveMismatchError
 from distcomm.hooks import Call, Hook, HookRegistry
 from distcomm.objects import all_gather_objects
-from distcomm.rules import as_timeout
+from distcomm.timeouts import as_timeout
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class CheckHook(Hook):
         return CheckHook(child, self.timeout)
 
     def before(self, call: Call) -> None:
-        if self._comm.world_size > 1:
+        if self._comm.world_size > 1 and not call.spec.pairwise:  # a send or receive involves two ranks only
             description = f"{call.operation} {call.details}".strip()
             self._agree(next(self._sequence), call.operation, description)
 

@@ -33,17 +33,17 @@ from distcomm.agreement import Claim, agree
 from distcomm.async_collectives import AsyncCollectives, gather_layout
 from distcomm.backend import Backend
 from distcomm.channel import Channel, SharedState
-from distcomm.conversion import check_rank, describe
+from distcomm.conversion import describe
 from distcomm.errors import InvalidArgumentError
+from distcomm.exchange_collectives import ExchangeCollectives
 from distcomm.flight_recorder import default_recorder
 from distcomm.handles import Handle
 from distcomm.hooks import Call, Hook, collective
 from distcomm.object_collectives import ObjectCollectives
 from distcomm.objects import OBJECT_SLOT_BYTES
 from distcomm.opening import open_call
-from distcomm.ops import ReduceOp, ReduceOpLike, parse_reduce_op
-from distcomm.reduction_rules import PYTHON_PROTOTYPES, reduce_alone
-from distcomm.rules import fits_int64
+from distcomm.ops import ReduceOpLike, parse_reduce_op
+from distcomm.point_to_point import PointToPoint
 from distcomm.serialization import ObjectCodec
 from distcomm.signatures import tensor_layout
 
@@ -63,7 +63,7 @@ def _ranks(call: Call) -> str:
     return f"ranks={sorted(ranks) if isinstance(ranks, Sequence) else ranks!r}"
 
 
-class Communicator(ObjectCollectives, AsyncCollectives, abc.ABC):
+class Communicator(ObjectCollectives, AsyncCollectives, ExchangeCollectives, PointToPoint, abc.ABC):
     """One object to talk to the other ranks of a job, over a :class:`~distcomm.backend.Backend`.
 
     An abstract base class: most code gets one from
@@ -180,9 +180,6 @@ class Communicator(ObjectCollectives, AsyncCollectives, abc.ABC):
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
 
-    def _check_rank(self, value: Any, name: str, operation: str) -> int:
-        return check_rank(value, name, operation, self.world_size)
-
     # -------------------------------------------------------------- collectives
 
     @collective(None)
@@ -236,14 +233,6 @@ class Communicator(ObjectCollectives, AsyncCollectives, abc.ABC):
                 self._backend.all_reduce(data, wire_op)
                 return data
         return self._reduce(data, parse_reduce_op(op))
-
-    def _reduce(self, data: Any, op: ReduceOp) -> Any:
-        kind = type(data)
-        if kind in PYTHON_PROTOTYPES and self.world_size == 1 and (kind is not int or fits_int64(data)):
-            return reduce_alone(data, op)
-        if isinstance(data, torch.Tensor):
-            return reducing.reduce_tensor(self._channel, data, op)
-        return reducing.reduce_structure(self._channel, data, op, "all_reduce")
 
     @collective()
     def reduce_dict(self, mapping: Mapping[str, Any], op: ReduceOpLike = "sum") -> dict[str, Any]:

@@ -9,8 +9,8 @@ from typing import Any
 import attrs
 import torch
 
+from distcomm.backend_choice import BACKENDS, default_backend
 from distcomm.errors import ConfigurationError
-from distcomm.rules import BACKENDS, default_backend
 
 RENDEZVOUS_SCHEMES = ("env://", "tcp://", "file://")
 

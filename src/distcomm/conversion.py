@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from distcomm.dtypes import fits_int64
 from distcomm.errors import InvalidArgumentError
-from distcomm.rules import fits_int64
 
 PYTHON_NUMBER_DTYPES: dict[type, torch.dtype] = {
     bool: torch.bool,

@@ -21,9 +21,9 @@ from distcomm import devices, launch
 from distcomm.active import get_communicator, instrument
 from distcomm.communicator import Communicator
 from distcomm.conversion import describe, parse_device
+from distcomm.dtypes import fits_int64
 from distcomm.errors import InvalidArgumentError
 from distcomm.handles import Handle
-from distcomm.rules import fits_int64
 from distcomm.torch_dist import TorchDistCommunicator
 
 T = TypeVar("T")

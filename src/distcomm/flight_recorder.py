@@ -43,8 +43,7 @@ from distcomm.conversion import dtype_name
 from distcomm.dump_signal import dump_on_signal, parse_signal
 from distcomm.errors import CollectiveError, ConfigurationError
 from distcomm.hooks import Call, CollectiveSpec, Recorder
-from distcomm.job_environment import identity_from_environment, job_name
-from distcomm.rules import environment_flag
+from distcomm.job_environment import environment_flag, identity_from_environment, job_name
 
 if TYPE_CHECKING:
     from types import FrameType
@@ -188,9 +187,9 @@ class FlightRecorder(Recorder):
             if not inside:
                 break
             frame = frame.f_back
-        group = call.comm.group_name
-        counter = self._counters.get(group) or self._counter(group)
         spec, args = call.spec, call.args
+        group = call.comm.group_name if not spec.pairwise else f"{call.comm.group_name} point-to-point"
+        counter = self._counters.get(group) or self._counter(group)
         data = args[0] if args else call.data
         detail = args[1] if len(args) > 1 else call.argument(spec.detail_name) if spec.detail_name else None
         if type(data) is _Tensor:

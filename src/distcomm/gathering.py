@@ -17,13 +17,13 @@ import torch
 
 from distcomm.agreement import exchange_claims
 from distcomm.conversion import describe, dtype_name
+from distcomm.dtypes import DTYPE_CODES, DTYPES
 from distcomm.errors import InconsistentInputError, InvalidArgumentError, WireFormatError
 from distcomm.handles import CompletedHandle, Handle, ThenHandle
 from distcomm.mismatch import by_rank, explain
 from distcomm.nested import flatten, is_container, unflatten
 from distcomm.objects import all_gather_objects, exchange
 from distcomm.opening import Opening, body_room, open_call
-from distcomm.rules import DTYPE_CODES, DTYPES
 from distcomm.serialization import max_payload_bytes
 
 if TYPE_CHECKING:

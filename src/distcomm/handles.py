@@ -80,3 +80,20 @@ class ThenHandle(Handle):
 
     def is_completed(self) -> bool:
         return self._inner.is_completed()
+
+
+class JoinedHandle(Handle):
+    """Several handles as one: :meth:`wait` waits for each, in order, and returns ``result``."""
+
+    def __init__(self, handles: list[Handle], result: Any = None) -> None:
+        self._handles = handles
+        self._result = result
+        self.asynchronous = any(h.asynchronous for h in handles)
+
+    def wait(self) -> Any:
+        for handle in self._handles:
+            handle.wait()
+        return self._result
+
+    def is_completed(self) -> bool:
+        return all(h.is_completed() for h in self._handles)

@@ -40,9 +40,11 @@ class CollectiveSpec:
     """What the hooks know of a collective from its declaration: its name and parameters,
     and how to describe a call of it (see :attr:`Call.details`)."""
 
-    __slots__ = ("operation", "signature", "positions", "defaults", "data_name", "detail_name", "describe_data", "local")
+    __slots__ = ("operation", "signature", "positions", "defaults", "data_name", "detail_name", "describe_data", "local", "pairwise")
 
-    def __init__(self, method: Callable[..., Any], describe_data: Callable[[Call], str] | None, local: tuple[str, ...]) -> None:
+    def __init__(
+        self, method: Callable[..., Any], describe_data: Callable[[Call], str] | None, local: tuple[str, ...], pairwise: bool = False
+    ) -> None:
         self.operation = method.__name__
         self.signature = inspect.signature(method)
         names = list(self.signature.parameters)[1:]  # without self
@@ -58,6 +60,8 @@ class CollectiveSpec:
         self.describe_data = describe_data
         self.local = local
         """Parameters that are this rank's own business (a device, an output buffer): not described."""
+        self.pairwise = pairwise
+        """Whether only two ranks take part (a send, a receive) rather than every rank of the group."""
 
 
 class Call:
@@ -275,7 +279,7 @@ COLLECTIVES: dict[str, Callable[..., Any]] = {}
 
 
 def collective(
-    describe: Callable[[Call], str] | None = describe_data, *, local: tuple[str, ...] = ()
+    describe: Callable[[Call], str] | None = describe_data, *, local: tuple[str, ...] = (), pairwise: bool = False
 ) -> Callable[[Callable[Concatenate[Self, P], R]], Callable[Concatenate[Self, P], R]]:
     """Declare a public collective: it refuses a closed communicator, passes through the hooks,
     and names itself in a :class:`CollectiveError` raised by any of its steps.
@@ -283,10 +287,11 @@ def collective(
     ``describe`` says what of the call's data must match across ranks (``None``: the data is
     an object, not described and not counted as payload); ``local`` names parameters that
     are each rank's own (a device, an output buffer). Both run only when a hook asks.
+    ``pairwise`` marks a point-to-point call, in which only two ranks take part.
     """
 
     def decorate(method: Callable[Concatenate[Self, P], R]) -> Callable[Concatenate[Self, P], R]:
-        spec = CollectiveSpec(method, describe, local)
+        spec = CollectiveSpec(method, describe, local, pairwise)
 
         @functools.wraps(method)
         def run(self: Self, /, *args: P.args, **kwargs: P.kwargs) -> R:

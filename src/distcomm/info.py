@@ -17,11 +17,11 @@ import torch
 import torch.distributed as dist
 
 import distcomm
+from distcomm.backend_choice import BACKENDS, backend_available
 from distcomm.config import DistributedConfig
 from distcomm.devices import CURRENT_DEVICE_STR
 from distcomm.errors import DistCommError
 from distcomm.launch import detect_launcher, plan_launch
-from distcomm.rules import BACKENDS, backend_available
 
 RELEVANT_PREFIXES = ("MASTER_", "SLURM_", "OMPI_COMM_WORLD_", "LSB_", "NCCL_", "GLOO_", "TORCH_", "TORCHELASTIC_")
 RELEVANT_NAMES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "CUDA_VISIBLE_DEVICES", CURRENT_DEVICE_STR, "DISTCOMM_MASTER_PORT")

@@ -1,4 +1,4 @@
-"""What the launcher told this process, read from its environment variables alone.
+"""What the launcher and the user told this process, read from its environment variables alone.
 
 torchrun, SLURM and LSF (jsrun) each export this process's rank, the world size and
 its local rank under their own names; a job id names the run. This module only reads
@@ -13,6 +13,17 @@ import os
 from collections.abc import Mapping
 
 from distcomm.errors import ConfigurationError
+
+_TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+_FALSE_WORDS = frozenset({"0", "false", "no", "off"})
+
+
+def environment_flag(name: str, default: bool = False) -> bool:
+    """Whether the environment variable ``name`` (a ``DISTCOMM_*`` switch) says yes: a true word
+    (1, true, yes, on; any case) is ``True``, a false word (0, false, no, off) ``False``,
+    anything else ``default``."""
+    word = os.environ.get(name, "").strip().lower()
+    return True if word in _TRUE_WORDS else False if word in _FALSE_WORDS else default
 
 
 class MissingEnvironmentError(ConfigurationError, RuntimeError):

@@ -6,6 +6,8 @@ import torch
 
 from distcomm.backend import Backend
 from distcomm.communicator import Communicator
+from distcomm.errors import InvalidArgumentError
+from distcomm.handles import CompletedHandle, Handle
 from distcomm.ops import ReduceOp
 
 
@@ -41,6 +43,14 @@ class LocalBackend(Backend):
             return tensor.unsqueeze(0).clone()
         out[0].copy_(tensor)
         return out
+
+    def all_to_all(self, output: torch.Tensor, tensor: torch.Tensor, output_sizes: list[int], input_sizes: list[int]) -> None:
+        output.copy_(tensor)  # the only rank sends everything to itself
+
+    def start_pairs(self, sends: list[tuple[torch.Tensor, int]], receives: list[tuple[torch.Tensor, int]]) -> Handle:
+        if sends or receives:  # the communicator refuses a peer that is this rank before it gets here
+            raise InvalidArgumentError("a world of one has no peer to send to or receive from")
+        return CompletedHandle(None)
 
     def split(self, members: list[int]) -> Backend | None:
         return LocalBackend(self._device)

@@ -18,23 +18,20 @@ import torch
 
 from distcomm import objects as wire
 from distcomm.agreement import Claim, agree
+from distcomm.collective_base import CollectiveBase
 from distcomm.conversion import check_rank, describe
 from distcomm.errors import InvalidArgumentError
-from distcomm.hooks import HookRegistry, collective
+from distcomm.hooks import collective
 
 if TYPE_CHECKING:
-    from distcomm.channel import Channel
+    pass
 
 T = TypeVar("T")
 DeviceLike = torch.device | str | None
 
 
-class ObjectCollectives(HookRegistry):
+class ObjectCollectives(CollectiveBase):
     """The object collectives of a communicator, over its channel."""
-
-    _channel: Channel
-    rank: int
-    world_size: int
 
     @collective(None, local=("device",))
     def all_gather_object(self, obj: T, *, device: DeviceLike = None) -> list[T]:

@@ -16,6 +16,7 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from distcomm.agreement import Claim, agree_with_data
 from distcomm.conversion import check_fillable, from_tensor, to_tensor
+from distcomm.dtypes import fits_int64
 from distcomm.errors import InvalidArgumentError, WireFormatError
 from distcomm.mismatch import digest64
 from distcomm.nested import flatten, unflatten
@@ -32,7 +33,6 @@ from distcomm.reduction_rules import (
     promote,
     reduce_exactly,
 )
-from distcomm.rules import fits_int64
 
 if TYPE_CHECKING:
     from distcomm.channel import Channel
@@ -135,7 +135,7 @@ def reduce_tensor_dict(channel: Channel, data: dict[Any, Any], op: ReduceOp, ope
             small = flat if device == channel.device and dtype is not torch.bool else None
             gathered = agree_with_data(channel, operation, Claim(layout, (_NO_NUMBERS, 0)), small)[1]
         if gathered is not None:  # the data came with the agreement: reduce it here, in rank order
-            _reduce_rows(gathered, plan.op, out=flat.view(-1))
+            reduce_rows(gathered, plan.op, out=flat.view(-1))
         elif channel.world_size > 1:  # over one rank a reduction is the identity: no collective to wait for
             channel.backend.all_reduce(flat, plan.op)
         if plan.mean_dtype is not None:
@@ -148,7 +148,7 @@ def reduce_tensor_dict(channel: Channel, data: dict[Any, Any], op: ReduceOp, ope
     return reduced if channel.world_size == 1 else {key: reduced[key] for key in data}
 
 
-def _reduce_rows(rows: torch.Tensor, op: ReduceOp, out: torch.Tensor) -> None:
+def reduce_rows(rows: torch.Tensor, op: ReduceOp, out: torch.Tensor) -> None:
     """Reduce every rank's row into ``out``, element by element in rank order, so that every
     rank computes exactly the same bits."""
     out.copy_(rows[0])
@@ -241,7 +241,7 @@ def _reduce_numbers(channel: Channel, first: Any, rows: torch.Tensor, op: Reduce
     """Python numbers reduced from every rank's row, in rank order, as the general path would."""
     plan = cached_plan(first, PYTHON_PROTOTYPES[type(first)], op, "all_reduce")
     out = torch.empty_like(rows[0])
-    _reduce_rows(rows, plan.op, out=out)
+    reduce_rows(rows, plan.op, out=out)
     if plan.mean_dtype is not None:
         out = out.to(plan.mean_dtype).div_(channel.world_size)
     return out.tolist()

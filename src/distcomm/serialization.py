@@ -22,8 +22,9 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from distcomm.dtypes import DTYPES_BY_NAME
 from distcomm.errors import InvalidArgumentError, ObjectDecodeError
-from distcomm.rules import DTYPES_BY_NAME, environment_flag
+from distcomm.job_environment import environment_flag
 
 
 class UnsafeObjectError(ObjectDecodeError):

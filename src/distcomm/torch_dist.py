@@ -12,13 +12,14 @@ import torch
 import torch.distributed as dist
 
 from distcomm.backend import Backend
+from distcomm.backend_choice import BACKENDS, backend_available, default_backend
 from distcomm.communicator import Communicator
 from distcomm.devices import nccl_device
 from distcomm.errors import CollectiveError, ConfigurationError, DistCommError, InvalidArgumentError, call_torch
-from distcomm.handles import Handle, WorkHandle
+from distcomm.handles import Handle, JoinedHandle, WorkHandle
 from distcomm.job_environment import identity_from_environment, local_rank_from_environment
 from distcomm.ops import TO_TORCH, ReduceOp
-from distcomm.rules import BACKENDS, DEFAULT_TIMEOUT, as_timeout, backend_available, default_backend
+from distcomm.timeouts import DEFAULT_TIMEOUT, as_timeout
 
 logger = logging.getLogger(__name__)
 
@@ -175,6 +176,16 @@ class TorchDistBackend(Backend):
         send, out, result = self._gather_buffers(tensor, out)
         work = call_torch("all_gather", self.rank, _gather_into_tensor, out, send, group=self._group, async_op=True)
         return WorkHandle(work, result, "all_gather", self.rank)
+
+    def all_to_all(self, output: torch.Tensor, tensor: torch.Tensor, output_sizes: list[int], input_sizes: list[int]) -> None:
+        call_torch("all_to_all", self.rank, dist.all_to_all_single, output, tensor, output_sizes, input_sizes, group=self._group)
+
+    def start_pairs(self, sends: list[tuple[torch.Tensor, int]], receives: list[tuple[torch.Tensor, int]]) -> Handle:
+        ranks = self._global_ranks
+        operations = [dist.P2POp(dist.isend, tensor, ranks[peer], group=self._group) for tensor, peer in sends]
+        operations += [dist.P2POp(dist.irecv, tensor, ranks[peer], group=self._group) for tensor, peer in receives]
+        works = call_torch("send/recv", self.rank, dist.batch_isend_irecv, operations) if operations else []
+        return JoinedHandle([WorkHandle(work, None, "send/recv", self.rank) for work in works])
 
     def split(self, members: list[int]) -> Backend | None:
         global_ranks = [self._global_ranks[m] for m in members]

@@ -1,0 +1,48 @@
+"""What every family of collectives of a :class:`~distcomm.Communicator` stands on: its channel,
+its identity, and the one synchronous reduction the families share.
+
+The public collectives come in families, each a base class of the communicator in a module
+of its own (:mod:`~distcomm.object_collectives`, :mod:`~distcomm.async_collectives`,
+:mod:`~distcomm.exchange_collectives`, :mod:`~distcomm.point_to_point`); they all build on
+this one.
+
+Tested through every collective: tests/test_collectives.py, tests/test_exchange_collectives.py.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from distcomm import reducing
+from distcomm.conversion import check_rank
+from distcomm.dtypes import fits_int64
+from distcomm.hooks import HookRegistry
+from distcomm.ops import ReduceOp
+from distcomm.reduction_rules import PYTHON_PROTOTYPES, reduce_alone
+
+if TYPE_CHECKING:
+    from distcomm.backend import Backend
+    from distcomm.channel import Channel
+
+
+class CollectiveBase(HookRegistry):
+    """The channel and identity every collective uses, and the reduction several share."""
+
+    _channel: Channel
+    _backend: Backend
+    rank: int
+    world_size: int
+
+    def _check_rank(self, value: Any, name: str, operation: str) -> int:
+        return check_rank(value, name, operation, self.world_size)
+
+    def _reduce(self, data: Any, op: ReduceOp, operation: str = "all_reduce") -> Any:
+        """Reduce ``data`` over every rank with the rules of ``all_reduce``."""
+        kind = type(data)
+        if kind in PYTHON_PROTOTYPES and self.world_size == 1 and (kind is not int or fits_int64(data)):
+            return reduce_alone(data, op)
+        if isinstance(data, torch.Tensor):
+            return reducing.reduce_tensor(self._channel, data, op)
+        return reducing.reduce_structure(self._channel, data, op, operation)

@@ -1,0 +1,165 @@
+"""The collectives with a root or a chunk per rank: reduce, gather, scatter, reduce_scatter and
+all_to_all. They are methods of every :class:`~distcomm.Communicator` (this class is one of
+its bases), with the rules of the others: every input kind where it makes sense, result
+kinds that do not depend on the world size, and the same answer or the same clear error on
+every rank.
+
+Tensors travel as tensors (sizes are exchanged by distcomm, never given); chunks that are
+not tensors (numbers, arrays, any picklable value) travel pickled. The steps are in
+:mod:`~distcomm.exchanging`.
+
+Tested by tests/test_exchange_collectives.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from distcomm import exchanging, gathering, objects
+from distcomm.collective_base import CollectiveBase
+from distcomm.errors import InconsistentInputError, InvalidArgumentError
+from distcomm.exchanging import OBJECTS, Sending
+from distcomm.hooks import collective
+from distcomm.nested import map_leaves
+from distcomm.ops import ReduceOp, ReduceOpLike, parse_reduce_op
+from distcomm.reducing import reduce_rows
+from distcomm.reduction_rules import plan_reduction
+
+
+def _is_tensor_list(chunks: Any) -> bool:
+    return isinstance(chunks, Sequence) and not isinstance(chunks, (str, bytes)) and all(isinstance(c, torch.Tensor) for c in chunks)
+
+
+class ExchangeCollectives(CollectiveBase):
+    """reduce, gather, scatter, reduce_scatter and all_to_all."""
+
+    @collective()
+    def reduce(self, data: Any, dst: int = 0, op: ReduceOpLike = "sum") -> Any:
+        """The reduction of every rank's ``data`` (as :meth:`all_reduce`) on ``dst``; ``None`` on the others.
+
+        On ``dst`` a tensor is filled in place (the integer mean excepted, as in
+        ``all_reduce``); the other ranks' data is left as it was.
+        """
+        dst = self._check_rank(dst, "dst", "reduce")
+        reduce_op = parse_reduce_op(op)
+        if self.rank != dst:  # the reduction fills tensors in place: fill copies here
+            data = map_leaves(lambda leaf: leaf.clone() if isinstance(leaf, torch.Tensor) else leaf, data)
+        result = self._reduce(data, reduce_op, "reduce")
+        return result if self.rank == dst else None
+
+    @collective()
+    def gather(self, data: Any, dst: int = 0) -> list[Any] | None:
+        """A list of every rank's ``data``, in rank order, on ``dst``; ``None`` on the others.
+        Shapes may differ per rank and are never given (as :meth:`all_gather`)."""
+        dst = self._check_rank(dst, "dst", "gather")
+        gathered = gathering.gather_data(self._channel, data)
+        return gathered if self.rank == dst else None
+
+    @collective(None)
+    def scatter(self, chunks: Sequence[Any] | None, src: int = 0) -> Any:
+        """This rank's entry of ``src``'s ``chunks`` (one per rank; read on ``src`` only, the others
+        may pass ``None``). Tensor chunks may differ in shape and arrive as new tensors; other
+        chunks arrive pickled, as :meth:`scatter_object` gives them."""
+        src = self._check_rank(src, "src", "scatter")
+        mine = Sending()
+        if self.rank == src:
+            mine = _stating(chunks, self.world_size, "scatter", objects_allowed=True)
+        everyone = exchanging.agree_on_sizes(self._channel, mine, "scatter")
+        if everyone[src].dtype == OBJECTS:
+            payload = list(chunks) if self.rank == src and chunks is not None else None
+            return objects.broadcast_object(self._channel, payload, src, "scatter")[self.rank]
+        sent = list(chunks) if self.rank == src and chunks is not None else None
+        (received,) = exchanging.exchange(self._channel, sent, everyone, "scatter") or []
+        return received.to(sent[0].device if sent else self._channel.device)
+
+    @collective()
+    def all_to_all(self, chunks: Sequence[Any]) -> list[Any]:
+        """Send ``chunks[i]`` to rank ``i``; return what every rank sent this one, in rank order.
+
+        Tensor chunks may differ in shape per rank pair (every chunk of a call has one dtype,
+        the same on every rank): the sizes are exchanged in one small step, then the data
+        moves in one all-to-all. Other chunks travel pickled.
+        """
+        mine = _stating(chunks, self.world_size, "all_to_all", objects_allowed=True)
+        everyone = exchanging.agree_on_sizes(self._channel, mine, "all_to_all")
+        if any(entry.dtype == OBJECTS for entry in everyone):
+            if any(entry.dtype != OBJECTS for entry in everyone):
+                raise InconsistentInputError(
+                    "all_to_all: some ranks pass tensors and others other values: "
+                    + "; ".join(f"rank {r}: {'tensors' if e.dtype != OBJECTS else 'objects'}" for r, e in enumerate(everyone))
+                )
+            every_list = objects.all_gather_objects(self._channel, list(chunks), "all_to_all")
+            return [sent[self.rank] for sent in every_list]
+        tensors = list(chunks)
+        received = exchanging.exchange(self._channel, tensors, everyone, "all_to_all") or []
+        return [r.to(tensors[0].device) for r in received]
+
+    @collective()
+    def reduce_scatter(self, chunks: Any, op: ReduceOpLike = "sum", *, dim: int = 0) -> Any:
+        """Reduce entry ``i`` of every rank's ``chunks`` over all ranks onto rank ``i``; return this
+        rank's, as a new value.
+
+        ``chunks`` is a list of one entry per rank; entry shapes may differ between entries
+        but must agree across ranks. A single tensor is split along ``dim`` into one part per
+        rank (uneven, the first parts larger, when the size does not divide). Tensors are
+        reduced with the rules of :meth:`all_reduce` (an integer mean is floating), in rank
+        order, so every rank computes the same bits; other entries reduce as ``all_reduce``
+        reduces them.
+        """
+        reduce_op = parse_reduce_op(op)
+        if isinstance(chunks, torch.Tensor):
+            if not -max(chunks.dim(), 1) <= dim < max(chunks.dim(), 1) or chunks.dim() == 0:
+                raise InvalidArgumentError(f"reduce_scatter: cannot split a tensor of shape {list(chunks.shape)} along dim {dim}")
+            chunks = list(torch.tensor_split(chunks, self.world_size, dim))
+        if not _is_tensor_list(chunks) or not chunks:
+            result = self._reduce(list(chunks) if isinstance(chunks, Sequence) else chunks, reduce_op, "reduce_scatter")
+            if not isinstance(chunks, Sequence) or len(chunks) != self.world_size:
+                raise InvalidArgumentError(f"reduce_scatter takes a list of one entry per rank ({self.world_size})")
+            return result[self.rank]
+        return self._reduce_scatter_tensors(list(chunks), reduce_op)
+
+    def _reduce_scatter_tensors(self, chunks: list[torch.Tensor], op: ReduceOp) -> torch.Tensor:
+        mine, plan, carried = Sending(), None, []
+        try:
+            exchanging.check_chunks(chunks, self.world_size, "reduce_scatter")
+            plan = plan_reduction(chunks[0], chunks[0], op, "reduce_scatter")
+            carried = [c.detach().to(plan.transport_dtype) for c in chunks]
+            mine = exchanging.sending(carried)
+        except InvalidArgumentError as error:
+            mine = Sending(problem=str(error))
+        everyone = exchanging.agree_on_sizes(self._channel, mine, "reduce_scatter")
+        for rank, entry in enumerate(everyone):
+            if entry.shapes != everyone[0].shapes:
+                raise InconsistentInputError(
+                    f"reduce_scatter: the entries' shapes differ across ranks: rank 0: {everyone[0].shapes}; "
+                    f"rank {rank}: {entry.shapes}"
+                )
+        assert plan is not None  # a problem on this rank raised above
+        received = exchanging.exchange(self._channel, carried, everyone, "reduce_scatter") or []
+        rows = torch.stack(received)
+        reduced = torch.empty_like(rows[0])
+        reduce_rows(rows, plan.op, out=reduced)
+        home = chunks[self.rank]
+        if plan.mean_dtype is not None:
+            return reduced.to(plan.mean_dtype).div_(self.world_size).to(home.device)
+        return reduced.to(home.dtype).to(home.device)
+
+
+def _stating(chunks: Any, world_size: int, operation: str, *, objects_allowed: bool) -> Sending:
+    """What this rank says it sends: tensors (dtype and shapes), objects, or the problem."""
+    try:
+        if _is_tensor_list(chunks) and chunks:
+            return exchanging.sending(exchanging.check_chunks(chunks, world_size, operation))
+        if objects_allowed and isinstance(chunks, Sequence) and not isinstance(chunks, (str, bytes)):
+            if len(chunks) != world_size:
+                raise InvalidArgumentError(f"{operation}: chunks has {len(chunks)} entries; give one per rank ({world_size})")
+            if any(isinstance(c, torch.Tensor) for c in chunks):
+                raise InvalidArgumentError(f"{operation}: chunks mixes tensors and other values; pass all tensors or none")
+            return Sending(OBJECTS)
+        exchanging.check_chunks(chunks, world_size, operation)  # raises the clear error
+    except InvalidArgumentError as error:
+        return Sending(problem=str(error))
+    return Sending(problem=f"{operation}: nothing to send")

@@ -1,0 +1,80 @@
+"""The wire of point-to-point messages: a fixed header, then the payload.
+
+A receiver never says what it expects: the header says whether a tensor or a pickled object
+follows, its dtype, shape and byte count. Every field is checked before anything is
+allocated for it; a header that breaks the format is a
+:class:`~distcomm.errors.WireFormatError` on the receiver.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from distcomm.conversion import check_transportable
+from distcomm.dtypes import DTYPE_CODES, DTYPES
+from distcomm.errors import InvalidArgumentError, WireFormatError
+
+if TYPE_CHECKING:
+    from distcomm.channel import Channel
+
+MAGIC = 0x64636F6D70327031  # "dcomp2p1"
+TENSOR, OBJECT = 0, 1
+MAX_DIMENSIONS = 16
+HEADER_WORDS = 5 + MAX_DIMENSIONS
+"""magic, kind, dtype code, number of dimensions, byte count, then the dimensions."""
+
+
+def encode(channel: Channel, data: Any, operation: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The header and the payload bytes that carry ``data`` (a tensor as it is, anything else pickled)."""
+    header = torch.zeros(HEADER_WORDS, dtype=torch.int64)
+    header[0] = MAGIC
+    if isinstance(data, torch.Tensor):
+        check_transportable(data, operation)
+        if data.dim() > MAX_DIMENSIONS:
+            raise InvalidArgumentError(f"{operation}: a tensor of {data.dim()} dimensions; at most {MAX_DIMENSIONS}")
+        if data.dtype not in DTYPE_CODES:
+            raise InvalidArgumentError(f"{operation} does not support dtype {data.dtype}; convert the tensor first")
+        payload = data.detach().to(channel.device).contiguous().reshape(-1).view(torch.uint8)
+        header[1:5] = torch.tensor([TENSOR, DTYPE_CODES[data.dtype], data.dim(), payload.numel()])
+        header[5 : 5 + data.dim()] = torch.tensor(data.shape, dtype=torch.int64)
+    else:
+        raw = channel.object_codec.encode(data)
+        payload = torch.frombuffer(bytearray(raw), dtype=torch.uint8).to(channel.device) if raw else torch.empty(0, dtype=torch.uint8)
+        header[1:5] = torch.tensor([OBJECT, 0, 0, len(raw)])
+    return header.to(channel.device), payload
+
+
+def empty_header(channel: Channel) -> torch.Tensor:
+    """Where a peer's header lands."""
+    return torch.empty(HEADER_WORDS, dtype=torch.int64, device=channel.device)
+
+
+def read_header(channel: Channel, header: torch.Tensor, peer: int) -> tuple[int, torch.dtype | None, torch.Size, int]:
+    """``(kind, dtype, shape, byte count)`` from a peer's header, every field checked."""
+    words = header.cpu().tolist()
+    magic, kind, code, dims, nbytes = words[:5]
+    if magic != MAGIC or kind not in (TENSOR, OBJECT) or not 0 <= dims <= MAX_DIMENSIONS or nbytes < 0:
+        raise WireFormatError(f"rank {peer} sent a message that is not a distcomm point-to-point header")
+    if kind == OBJECT:
+        limit = getattr(channel.object_codec, "max_bytes", None)
+        if limit is not None and nbytes > limit:
+            raise WireFormatError(f"rank {peer} announced an object of {nbytes} bytes, over the codec's limit of {limit}")
+        return kind, None, torch.Size(), nbytes
+    shape = words[5 : 5 + dims]
+    if not 0 <= code < len(DTYPES) or any(d < 0 for d in shape):
+        raise WireFormatError(f"rank {peer} sent a tensor header with dtype code {code} and shape {shape}")
+    dtype = DTYPES[code]
+    size = torch.Size(shape)
+    if size.numel() * torch.empty((), dtype=dtype).element_size() != nbytes:
+        raise WireFormatError(f"rank {peer} announced {nbytes} bytes for a {dtype} tensor of shape {shape}")
+    return kind, dtype, size, nbytes
+
+
+def decode(channel: Channel, kind: int, dtype: torch.dtype | None, shape: torch.Size, payload: torch.Tensor) -> Any:
+    """The tensor or object that ``payload`` carries, as its header described it."""
+    if kind == OBJECT:
+        return channel.object_codec.decode(payload.cpu().numpy().tobytes())
+    assert dtype is not None
+    return payload.view(dtype).reshape(shape)

@@ -1,0 +1,96 @@
+"""Point-to-point messages: send, recv, their asynchronous forms, and a batched exchange for
+rings and halos. They are methods of every :class:`~distcomm.Communicator` (this class is
+one of its bases).
+
+A receiver needs no shape or dtype: a small header travels first (see
+:mod:`~distcomm.pairwise`). Tensors arrive as new tensors on the communicator's device;
+anything else is pickled with the communicator's object codec. A peer that is this rank is
+refused at every world size, so a world of one raises what a cluster raises.
+
+Tested by tests/test_point_to_point.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from distcomm import pairwise
+from distcomm.collective_base import CollectiveBase
+from distcomm.errors import InvalidArgumentError
+from distcomm.handles import Handle, JoinedHandle, ThenHandle
+from distcomm.hooks import collective
+
+
+class PointToPoint(CollectiveBase):
+    """send, recv, isend, irecv and batch_send_recv."""
+
+    def _peer(self, value: Any, name: str, operation: str) -> int:
+        peer = self._check_rank(value, name, operation)
+        if peer == self.rank:
+            raise InvalidArgumentError(f"{operation}: {name}={peer} is this rank; a message needs another rank")
+        return peer
+
+    @collective(pairwise=True)
+    def send(self, data: Any, dst: int) -> None:
+        """Send ``data`` (a tensor, or any picklable value) to rank ``dst``, which calls :meth:`recv`."""
+        self._start_send(data, dst, "send").wait()
+
+    @collective(None, pairwise=True)
+    def recv(self, src: int) -> Any:
+        """What rank ``src`` sent with :meth:`send`: a new tensor on :attr:`device`, or the value."""
+        return self._start_recv(src, "recv").wait()
+
+    @collective(pairwise=True)
+    def isend(self, data: Any, dst: int) -> Handle:
+        """Start sending ``data`` to ``dst``; the handle's ``wait()`` returns ``None`` once it left."""
+        return self._start_send(data, dst, "isend")
+
+    def _start_send(self, data: Any, dst: int, operation: str) -> Handle:
+        dst = self._peer(dst, "dst", operation)
+        header, payload = pairwise.encode(self._channel, data, operation)
+        sends = [(header, dst)] + ([(payload, dst)] if payload.numel() else [])
+        return JoinedHandle([self._backend.start_pairs(sends, [])])
+
+    @collective(None, pairwise=True)
+    def irecv(self, src: int) -> Handle:
+        """Start receiving from ``src``; the handle's ``wait()`` returns what arrived. The header is
+        received in the background; the payload, whose size it gives, when you wait."""
+        return self._start_recv(src, "irecv")
+
+    def _start_recv(self, src: int, operation: str) -> Handle:
+        src = self._peer(src, "src", operation)
+        header = pairwise.empty_header(self._channel)
+        started = self._backend.start_pairs([], [(header, src)])
+        return ThenHandle(started, lambda _: self._receive_payload(header, src))
+
+    def _receive_payload(self, header: torch.Tensor, src: int) -> Any:
+        kind, dtype, shape, nbytes = pairwise.read_header(self._channel, header, src)
+        payload = torch.empty(nbytes, dtype=torch.uint8, device=self._channel.device)
+        if nbytes:
+            self._backend.start_pairs([], [(payload, src)]).wait()
+        return pairwise.decode(self._channel, kind, dtype, shape, payload)
+
+    @collective(None, pairwise=True)
+    def batch_send_recv(self, sends: Mapping[int, Any], recv_from: Sequence[int] = ()) -> dict[int, Any]:
+        """Send ``sends[dst]`` to each ``dst`` and receive from each rank of ``recv_from``, all at
+        once (a ring step, a halo exchange: no order to get wrong); returns what arrived, by
+        source. Each peer calls it (or :meth:`send`/:meth:`recv`) with its side."""
+        if not isinstance(sends, Mapping):
+            raise InvalidArgumentError("batch_send_recv takes sends as a dict {dst: data}")
+        targets = {self._peer(dst, "a destination", "batch_send_recv"): data for dst, data in sends.items()}
+        sources = [self._peer(src, "a source", "batch_send_recv") for src in recv_from]
+        if len(set(sources)) != len(sources):
+            raise InvalidArgumentError(f"batch_send_recv: recv_from names a rank twice: {list(recv_from)}")
+        encoded = {dst: pairwise.encode(self._channel, data, "batch_send_recv") for dst, data in targets.items()}
+        headers = {src: pairwise.empty_header(self._channel) for src in sources}
+        self._backend.start_pairs([(h, dst) for dst, (h, _) in encoded.items()], [(h, src) for src, h in headers.items()]).wait()
+        layouts = {src: pairwise.read_header(self._channel, h, src) for src, h in headers.items()}
+        payloads = {src: torch.empty(layout[3], dtype=torch.uint8, device=self._channel.device) for src, layout in layouts.items()}
+        self._backend.start_pairs(
+            [(p, dst) for dst, (_, p) in encoded.items() if p.numel()], [(p, src) for src, p in payloads.items() if p.numel()]
+        ).wait()
+        return {src: pairwise.decode(self._channel, *layouts[src][:3], payloads[src]) for src in sources}
+

@@ -1,0 +1,143 @@
+"""reduce, gather, scatter, reduce_scatter and all_to_all: on real Gloo ranks, against a world
+of one, with every rank giving the same answer or raising the same error."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from distcomm import InconsistentInputError, InvalidArgumentError, LocalCommunicator
+
+# ------------------------------------------------------------------ reduce and gather
+
+
+def rooted(comm):
+    r = comm.rank
+    tensor = torch.full((2,), float(r + 1))
+    reduced = comm.reduce(tensor, dst=1)
+    numbers = comm.reduce({"n": r + 1, "x": np.array([r, 1.0])}, dst=0, op="max")
+    gathered = comm.gather(torch.arange(r + 1), dst=1)  # shapes differ per rank
+    means = comm.reduce(torch.tensor([r + 1, 2]), dst=0, op="mean")  # an integer mean is floating
+    return (
+        None if reduced is None else (reduced.tolist(), reduced is tensor),
+        tensor.tolist(),
+        None if numbers is None else (numbers["n"], numbers["x"].tolist()),
+        None if gathered is None else [g.tolist() for g in gathered],
+        None if means is None else (means.dtype, means.tolist()),
+    )
+
+
+def test_reduce_and_gather_give_the_root_the_result_and_the_others_none(dist_world) -> None:
+    zero, one = dist_world(2).run(rooted)
+    assert one[0] == ([3.0, 3.0], True) and zero[0] is None
+    assert zero[1] == [1.0, 1.0]  # a non-root's tensor is left as it was
+    assert zero[2] == (2, [1.0, 1.0]) and one[2] is None
+    assert one[3] == [[0], [0, 1]] and zero[3] is None
+    assert zero[4] == (torch.float32, [1.5, 2.0]) and one[4] is None
+
+
+def test_a_world_of_one_gives_the_same_kinds() -> None:
+    comm = LocalCommunicator()
+    tensor = torch.ones(2)
+    assert comm.reduce(tensor) is tensor and comm.reduce(3) == 3 and comm.reduce(2, op="mean") == 2.0
+    assert [t.tolist() for t in comm.gather(torch.arange(2))] == [[0, 1]] and comm.gather("x") == ["x"]
+    assert comm.scatter([torch.arange(3)]).tolist() == [0, 1, 2] and comm.scatter([{"a": 1}]) == {"a": 1}
+    assert [t.tolist() for t in comm.all_to_all([torch.ones(2)])] == [[1.0, 1.0]] and comm.all_to_all([7]) == [7]
+    assert comm.reduce_scatter([torch.arange(3)]).tolist() == [0, 1, 2]
+    assert comm.reduce_scatter(torch.tensor([1, 2]), "mean").tolist() == [1.0, 2.0] and comm.reduce_scatter([2.5]) == 2.5
+    with pytest.raises(InvalidArgumentError, match="dst must be|dst"):
+        comm.reduce(1, dst=1)
+
+
+# ------------------------------------------------------------------ scatter and all_to_all
+
+
+def scattering(comm):
+    chunks = [torch.arange(i + 1, dtype=torch.float64) for i in range(comm.world_size)] if comm.rank == 1 else None
+    tensor = comm.scatter(chunks, src=1)
+    values = comm.scatter([f"item {i}" for i in range(comm.world_size)] if comm.rank == 0 else None)
+    return tensor.dtype, tensor.tolist(), values
+
+
+def test_scatter_gives_each_rank_its_chunk_of_any_shape(dist_world) -> None:
+    results = dist_world(3).run(scattering)
+    assert results == [(torch.float64, list(map(float, range(r + 1))), f"item {r}") for r in range(3)]
+
+
+def exchanging(comm):
+    r, n = comm.rank, comm.world_size
+    chunks = [torch.full((r + 1, j + 1), 10 * r + j, dtype=torch.int16) for j in range(n)]  # sizes differ per pair
+    received = comm.all_to_all(chunks)
+    values = comm.all_to_all([(r, j) for j in range(n)])
+    return [(t.dtype, tuple(t.shape), t.unique().tolist()) for t in received], values
+
+
+def test_all_to_all_moves_chunks_whose_sizes_differ_per_pair(dist_world) -> None:
+    results = dist_world(3).run(exchanging)
+    for me, (received, values) in enumerate(results):
+        assert received == [(torch.int16, (j + 1, me + 1), [10 * j + me]) for j in range(3)]
+        assert values == [(j, me) for j in range(3)]
+
+
+def reduce_scattering(comm):
+    r, n = comm.rank, comm.world_size
+    listed = comm.reduce_scatter([torch.full((i + 1,), float(r + i)) for i in range(n)])
+    split = comm.reduce_scatter(torch.arange(7) + r, "max")  # 7 does not divide by 3: 3, 2, 2
+    mean = comm.reduce_scatter(torch.tensor([[r, 1], [2, r]]), "mean", dim=1)
+    numbers = comm.reduce_scatter([r + i for i in range(n)])
+    return listed.tolist(), split.tolist(), (mean.dtype, mean.tolist()), numbers
+
+
+def test_reduce_scatter_reduces_each_entry_onto_its_rank(dist_world) -> None:
+    results = dist_world(3).run(reduce_scattering)
+    splits = [[0, 1, 2], [3, 4], [5, 6]]
+    for me, (listed, split, mean, numbers) in enumerate(results):
+        assert listed == [float(sum(r + me for r in range(3)))] * (me + 1)
+        assert split == [v + 2 for v in splits[me]]
+        assert numbers == sum(r + me for r in range(3))
+    assert results[0][2] == (torch.float32, [[1.0], [2.0]]) and results[1][2] == (torch.float32, [[1.0], [1.0]])
+
+
+# ------------------------------------------------------------------ the same error on every rank
+
+
+def caught(fn):
+    try:
+        fn()
+    except Exception as error:  # noqa: BLE001
+        return type(error).__name__, str(error)
+    return None
+
+
+def disagreeing(comm):
+    r = comm.rank
+    return [
+        caught(lambda: comm.all_to_all([torch.ones(1, dtype=torch.float32 if r else torch.float64)] * 2)),
+        caught(lambda: comm.all_to_all([torch.ones(1)] * (2 + r))),  # rank 1 passes three chunks
+        caught(lambda: comm.reduce_scatter([torch.ones(1 + r), torch.ones(1)])),  # entry 0 differs across ranks
+        caught(lambda: comm.scatter([torch.ones(1)] if r == 0 else None)),  # src's list is too short
+        caught(lambda: comm.all_to_all([torch.ones(1)] * 2 if r else ["a", "b"])),
+        comm.all_reduce(1),  # still in step afterwards
+    ]
+
+
+def test_ranks_that_disagree_raise_the_same_error_and_stay_in_step(dist_world) -> None:
+    zero, one = dist_world(2).run(disagreeing)
+    assert zero == one
+    assert zero[0][0] == "InconsistentInputError" and "float64" in zero[0][1] and "float32" in zero[0][1]
+    assert zero[1][0] == "InvalidArgumentError" and "rank 1" in zero[1][1] and "3 entries" in zero[1][1]
+    assert zero[2][0] == "InconsistentInputError" and "shapes differ" in zero[2][1]
+    assert zero[3][0] == "InvalidArgumentError" and "rank 0" in zero[3][1]
+    assert zero[4][0] == "InconsistentInputError" and zero[5] == 2
+
+
+def test_bad_input_in_a_world_of_one_is_the_same_kind_of_error() -> None:
+    comm = LocalCommunicator()
+    with pytest.raises(InvalidArgumentError, match="one per rank"):
+        comm.all_to_all([torch.ones(1)] * 2)
+    with pytest.raises(InvalidArgumentError, match="takes a list of one tensor per rank"):
+        comm.all_to_all(torch.ones(2))
+    with pytest.raises(InvalidArgumentError, match="not defined for complex"):
+        comm.reduce_scatter([torch.ones(1, dtype=torch.complex64)], "max")
+    assert issubclass(InconsistentInputError, InvalidArgumentError)

@@ -1,0 +1,73 @@
+"""send, recv, isend, irecv and batch_send_recv on real Gloo ranks: the receiver names no shape."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from distcomm import InvalidArgumentError, LocalCommunicator
+from distcomm.errors import WireFormatError
+
+
+def ping_pong(comm):
+    if comm.rank == 0:
+        comm.send(torch.arange(6, dtype=torch.bfloat16).reshape(2, 3), dst=1)
+        comm.send({"step": 3, "note": "hello"}, dst=1)
+        comm.send(torch.empty(0, 4, dtype=torch.uint64), dst=1)
+        reply = comm.recv(src=1)
+        return reply.tolist()
+    tensor = comm.recv(src=0)
+    obj = comm.recv(0)
+    empty = comm.recv(0)
+    comm.send(tensor.float() * 2, dst=0)
+    return tensor.dtype, tensor.shape, obj, empty.dtype, tuple(empty.shape)
+
+
+def test_send_and_recv_carry_any_tensor_or_object_with_no_shape_given(dist_world) -> None:
+    zero, one = dist_world(2).run(ping_pong)
+    assert one == (torch.bfloat16, torch.Size([2, 3]), {"step": 3, "note": "hello"}, torch.uint64, (0, 4))
+    assert zero == [[0.0, 2.0, 4.0], [6.0, 8.0, 10.0]]
+
+
+def ring(comm):
+    r, n = comm.rank, comm.world_size
+    right, left = (r + 1) % n, (r - 1) % n
+    got = comm.batch_send_recv({right: torch.full((r + 1,), r)}, recv_from=[left])  # every rank sends first: no deadlock
+    pending = comm.isend(f"from {r}", right)
+    handle = comm.irecv(left)
+    message = handle.wait()
+    pending.wait()
+    return got[left].tolist(), message
+
+
+def test_a_ring_step_in_one_batch_and_with_async_handles(dist_world) -> None:
+    results = dist_world(3).run(ring)
+    for r, (got, message) in enumerate(results):
+        left = (r - 1) % 3
+        assert got == [left] * (left + 1) and message == f"from {left}"
+
+
+def forged_header(comm):
+    if comm.rank == 0:
+        comm._backend.start_pairs([(torch.full((21,), 7, dtype=torch.int64), 1)], []).wait()  # not a distcomm header
+        return None
+    try:
+        comm.recv(0)
+    except WireFormatError as error:
+        return str(error)
+    return "accepted"
+
+
+def test_a_header_that_breaks_the_wire_format_is_refused(dist_world) -> None:
+    assert "not a distcomm point-to-point header" in dist_world(2).run(forged_header)[1]
+
+
+def test_a_peer_that_is_this_rank_is_refused_at_every_world_size() -> None:
+    comm = LocalCommunicator()
+    with pytest.raises(InvalidArgumentError, match="dst=0 is this rank"):
+        comm.send(torch.ones(1), 0)
+    with pytest.raises(InvalidArgumentError, match="src=0 is this rank"):
+        comm.recv(0)
+    with pytest.raises(InvalidArgumentError, match="src must be|src"):
+        comm.irecv(3)
+    assert comm.batch_send_recv({}, []) == {}
