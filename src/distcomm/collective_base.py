@@ -17,10 +17,9 @@ import torch
 
 from distcomm import reducing
 from distcomm.conversion import check_rank
-from distcomm.dtypes import fits_int64
 from distcomm.hooks import HookRegistry
 from distcomm.ops import ReduceOp
-from distcomm.reduction_rules import PYTHON_PROTOTYPES, reduce_alone
+from distcomm.reduction_rules import NOT_ALONE, reduce_if_alone
 
 if TYPE_CHECKING:
     from distcomm.backend import Backend
@@ -40,9 +39,9 @@ class CollectiveBase(HookRegistry):
 
     def _reduce(self, data: Any, op: ReduceOp, operation: str = "all_reduce") -> Any:
         """Reduce ``data`` over every rank with the rules of ``all_reduce``."""
-        kind = type(data)
-        if kind in PYTHON_PROTOTYPES and self.world_size == 1 and (kind is not int or fits_int64(data)):
-            return reduce_alone(data, op)
+        alone = reduce_if_alone(data, op, self.world_size)
+        if alone is not NOT_ALONE:
+            return alone
         if isinstance(data, torch.Tensor):
             return reducing.reduce_tensor(self._channel, data, op)
         return reducing.reduce_structure(self._channel, data, op, operation)

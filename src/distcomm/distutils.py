@@ -24,6 +24,8 @@ from distcomm.conversion import describe, parse_device
 from distcomm.dtypes import fits_int64
 from distcomm.errors import InvalidArgumentError
 from distcomm.handles import Handle
+from distcomm.ops import ReduceOp
+from distcomm.reduction_rules import NOT_ALONE, reduce_if_alone
 from distcomm.torch_dist import TorchDistCommunicator
 
 T = TypeVar("T")
@@ -161,8 +163,14 @@ def all_reduce(data, group=_DEFAULT_GROUP, average: bool = False, device=None) -
     """
     comm = get_communicator() if group is None else _communicator_for(group)
     op = "mean" if average else "sum"
-    if type(data) is float or (type(data) is int and fits_int64(data)) or isinstance(data, torch.Tensor):
-        return comm.all_reduce(data, op)  # type: ignore[return-value]
+    if type(data) is float or type(data) is int:
+        # The hot path of single-process training loops: over one rank the communicator's own
+        # shortcut answers without a call (the same rule and result as comm.all_reduce).
+        alone = reduce_if_alone(data, ReduceOp.MEAN if average else ReduceOp.SUM, comm.world_size)
+        if alone is not NOT_ALONE:
+            return alone  # type: ignore[no-any-return]
+    if type(data) in (float, int) and fits_int64(data) or isinstance(data, torch.Tensor):
+        return comm.all_reduce(data, op)  # type: ignore[no-any-return]
     if device is not None:
         parse_device(device, "all_reduce")  # a bad device fails here, before anything moves
     result = np.asarray(comm.all_reduce(_legacy_numbers(data, "all_reduce"), op))

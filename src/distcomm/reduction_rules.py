@@ -13,13 +13,14 @@ a world of many give the same answer:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
 import torch
 
 from distcomm.conversion import PYTHON_NUMBER_DTYPES, describe, dtype_name, is_python_number
+from distcomm.dtypes import INT64_MAX, INT64_MIN
 from distcomm.errors import InvalidArgumentError
 from distcomm.ops import ReduceOp
 
@@ -82,16 +83,42 @@ def plan_reduction(template: Any, tensor: torch.Tensor, op: ReduceOp, operation:
     return ReducePlan(dtype, op)
 
 
+NOT_ALONE = object()
+"""What :func:`reduce_if_alone` returns when the reduction must run as a collective."""
+
+
+def reduce_if_alone(value: Any, op: ReduceOp, world_size: int) -> Any:
+    """The world-of-one shortcut, in one place: over one rank the reduction of a Python number
+    (one that fits the general path) is decided locally by :func:`reduce_alone`; anything else
+    gives :data:`NOT_ALONE`."""
+    kind = type(value)
+    if world_size != 1 or kind not in PYTHON_PROTOTYPES or (kind is int and not INT64_MIN <= value <= INT64_MAX):
+        return NOT_ALONE
+    return reduce_alone(value, op)
+
+
 def reduce_alone(value: Any, op: ReduceOp) -> Any:
     """What reducing one Python number over a world of one gives: exactly the general
-    path's result, decided by the same rules (:func:`plan_reduction`)."""
-    prototype = PYTHON_PROTOTYPES[type(value)]
-    plan = plan_reduction(value, prototype, op, "all_reduce")
-    if plan.mean_dtype is not None:
-        return complex(value) if plan.mean_dtype.is_complex else float(value)
-    if plan.transport_dtype != prototype.dtype:  # a bool summed or multiplied counts as an int
-        return int(value)
+    path's result, decided by the same rules (:func:`plan_reduction`), looked up per kind and op."""
+    convert = _ALONE.get((type(value), op))
+    if convert is None:
+        prototype = PYTHON_PROTOTYPES[type(value)]
+        plan = plan_reduction(value, prototype, op, "all_reduce")  # raises for what it refuses
+        if plan.mean_dtype is not None:
+            convert = complex if plan.mean_dtype.is_complex else float
+        elif plan.transport_dtype != prototype.dtype:  # a bool summed or multiplied counts as an int
+            convert = int
+        else:
+            convert = _itself
+        _ALONE[type(value), op] = convert
+    return convert(value)
+
+
+def _itself(value: Any) -> Any:
     return value
+
+
+_ALONE: dict[tuple[type, ReduceOp], Callable[[Any], Any]] = {}
 
 
 def int_bits(value: int) -> int:
