@@ -34,6 +34,7 @@ from distcomm.async_collectives import AsyncCollectives, gather_layout
 from distcomm.backend import Backend
 from distcomm.channel import Channel, SharedState
 from distcomm.conversion import describe
+from distcomm.differentiable import Differentiable
 from distcomm.errors import InvalidArgumentError
 from distcomm.exchange_collectives import ExchangeCollectives
 from distcomm.flight_recorder import default_recorder
@@ -140,6 +141,11 @@ class Communicator(ObjectCollectives, AsyncCollectives, ExchangeCollectives, Poi
     def timeout(self) -> datetime.timedelta | None:
         """How long a collective may take before it fails, where the backend says (else ``None``)."""
         return self._backend.timeout
+
+    @property
+    def autograd(self) -> Differentiable:
+        """The differentiable collectives over this communicator (see :mod:`distcomm.differentiable`)."""
+        return Differentiable(self)
 
     @property
     def is_master(self) -> bool:

@@ -1,0 +1,211 @@
+"""Differentiable collectives: ``comm.autograd.all_gather(x)`` and friends, whose backward is
+the adjoint collective, so a loss computed from gathered or reduced tensors trains the
+tensors every rank contributed.
+
+The gradients are those of ``torch.distributed.nn.functional`` (the global loss is the sum
+of every rank's loss): all_reduce's backward all-reduces the gradient, all_gather's
+reduce-scatters it, reduce_scatter's all-gathers it, all_to_all's sends it back, and
+broadcast's reduces it onto the source. Each step is one of the communicator's own
+collectives, so they take what those take (shapes that differ per rank, any backend, a
+world of one, where each is the identity with the identity's gradient) and pass through
+its hooks. torch's own autograd functions are not used: they need a process group and equal
+shapes, and calling them logs a deprecation warning in torch 2.13.
+
+Two more move a tensor split along a dimension to and from a group, as model-parallel code
+does: :meth:`Differentiable.scatter_to_group` keeps this rank's part (backward: gather the
+parts' gradients) and :meth:`Differentiable.gather_from_group` concatenates every rank's
+part (backward: keep this rank's part of the gradient, or with ``sum_grad=True`` the sum
+over ranks of it).
+
+Tested on 2 and 3 real ranks against single-process computations: tests/test_differentiable.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import torch
+from torch.autograd import Function
+
+from distcomm.errors import InvalidArgumentError
+from distcomm.ops import ReduceOp, ReduceOpLike, parse_reduce_op
+
+
+class Communicator(Protocol):
+    """What the differentiable collectives use of a :class:`~distcomm.Communicator`."""
+
+    rank: int
+    world_size: int
+
+    def all_reduce(self, data: Any, op: ReduceOpLike = "sum") -> Any: ...
+    def all_gather(self, data: Any) -> list[Any]: ...
+    def reduce_scatter(self, chunks: Any, op: ReduceOpLike = "sum") -> Any: ...
+    def all_to_all(self, chunks: Sequence[Any]) -> list[Any]: ...
+    def broadcast(self, data: Any, src: int = 0) -> Any: ...
+    def reduce(self, data: Any, dst: int = 0, op: ReduceOpLike = "sum") -> Any: ...
+
+_LINEAR = (ReduceOp.SUM, ReduceOp.MEAN)
+
+
+def part_sizes(size: int, parts: int) -> list[int]:
+    """How a dimension of ``size`` splits into ``parts``: as ``torch.tensor_split`` does, the first
+    ``size % parts`` parts one larger."""
+    return [size // parts + (1 if i < size % parts else 0) for i in range(parts)]
+
+
+class Differentiable:
+    """The differentiable collectives of one communicator (``comm.autograd``)."""
+
+    def __init__(self, comm: Communicator) -> None:
+        self.comm = comm
+
+    def all_reduce(self, tensor: torch.Tensor, op: ReduceOpLike = "sum") -> torch.Tensor:
+        """A new tensor: ``tensor`` reduced over all ranks with ``op`` (sum or mean, the linear ones)."""
+        return _one(_AllReduce, self.comm, _linear(op, "all_reduce"), _tensor(tensor, "all_reduce"))
+
+    def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        """Every rank's ``tensor`` (shapes may differ per rank), in rank order."""
+        return list(_apply(_AllGather, self.comm, _tensor(tensor, "all_gather")))
+
+    def reduce_scatter(self, chunks: Sequence[torch.Tensor] | torch.Tensor, op: ReduceOpLike = "sum", *, dim: int = 0) -> torch.Tensor:
+        """This rank's entry of the reduction of every rank's ``chunks`` (a list of one tensor per
+        rank, or one tensor split along ``dim``), as :meth:`Communicator.reduce_scatter`."""
+        reduce_op = _linear(op, "reduce_scatter")
+        if isinstance(chunks, torch.Tensor):
+            chunks = torch.tensor_split(chunks, self.comm.world_size, dim)
+        return _one(_ReduceScatter, self.comm, reduce_op, *_tensors(chunks, "reduce_scatter"))
+
+    def all_to_all(self, chunks: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """What every rank sent this one (``chunks[i]`` goes to rank ``i``; sizes may differ per pair)."""
+        return list(_apply(_AllToAll, self.comm, *_tensors(chunks, "all_to_all")))
+
+    def broadcast(self, tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
+        """A new tensor holding ``src``'s ``tensor``; the gradient flows back to ``src``."""
+        return _one(_Broadcast, self.comm, src, _tensor(tensor, "broadcast"))
+
+    def scatter_to_group(self, tensor: torch.Tensor, dim: int = -1) -> torch.Tensor:
+        """This rank's part of ``tensor`` (the same on every rank) split along ``dim`` into one part
+        per rank (:func:`part_sizes`); backward gathers the parts' gradients."""
+        return _one(_ScatterToGroup, self.comm, dim, _tensor(tensor, "scatter_to_group"))
+
+    def gather_from_group(self, tensor: torch.Tensor, dim: int = -1, *, sum_grad: bool = False) -> torch.Tensor:
+        """Every rank's part concatenated along ``dim`` (parts may differ in size along it); backward
+        keeps this rank's part of the gradient, or with ``sum_grad`` the sum over ranks of it."""
+        return _one(_GatherFromGroup, self.comm, dim, sum_grad, _tensor(tensor, "gather_from_group"))
+
+
+def _apply(function: type[Function], *args: Any) -> Any:
+    return function.apply(*args)  # type: ignore[no-untyped-call]
+
+
+def _one(function: type[Function], *args: Any) -> torch.Tensor:
+    result: torch.Tensor = _apply(function, *args)
+    return result
+
+
+def _linear(op: ReduceOpLike, operation: str) -> ReduceOp:
+    reduce_op = parse_reduce_op(op)
+    if reduce_op not in _LINEAR:
+        raise InvalidArgumentError(f"autograd.{operation}: op {reduce_op.value!r} has no gradient here; use sum or mean")
+    return reduce_op
+
+
+def _tensor(value: Any, operation: str) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor) or not (value.is_floating_point() or value.is_complex()):
+        raise InvalidArgumentError(f"autograd.{operation} takes a floating-point tensor, got {value!r:.60}")
+    return value
+
+
+def _tensors(values: Any, operation: str) -> list[torch.Tensor]:
+    if isinstance(values, torch.Tensor) or not isinstance(values, Sequence):
+        raise InvalidArgumentError(f"autograd.{operation} takes a list of one tensor per rank")
+    return [_tensor(v, operation) for v in values]
+
+
+class _AllReduce(Function):
+    @staticmethod
+    def forward(ctx: Any, comm: Communicator, op: ReduceOp, tensor: torch.Tensor) -> torch.Tensor:
+        ctx.comm, ctx.op = comm, op
+        reduced: torch.Tensor = comm.all_reduce(tensor.detach().clone(), op)
+        return reduced
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, None, torch.Tensor]:
+        return None, None, ctx.comm.all_reduce(grad.contiguous().clone(), ctx.op)
+
+
+class _AllGather(Function):
+    @staticmethod
+    def forward(ctx: Any, comm: Communicator, tensor: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        ctx.comm = comm
+        return tuple(comm.all_gather(tensor.detach()))
+
+    @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor) -> tuple[None, torch.Tensor]:
+        return None, ctx.comm.reduce_scatter([g.contiguous() for g in grads], "sum")
+
+
+class _ReduceScatter(Function):
+    @staticmethod
+    def forward(ctx: Any, comm: Communicator, op: ReduceOp, *chunks: torch.Tensor) -> torch.Tensor:
+        ctx.comm, ctx.op = comm, op
+        reduced: torch.Tensor = comm.reduce_scatter([c.detach() for c in chunks], op)
+        return reduced
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        grads = ctx.comm.all_gather(grad.contiguous())
+        if ctx.op is ReduceOp.MEAN:
+            grads = [g / ctx.comm.world_size for g in grads]
+        return (None, None, *grads)
+
+
+class _AllToAll(Function):
+    @staticmethod
+    def forward(ctx: Any, comm: Communicator, *chunks: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        ctx.comm = comm
+        return tuple(comm.all_to_all([c.detach() for c in chunks]))
+
+    @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor) -> tuple[Any, ...]:
+        return (None, *ctx.comm.all_to_all([g.contiguous() for g in grads]))
+
+
+class _Broadcast(Function):
+    @staticmethod
+    def forward(ctx: Any, comm: Communicator, src: int, tensor: torch.Tensor) -> torch.Tensor:
+        ctx.comm, ctx.src = comm, src
+        received: torch.Tensor = comm.broadcast(tensor.detach().clone(), src)
+        return received
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, None, torch.Tensor]:
+        summed = ctx.comm.reduce(grad.contiguous().clone(), dst=ctx.src)
+        return None, None, summed if summed is not None else torch.zeros_like(grad)
+
+
+class _ScatterToGroup(Function):
+    @staticmethod
+    def forward(ctx: Any, comm: Communicator, dim: int, tensor: torch.Tensor) -> torch.Tensor:
+        ctx.comm, ctx.dim = comm, dim
+        return torch.tensor_split(tensor.detach(), comm.world_size, dim)[comm.rank].contiguous()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, None, torch.Tensor]:
+        return None, None, torch.cat(ctx.comm.all_gather(grad.contiguous()), ctx.dim)
+
+
+class _GatherFromGroup(Function):
+    @staticmethod
+    def forward(ctx: Any, comm: Communicator, dim: int, sum_grad: bool, tensor: torch.Tensor) -> torch.Tensor:
+        ctx.comm, ctx.dim, ctx.sum_grad = comm, dim, sum_grad
+        parts = comm.all_gather(tensor.detach())
+        ctx.sizes = [p.shape[dim] for p in parts]
+        return torch.cat(parts, dim)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, None, None, torch.Tensor]:
+        if ctx.sum_grad:
+            grad = ctx.comm.all_reduce(grad.contiguous().clone(), "sum")
+        return None, None, None, torch.split(grad, ctx.sizes, ctx.dim)[ctx.comm.rank].contiguous()
