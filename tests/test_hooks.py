@@ -65,6 +65,7 @@ CALLS = {
     "reduce_scatter": lambda c: c.reduce_scatter(torch.ones(2)),
     "all_to_all": lambda c: c.all_to_all([torch.ones(2)]),
     "batch_send_recv": lambda c: c.batch_send_recv({}, []),
+    "mesh": lambda c: c.mesh({"dp": 1}),
     # A world of one has no peer: these are seen failing, as themselves.
     "send": lambda c: c.send(torch.ones(2), 0),
     "recv": lambda c: c.recv(0),
@@ -74,6 +75,7 @@ CALLS = {
 REFUSED_ALONE = {"send", "recv", "isend", "irecv"}
 DEPRECATED = {"all_gather_objects": "all_gather_object", "gather_objects": "gather_object", "scatter_objects": "scatter_object"}
 NOT_COLLECTIVES = {"close", "register_hook", "remove_hook", "dump_flight_record", "with_hooks"}
+# autograd is a property: its collectives are the communicator's own, seen as such.
 
 
 def public_methods() -> set[str]:

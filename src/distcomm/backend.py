@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from distcomm.handles import CompletedHandle, Handle
+from distcomm.mesh import groups_along
 from distcomm.ops import ReduceOp
 
 
@@ -108,6 +109,18 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def split(self, members: list[int]) -> Backend | None:
         """A backend over ``members`` (sorted, valid; every rank calls it) for members, ``None`` for others."""
+
+    def mesh(self, shape: tuple[int, ...], names: tuple[str, ...]) -> tuple[Any, list[Backend]]:
+        """A backend per dimension of a row-major grid of ``shape`` (every rank calls it), for the
+        group along that dimension that holds this rank; and the torch ``DeviceMesh`` behind them,
+        where one is made (here: none; groups by :meth:`split`, in the same order on every rank)."""
+        mine: list[Backend] = []
+        for dim in range(len(shape)):
+            for members in groups_along(shape, dim):
+                backend = self.split(members)
+                if backend is not None:
+                    mine.append(backend)
+        return None, mine
 
     @abc.abstractmethod
     def close(self) -> None:

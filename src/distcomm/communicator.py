@@ -40,6 +40,7 @@ from distcomm.exchange_collectives import ExchangeCollectives
 from distcomm.flight_recorder import default_recorder
 from distcomm.handles import Handle
 from distcomm.hooks import Call, Hook, collective
+from distcomm.mesh import Mesh, coordinates, parse_mesh
 from distcomm.object_collectives import ObjectCollectives
 from distcomm.objects import OBJECT_SLOT_BYTES
 from distcomm.opening import open_call
@@ -52,6 +53,10 @@ T = TypeVar("T")
 C = TypeVar("C", bound="Communicator")
 
 __all__ = ["OBJECT_SLOT_BYTES", "Communicator", "Handle"]
+
+
+def _dims(call: Call) -> str:
+    return f"dims={call.data!r}"
 
 
 def _broadcast_layout(call: Call) -> str:
@@ -302,6 +307,29 @@ class Communicator(ObjectCollectives, AsyncCollectives, ExchangeCollectives, Poi
             raise problem
         backend = self._backend.split(members)
         return None if backend is None else self._child(backend)
+
+    @collective(_dims)
+    def mesh(self, dims: Mapping[str, int] | Sequence[int], names: Sequence[str] | None = None) -> Mesh[Communicator]:
+        """This communicator's ranks as a grid with named dimensions (``{"dp": 2, "gp": -1}``, or a
+        shape and names), row-major as ``torch.arange(world_size).reshape(shape)``; one size may
+        be ``-1``, the rest. Call it on every rank: ranks first agree on the dimensions.
+        ``mesh["gp"]`` is this rank's communicator along ``gp``, with this one's hooks and codec;
+        see :mod:`distcomm.mesh`.
+        """
+        layout: tuple[tuple[str, ...], tuple[int, ...]] = ((), ())
+        problem: InvalidArgumentError | None = None
+        try:
+            layout = parse_mesh(dims, names, self.world_size)
+        except InvalidArgumentError as error:
+            problem = error
+        if self.world_size > 1:
+            agree(self._channel, "mesh", Claim((("dims", repr(layout)),), problem=str(problem) if problem else None))
+        elif problem is not None:
+            raise problem
+        axis_names, shape = layout
+        device_mesh, backends = self._backend.mesh(shape, axis_names)
+        children = tuple(self._child(backend) for backend in backends)
+        return Mesh(axis_names, shape, coordinates(self.rank, shape), children, device_mesh)
 
     def _split_members(self, ranks: Sequence[int]) -> list[int]:
         if isinstance(ranks, (str, bytes)) or not isinstance(ranks, Sequence):

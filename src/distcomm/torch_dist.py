@@ -197,6 +197,15 @@ class TorchDistBackend(Backend):
             return None
         return TorchDistBackend(group, local_rank=self.local_rank)
 
+    def mesh(self, shape: tuple[int, ...], names: tuple[str, ...]) -> tuple[Any, list[Backend]]:
+        if self._group is not dist.group.WORLD:  # a DeviceMesh spans the whole world
+            return super().mesh(shape, names)
+        from torch.distributed.device_mesh import init_device_mesh
+
+        device_type = "cuda" if self._cuda else "cpu"
+        device_mesh = call_torch("mesh", self.rank, init_device_mesh, device_type, shape, mesh_dim_names=names)
+        return device_mesh, [TorchDistBackend(device_mesh.get_group(name), local_rank=self.local_rank) for name in names]
+
     def close(self) -> None:
         if self._owns_group and dist.is_initialized():
             dist.destroy_process_group()
