@@ -11,11 +11,12 @@ world of one, where each is the identity with the identity's gradient) and pass 
 its hooks. torch's own autograd functions are not used: they need a process group and equal
 shapes, and calling them logs a deprecation warning in torch 2.13.
 
-Two more move a tensor split along a dimension to and from a group, as model-parallel code
-does: :meth:`Differentiable.scatter_to_group` keeps this rank's part (backward: gather the
-parts' gradients) and :meth:`Differentiable.gather_from_group` concatenates every rank's
-part (backward: keep this rank's part of the gradient, or with ``sum_grad=True`` the sum
-over ranks of it).
+Three more move a tensor split along a dimension to and from a group, as model-parallel
+code does (Megatron's regions): :meth:`Differentiable.scatter_to_group` keeps this rank's
+part (backward: gather the parts' gradients), :meth:`Differentiable.gather_from_group`
+concatenates every rank's part (backward: keep this rank's part of the gradient, or with
+``sum_grad=True`` the sum over ranks of it), and :meth:`Differentiable.reduce_from_group`
+sums over the group with the gradient passed back as it is.
 
 Tested on 2 and 3 real ranks against single-process computations: tests/test_differentiable.py.
 """
@@ -88,6 +89,16 @@ class Differentiable:
         """This rank's part of ``tensor`` (the same on every rank) split along ``dim`` into one part
         per rank (:func:`part_sizes`); backward gathers the parts' gradients."""
         return _one(_ScatterToGroup, self.comm, dim, _tensor(tensor, "scatter_to_group"))
+
+    def reduce_from_group(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The sum over all ranks of ``tensor``, whose gradient passes back as it is: the ranks'
+        losses are copies of one loss, as after :meth:`gather_from_group` (Megatron's reduce from
+        a model-parallel region). For the sum of different losses use :meth:`all_reduce`."""
+        return _one(_ReduceFromGroup, self.comm, _tensor(tensor, "reduce_from_group"))
+
+    def scale_backward(self, tensor: torch.Tensor, factor: float) -> torch.Tensor:
+        """``tensor`` itself, whose gradient is multiplied by ``factor`` on the way back (no communication)."""
+        return _one(_ScaleBackward, factor, _tensor(tensor, "scale_backward"))
 
     def gather_from_group(self, tensor: torch.Tensor, dim: int = -1, *, sum_grad: bool = False) -> torch.Tensor:
         """Every rank's part concatenated along ``dim`` (parts may differ in size along it); backward
@@ -183,6 +194,28 @@ class _Broadcast(Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, None, torch.Tensor]:
         summed = ctx.comm.reduce(grad.contiguous().clone(), dst=ctx.src)
         return None, None, summed if summed is not None else torch.zeros_like(grad)
+
+
+class _ReduceFromGroup(Function):
+    @staticmethod
+    def forward(ctx: Any, comm: Communicator, tensor: torch.Tensor) -> torch.Tensor:
+        reduced: torch.Tensor = comm.all_reduce(tensor.detach().clone(), "sum")
+        return reduced
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, torch.Tensor]:
+        return None, grad
+
+
+class _ScaleBackward(Function):
+    @staticmethod
+    def forward(ctx: Any, factor: float, tensor: torch.Tensor) -> torch.Tensor:
+        ctx.factor = factor
+        return tensor.detach().clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, torch.Tensor]:
+        return None, grad * ctx.factor
 
 
 class _ScatterToGroup(Function):
