@@ -38,3 +38,13 @@ def test_the_demo_chooses_nccl_and_gpus_only_where_there_are_enough() -> None:
             assert message in str(error)
         else:
             raise AssertionError(f"{args} should have been refused")
+
+
+GRAPH_PARALLEL = Path(__file__).parents[1] / "examples" / "graph_parallel.py"
+
+
+def test_graph_parallel_example_matches_one_process_on_a_two_by_two_mesh() -> None:
+    done = subprocess.run([sys.executable, str(GRAPH_PARALLEL), "--steps", "6"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "dp=2 x gp=2: every step's loss equals the single-process run's" in done.stderr
+    assert "losses match one process: OK" in done.stdout
