@@ -56,6 +56,22 @@ def hot_path_goals(world: World, report) -> None:  # type: ignore[no-untyped-def
         report(line(f"{label}, {where}", r, f"<= {limit}", r <= limit, detail))
 
 
+def exchange_goals(world: World, report) -> None:  # type: ignore[no-untyped-def]
+    """reduce_scatter, uneven all_to_all and send/recv against raw torch.distributed given every size by hand."""
+    for op, size, limit, label in (
+        ("reduce_scatter", 2**20, 1.1, "reduce_scatter of 1 MiB / reduce_scatter_single"),
+        ("reduce_scatter", 4 * 2**20, 1.1, "reduce_scatter of 4 MiB / reduce_scatter_single"),
+        ("all_to_all_uneven", 2**20, 1.5, "uneven all_to_all of 1 MiB, sizes exchanged / all_to_all_single given the sizes"),
+        ("all_to_all_uneven", 4 * 2**20, 1.5, "uneven all_to_all of 4 MiB, sizes exchanged / all_to_all_single given the sizes"),
+        ("send_recv", 2**20, 1.1, "send/recv ping-pong of 1 MiB, no shape given / send+recv into a known buffer"),
+        ("send_recv", 4 * 2**20, 1.1, "send/recv ping-pong of 4 MiB, no shape given / send+recv into a known buffer"),
+    ):
+        runs = repeat(world, cases.bench_case, op, size, 60, "cpu", 0)
+        r = ratio(runs, "distcomm", "raw")
+        detail = f"{cases.median_of(runs, 'distcomm') * 1e6:.0f} us vs {cases.median_of(runs, 'raw') * 1e6:.0f} us"
+        report(line(f"{label}, 2 Gloo ranks", r, f"<= {limit}", r <= limit, detail))
+
+
 def single_tensor_overhead(report) -> None:  # type: ignore[no-untyped-def]
     """Added time per single-tensor all_reduce, on torch's fake process group: its collectives do
     nothing, so what remains is the Python each way runs. (On one Gloo rank a call waits tens of
@@ -132,6 +148,8 @@ def main() -> None:
     for ranks in (1, 2):
         with World(ranks, timeout=120, call_timeout=900) as world:
             hot_path_goals(world, report)
+            if ranks == 2:
+                exchange_goals(world, report)
     single_tensor_overhead(report)
 
     runs = [cases.hot_path(2000) for _ in range(3)]

@@ -86,16 +86,22 @@ def reduce_scattering(comm):
     split = comm.reduce_scatter(torch.arange(7) + r, "max")  # 7 does not divide by 3: 3, 2, 2
     mean = comm.reduce_scatter(torch.tensor([[r, 1], [2, r]]), "mean", dim=1)
     numbers = comm.reduce_scatter([r + i for i in range(n)])
-    return listed.tolist(), split.tolist(), (mean.dtype, mean.tolist()), numbers
+    source = torch.arange(6.0) * (r + 1)
+    even = comm.reduce_scatter(source, "mean")  # the lone-tensor path: straight to the backend
+    narrow = comm.reduce_scatter([torch.full((2,), r + i, dtype=torch.int16) for i in range(n)], "max")  # Gloo widens int16
+    untouched = source.tolist() == (torch.arange(6.0) * (r + 1)).tolist()
+    return listed.tolist(), split.tolist(), (mean.dtype, mean.tolist()), numbers, even.tolist(), (narrow.dtype, narrow.tolist()), untouched
 
 
 def test_reduce_scatter_reduces_each_entry_onto_its_rank(dist_world) -> None:
     results = dist_world(3).run(reduce_scattering)
     splits = [[0, 1, 2], [3, 4], [5, 6]]
-    for me, (listed, split, mean, numbers) in enumerate(results):
+    for me, (listed, split, mean, numbers, even, narrow, untouched) in enumerate(results):
         assert listed == [float(sum(r + me for r in range(3)))] * (me + 1)
         assert split == [v + 2 for v in splits[me]]
         assert numbers == sum(r + me for r in range(3))
+        assert even == [2.0 * v for v in (2 * me, 2 * me + 1)] and untouched  # mean of (r + 1) over 3 ranks is 2
+        assert narrow == (torch.int16, [me + 2] * 2)
     assert results[0][2] == (torch.float32, [[1.0], [2.0]]) and results[1][2] == (torch.float32, [[1.0], [1.0]])
 
 

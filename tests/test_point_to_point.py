@@ -49,7 +49,7 @@ def test_a_ring_step_in_one_batch_and_with_async_handles(dist_world) -> None:
 
 def forged_header(comm):
     if comm.rank == 0:
-        comm._backend.start_pairs([(torch.full((21,), 7, dtype=torch.int64), 1)], []).wait()  # not a distcomm header
+        comm._backend.start_pairs([(torch.full((4096,), 7, dtype=torch.uint8), 1)], []).wait()  # not a distcomm header
         return None
     try:
         comm.recv(0)

@@ -264,3 +264,17 @@ def test_init_reads_rank_and_world_size_from_the_launcher(monkeypatch, tmp_path)
     with TorchDistCommunicator.init("gloo", init_method=f"file://{tmp_path}/store", timeout=10) as comm:
         assert (comm.rank, comm.world_size) == (0, 1) and comm.all_reduce(2) == 2
     assert not dist.is_initialized()
+
+
+def split_after_uneven_histories(comm):
+    comm.split([0, 2])  # ranks 0 and 2 now hold one more process group than ranks 1 and 3
+    sub = comm.split([1, 2, 3])
+    if sub is None:
+        return None
+    inner = sub.split([0, 1, 2])  # group-local: torch names it from each rank's count of groups
+    again = sub.split([1, 2])
+    return inner.all_reduce(1), None if again is None else again.all_reduce(1)
+
+
+def test_a_split_of_a_subgroup_works_whatever_groups_its_ranks_were_in_before(dist_world) -> None:
+    assert dist_world(4).run(split_after_uneven_histories) == [None, (3, None), (3, 2), (3, 2)]

@@ -95,6 +95,13 @@ class Backend(abc.ABC):
         """Start an equal-shape gather; the handle's ``wait()`` returns the ``(world_size, ...)`` tensor."""
         return CompletedHandle(self.all_gather(tensor, out))
 
+    def reduce_scatter(self, output: torch.Tensor, tensor: torch.Tensor, op: ReduceOp) -> None:
+        """Reduce ``tensor`` (flat: ``world_size`` equal parts, part i for rank i) over all ranks and
+        fill ``output`` with this rank's part (``op`` is never ``MEAN``). Here: an all_reduce of a copy."""
+        reduced = tensor.clone()
+        self.all_reduce(reduced, op)
+        output.copy_(reduced.view(self.world_size, -1)[self.rank])
+
     @abc.abstractmethod
     def all_to_all(self, output: torch.Tensor, tensor: torch.Tensor, output_sizes: list[int], input_sizes: list[int]) -> None:
         """Send ``tensor``'s i-th run of ``input_sizes[i]`` elements to rank i, and receive rank

@@ -28,13 +28,22 @@ from distcomm.profiled import algorithm_bytes, bus_factor
 gather_into_tensor = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 """What a user writes to gather into one tensor: ``all_gather_single`` on torch 2.13, which deprecates
 ``all_gather_into_tensor`` (and warns on every call); ``all_gather_into_tensor`` before."""
+reduce_scatter_from_tensor = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+"""Likewise ``reduce_scatter_single`` on torch 2.13, ``reduce_scatter_tensor`` before."""
 
-OPERATIONS = ("all_reduce", "all_gather", "broadcast", "all_gather_same", "dict_all_reduce", "reduce_dict")
+OPERATIONS = (
+    "all_reduce", "all_gather", "broadcast", "all_gather_same", "dict_all_reduce", "reduce_dict",
+    "reduce_scatter", "all_to_all_uneven", "send_recv",
+)  # fmt: skip
 """The last three compare with what a user writes by hand: :data:`gather_into_tensor` into a
 reused buffer (distcomm given ``out=`` too); torch's flatten idiom over a dict of
 ``--leaves`` tensors of the given size each; ``stack`` + ``all_reduce`` + ``tolist`` of
 ``--leaves`` scalar metrics. On two or more ranks the hand-written dict idioms also pay
-one small header gather, the layout agreement that distcomm adds."""
+one small header gather, the layout agreement that distcomm adds. The last three compare with
+raw torch.distributed given the sizes by hand: ``reduce_scatter`` of one tensor split evenly;
+``all_to_all_uneven``, where rank r sends rank j a part of ``(r + j) % world + 1`` shares and
+distcomm must exchange the sizes itself; ``send_recv``, a ping-pong between ranks 0 and 1 in
+which distcomm's receiver names no shape."""
 DICT_LEAVES = 50
 """Tensors in the dict cases, unless ``--leaves`` says otherwise."""
 VARIANTS = ("raw", "distcomm", "facade")
@@ -120,6 +129,57 @@ def _idiom_runners(comm: Communicator, operation: str, tensor: torch.Tensor, gro
             return dict(zip(metrics, flat.div_(comm.world_size).tolist()))
 
         return {"raw": stack_idiom, "distcomm": lambda: comm.reduce_dict(metrics, "mean")}
+    return _exchange_runners(comm, operation, tensor, group)
+
+
+def uneven_splits(numel: int, rank: int, world_size: int) -> list[int]:
+    """How many elements rank ``rank`` sends each rank in the uneven all-to-all case."""
+    shares = [(rank + j) % world_size + 1 for j in range(world_size)]
+    unit = numel // sum(shares)
+    return [unit * share for share in shares]
+
+
+def _exchange_runners(comm: Communicator, operation: str, tensor: torch.Tensor, group: Any) -> dict[str, Callable[[], Any]]:
+    """reduce_scatter, uneven all_to_all and send/recv against raw calls given every size by hand."""
+    n, rank = comm.world_size, comm.rank
+    if operation == "reduce_scatter":
+        even = tensor[: tensor.numel() // n * n]
+        out = torch.empty(even.numel() // n, dtype=tensor.dtype, device=tensor.device)
+        return {"raw": lambda: reduce_scatter_from_tensor(out, even, group=group), "distcomm": lambda: comm.reduce_scatter(even)}
+    if operation == "all_to_all_uneven":
+        sends = uneven_splits(tensor.numel(), rank, n)
+        receives = [uneven_splits(tensor.numel(), j, n)[rank] for j in range(n)]
+        source = tensor[: sum(sends)]
+        chunks = list(torch.split(source, sends))
+
+        def raw() -> torch.Tensor:  # as a user writes it: the sizes known, a new output for this call's sizes
+            out = torch.empty(sum(receives), dtype=tensor.dtype, device=tensor.device)
+            dist.all_to_all_single(out, source, receives, sends, group=group)
+            return out
+
+        return {
+            "raw": raw,
+            "distcomm": lambda: comm.all_to_all(chunks),
+        }
+    if operation == "send_recv":
+        landing = torch.empty_like(tensor)
+
+        def ping_pong() -> None:
+            if rank == 0:
+                dist.send(tensor, dist.get_global_rank(group, 1) if group is not None else 1, group=group)
+                dist.recv(landing, dist.get_global_rank(group, 1) if group is not None else 1, group=group)
+            elif rank == 1:
+                dist.recv(landing, dist.get_global_rank(group, 0) if group is not None else 0, group=group)
+                dist.send(landing, dist.get_global_rank(group, 0) if group is not None else 0, group=group)
+
+        def ours() -> None:
+            if rank == 0:
+                comm.send(tensor, 1)
+                comm.recv(1)
+            elif rank == 1:
+                comm.send(comm.recv(0), 0)
+
+        return {"raw": ping_pong, "distcomm": ours}
     raise InvalidArgumentError(f"unknown operation {operation!r}: use one of {', '.join(OPERATIONS)}")
 
 

@@ -113,6 +113,9 @@ class ExchangeCollectives(CollectiveBase):
         if isinstance(chunks, torch.Tensor):
             if not -max(chunks.dim(), 1) <= dim < max(chunks.dim(), 1) or chunks.dim() == 0:
                 raise InvalidArgumentError(f"reduce_scatter: cannot split a tensor of shape {list(chunks.shape)} along dim {dim}")
+            alone = self._reduce_scatter_lone(chunks, reduce_op, dim)
+            if alone is not None:
+                return alone
             chunks = list(torch.tensor_split(chunks, self.world_size, dim))
         if not _is_tensor_list(chunks) or not chunks:
             result = self._reduce(list(chunks) if isinstance(chunks, Sequence) else chunks, reduce_op, "reduce_scatter")
@@ -121,13 +124,28 @@ class ExchangeCollectives(CollectiveBase):
             return result[self.rank]
         return self._reduce_scatter_tensors(list(chunks), reduce_op)
 
+    def _reduce_scatter_lone(self, tensor: torch.Tensor, op: ReduceOp, dim: int) -> torch.Tensor | None:
+        """The hot path, like a lone tensor's all_reduce: a contiguous tensor whose first dimension
+        splits evenly, reduced in its own dtype, goes to the backend as it is, with no agreement
+        (ranks that pass different shapes or dtypes here are caught by CheckedCommunicator)."""
+        if dim not in (0, -tensor.dim()) or tensor.shape[0] % self.world_size or not tensor.is_contiguous():
+            return None
+        if not self._channel.accepts(tensor.device) or tensor.numel() == 0:
+            return None
+        plan = plan_reduction(tensor, tensor, op, "reduce_scatter")
+        if plan.transport_dtype != tensor.dtype or plan.mean_dtype not in (None, tensor.dtype):
+            return None
+        output = torch.empty((tensor.shape[0] // self.world_size, *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+        self._backend.reduce_scatter(output.view(-1), tensor.detach().view(-1), plan.op)
+        return output.div_(self.world_size) if plan.mean_dtype is not None else output
+
     def _reduce_scatter_tensors(self, chunks: list[torch.Tensor], op: ReduceOp) -> torch.Tensor:
         mine, plan, carried = Sending(), None, []
         try:
             exchanging.check_chunks(chunks, self.world_size, "reduce_scatter")
             plan = plan_reduction(chunks[0], chunks[0], op, "reduce_scatter")
             carried = [c.detach().to(plan.transport_dtype) for c in chunks]
-            mine = exchanging.sending(carried)
+            mine = exchanging.sending(carried, world_size=self.world_size)
         except InvalidArgumentError as error:
             mine = Sending(problem=str(error))
         everyone = exchanging.agree_on_sizes(self._channel, mine, "reduce_scatter")
@@ -138,11 +156,18 @@ class ExchangeCollectives(CollectiveBase):
                     f"rank {rank}: {entry.shapes}"
                 )
         assert plan is not None  # a problem on this rank raised above
-        received = exchanging.exchange(self._channel, carried, everyone, "reduce_scatter") or []
-        rows = torch.stack(received)
-        reduced = torch.empty_like(rows[0])
-        reduce_rows(rows, plan.op, out=reduced)
-        home = chunks[self.rank]
+        home, shapes = chunks[self.rank], everyone[0].shapes or ()
+        small = all(entry.inline is not None for entry in everyone) and self.world_size > 1  # the data rode along
+        if not small and all(shape == shapes[0] for shape in shapes) and home.numel():  # equal entries: the backend's
+            device = home.device if self._channel.accepts(home.device) else self._channel.device
+            flat = exchanging.joined([c.to(device).reshape(-1) for c in carried])
+            reduced = torch.empty(home.shape, dtype=plan.transport_dtype, device=device)
+            self._backend.reduce_scatter(reduced.view(-1), flat, plan.op)
+        else:
+            received = exchanging.exchange(self._channel, carried, everyone, "reduce_scatter") or []
+            rows = torch.stack(received)
+            reduced = torch.empty_like(rows[0])
+            reduce_rows(rows, plan.op, out=reduced)
         if plan.mean_dtype is not None:
             return reduced.to(plan.mean_dtype).div_(self.world_size).to(home.device)
         return reduced.to(home.dtype).to(home.device)
@@ -152,7 +177,7 @@ def _stating(chunks: Any, world_size: int, operation: str, *, objects_allowed: b
     """What this rank says it sends: tensors (dtype and shapes), objects, or the problem."""
     try:
         if _is_tensor_list(chunks) and chunks:
-            return exchanging.sending(exchanging.check_chunks(chunks, world_size, operation))
+            return exchanging.sending(exchanging.check_chunks(chunks, world_size, operation), world_size=world_size)
         if objects_allowed and isinstance(chunks, Sequence) and not isinstance(chunks, (str, bytes)):
             if len(chunks) != world_size:
                 raise InvalidArgumentError(f"{operation}: chunks has {len(chunks)} entries; give one per rank ({world_size})")

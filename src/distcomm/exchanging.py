@@ -11,6 +11,7 @@ copies).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,7 @@ from distcomm.conversion import check_transportable, describe, dtype_name
 from distcomm.dtypes import DTYPES
 from distcomm.errors import InconsistentInputError, InvalidArgumentError, WireFormatError
 from distcomm.objects import all_gather_objects
+from distcomm.opening import body_room
 
 if TYPE_CHECKING:
     from distcomm.channel import Channel
@@ -40,9 +42,11 @@ class Sending:
     dtype: str | None = None
     shapes: tuple[tuple[int, ...], ...] | None = None
     problem: str | None = None
+    inline: bytes | None = None
+    """The chunks' bytes themselves, one after another, when they are small enough to ride along."""
 
     def as_wire(self) -> tuple[Any, ...]:
-        return (self.dtype, self.shapes, self.problem)
+        return (self.dtype, self.shapes, self.problem, self.inline)
 
 
 def check_chunks(chunks: Any, world_size: int, operation: str, name: str = "chunks") -> list[torch.Tensor]:
@@ -66,11 +70,17 @@ def check_chunks(chunks: Any, world_size: int, operation: str, name: str = "chun
     return tensors
 
 
-def sending(chunks: list[torch.Tensor] | None, problem: str | None = None) -> Sending:
-    """What this rank sends, as it tells the others."""
+def sending(chunks: list[torch.Tensor] | None, problem: str | None = None, world_size: int = 1) -> Sending:
+    """What this rank sends, as it tells the others; small chunks ride along with the sizes (then
+    the exchange needs no second collective)."""
     if problem is not None or chunks is None:
         return Sending(problem=problem)
-    return Sending(dtype_name(chunks[0].dtype), tuple(tuple(c.shape) for c in chunks))
+    shapes = tuple(tuple(c.shape) for c in chunks)
+    total = sum(c.numel() * c.element_size() for c in chunks)
+    inline = None
+    if world_size > 1 and total <= body_room(world_size) // 2:
+        inline = b"".join(c.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() for c in chunks)
+    return Sending(dtype_name(chunks[0].dtype), shapes, inline=inline)
 
 
 def agree_on_sizes(channel: Channel, mine: Sending, operation: str) -> list[Sending]:
@@ -93,7 +103,7 @@ def agree_on_sizes(channel: Channel, mine: Sending, operation: str) -> list[Send
 def _parse(entry: Any, world_size: int, rank: int) -> Sending:
     """A peer's :class:`Sending` from the wire, checked field by field."""
     try:
-        dtype, shapes, problem = entry
+        dtype, shapes, problem, inline = entry
         if problem is not None:
             return Sending(problem=str(problem))
         if dtype is None and shapes is None:
@@ -105,7 +115,11 @@ def _parse(entry: Any, world_size: int, rank: int) -> Sending:
         checked = tuple(tuple(_dimension(d) for d in shape) for shape in shapes if len(shape) <= MAX_DIMENSIONS)
         if len(checked) != world_size:
             raise ValueError("a shape with too many dimensions")
-        return Sending(dtype, checked)
+        if inline is not None:
+            itemsize = torch.empty((), dtype=_BY_NAME[dtype]).element_size()
+            if type(inline) is not bytes or len(inline) != sum(math.prod(shape) for shape in checked) * itemsize:
+                raise ValueError("inline bytes that do not match the shapes")
+        return Sending(dtype, checked, inline=inline)
     except (TypeError, ValueError) as error:
         raise WireFormatError(f"rank {rank} sent a malformed size header ({error})") from error
 
@@ -127,6 +141,8 @@ def exchange(channel: Channel, chunks: list[torch.Tensor] | None, everyone: list
     dtype = _BY_NAME[dtypes[0]]
     itemsize = torch.empty((), dtype=dtype).element_size()
     incoming = [None if e.shapes is None else torch.Size(e.shapes[rank]) for e in everyone]
+    if channel.world_size > 1 and all(e.inline is not None for e in everyone if e.shapes is not None):
+        return [_inline_part(e, rank, dtype, itemsize) for e in everyone if e.shapes is not None]
     out_sizes = [0 if shape is None else shape.numel() * itemsize for shape in incoming]
     device = channel.device if chunks is None or not channel.accepts(chunks[0].device) else chunks[0].device
     if chunks is None:
@@ -134,7 +150,7 @@ def exchange(channel: Channel, chunks: list[torch.Tensor] | None, everyone: list
         in_sizes = [0] * channel.world_size
     else:
         parts = [c.detach().to(device).contiguous().reshape(-1).view(torch.uint8) for c in chunks]
-        flat = torch.cat(parts) if parts else torch.empty(0, dtype=torch.uint8, device=device)
+        flat = joined(parts) if parts else torch.empty(0, dtype=torch.uint8, device=device)
         in_sizes = [p.numel() for p in parts]
     output = torch.empty(sum(out_sizes), dtype=torch.uint8, device=device)
     channel.backend.all_to_all(output, flat, out_sizes, in_sizes)
@@ -144,3 +160,26 @@ def exchange(channel: Channel, chunks: list[torch.Tensor] | None, everyone: list
             received.append(output[offset : offset + size].view(dtype).reshape(shape))
         offset += size
     return received
+
+
+def _inline_part(entry: Sending, rank: int, dtype: torch.dtype, itemsize: int) -> torch.Tensor:
+    """What ``entry``'s sender sent rank ``rank``, cut from the bytes that rode with its sizes."""
+    assert entry.shapes is not None and entry.inline is not None
+    sizes = [math.prod(shape) * itemsize for shape in entry.shapes]
+    start = sum(sizes[:rank])
+    raw = bytearray(entry.inline[start : start + sizes[rank]])
+    flat = torch.frombuffer(raw, dtype=torch.uint8) if raw else torch.empty(0, dtype=torch.uint8)
+    return flat.view(dtype).reshape(entry.shapes[rank])
+
+
+def joined(parts: list[torch.Tensor]) -> torch.Tensor:
+    """``parts`` (flat, contiguous, one dtype) as one flat tensor: a view when they already lie one
+    after another in one storage (as the pieces of ``tensor.split(...)`` do), else a copy."""
+    first = parts[0]
+    storage = first.untyped_storage().data_ptr()
+    end = first.data_ptr()
+    for part in parts:
+        if part.data_ptr() != end or part.untyped_storage().data_ptr() != storage:
+            return torch.cat(parts)
+        end += part.numel() * part.element_size()
+    return first.as_strided((sum(p.numel() for p in parts),), (1,))

@@ -1,7 +1,8 @@
-"""The wire of point-to-point messages: a fixed header, then the payload.
+"""The wire of point-to-point messages: a first message of fixed size, then the rest of the payload.
 
-A receiver never says what it expects: the header says whether a tensor or a pickled object
-follows, its dtype, shape and byte count. Every field is checked before anything is
+A receiver never says what it expects: the first message's header says whether a tensor or a
+pickled object follows, its dtype, shape and byte count. A payload that fits in the first
+message (:data:`INLINE_BYTES`) rides in it, so a small message is one message. Every field is checked before anything is
 allocated for it; a header that breaks the format is a
 :class:`~distcomm.errors.WireFormatError` on the receiver.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from distcomm.conversion import check_transportable
@@ -19,41 +21,56 @@ from distcomm.errors import InvalidArgumentError, WireFormatError
 if TYPE_CHECKING:
     from distcomm.channel import Channel
 
-MAGIC = 0x64636F6D70327031  # "dcomp2p1"
+MAGIC = 0x64636F6D70327031  # "dcomp2p1" as a number
 TENSOR, OBJECT = 0, 1
 MAX_DIMENSIONS = 16
 HEADER_WORDS = 5 + MAX_DIMENSIONS
 """magic, kind, dtype code, number of dimensions, byte count, then the dimensions."""
+PAYLOAD_OFFSET = 16 * ((8 * HEADER_WORDS + 15) // 16)
+"""Where an inline payload starts: after the header, aligned for every dtype (16 bytes)."""
+FIRST_BYTES = 4096
+"""The size of every first message: the header, then as much of the payload as fits."""
+INLINE_BYTES = FIRST_BYTES - PAYLOAD_OFFSET
 
 
 def encode(channel: Channel, data: Any, operation: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The header and the payload bytes that carry ``data`` (a tensor as it is, anything else pickled)."""
-    header = torch.zeros(HEADER_WORDS, dtype=torch.int64)
-    header[0] = MAGIC
+    """The first message (header and, when it fits, the payload) and the rest of the payload (empty
+    when it rode in the first): a tensor's bytes as they are, anything else pickled."""
+    first = np.zeros(FIRST_BYTES, dtype=np.uint8)
+    header = first[:PAYLOAD_OFFSET].view("<i8")
     if isinstance(data, torch.Tensor):
         check_transportable(data, operation)
         if data.dim() > MAX_DIMENSIONS:
             raise InvalidArgumentError(f"{operation}: a tensor of {data.dim()} dimensions; at most {MAX_DIMENSIONS}")
         if data.dtype not in DTYPE_CODES:
             raise InvalidArgumentError(f"{operation} does not support dtype {data.dtype}; convert the tensor first")
-        payload = data.detach().to(channel.device).contiguous().reshape(-1).view(torch.uint8)
-        header[1:5] = torch.tensor([TENSOR, DTYPE_CODES[data.dtype], data.dim(), payload.numel()])
-        header[5 : 5 + data.dim()] = torch.tensor(data.shape, dtype=torch.int64)
+        payload = data.detach().contiguous().reshape(-1).view(torch.uint8)
+        header[:5] = (MAGIC, TENSOR, DTYPE_CODES[data.dtype], data.dim(), payload.numel())
+        header[5 : 5 + data.dim()] = data.shape
     else:
         raw = channel.object_codec.encode(data)
-        payload = torch.frombuffer(bytearray(raw), dtype=torch.uint8).to(channel.device) if raw else torch.empty(0, dtype=torch.uint8)
-        header[1:5] = torch.tensor([OBJECT, 0, 0, len(raw)])
-    return header.to(channel.device), payload
+        payload = torch.frombuffer(bytearray(raw), dtype=torch.uint8) if raw else torch.empty(0, dtype=torch.uint8)
+        header[:5] = (MAGIC, OBJECT, 0, 0, len(raw))
+    fits = payload.numel() <= INLINE_BYTES
+    if fits:
+        first[PAYLOAD_OFFSET : PAYLOAD_OFFSET + payload.numel()] = payload.cpu().numpy()
+    rest = payload[:0] if fits else payload.to(channel.device)
+    return torch.from_numpy(first).to(channel.device), rest
 
 
-def empty_header(channel: Channel) -> torch.Tensor:
-    """Where a peer's header lands."""
-    return torch.empty(HEADER_WORDS, dtype=torch.int64, device=channel.device)
+def empty_first(channel: Channel) -> torch.Tensor:
+    """Where a peer's first message lands."""
+    return torch.empty(FIRST_BYTES, dtype=torch.uint8, device=channel.device)
 
 
-def read_header(channel: Channel, header: torch.Tensor, peer: int) -> tuple[int, torch.dtype | None, torch.Size, int]:
-    """``(kind, dtype, shape, byte count)`` from a peer's header, every field checked."""
-    words = header.cpu().tolist()
+def inline_payload(first: torch.Tensor, nbytes: int) -> torch.Tensor | None:
+    """The payload when it rode in the first message, else ``None`` (it follows)."""
+    return first[PAYLOAD_OFFSET : PAYLOAD_OFFSET + nbytes] if nbytes <= INLINE_BYTES else None
+
+
+def read_header(channel: Channel, first: torch.Tensor, peer: int) -> tuple[int, torch.dtype | None, torch.Size, int]:
+    """``(kind, dtype, shape, byte count)`` from a peer's first message, every field checked."""
+    words = first[:PAYLOAD_OFFSET].cpu().numpy().view("<i8").tolist()
     magic, kind, code, dims, nbytes = words[:5]
     if magic != MAGIC or kind not in (TENSOR, OBJECT) or not 0 <= dims <= MAX_DIMENSIONS or nbytes < 0:
         raise WireFormatError(f"rank {peer} sent a message that is not a distcomm point-to-point header")

@@ -50,8 +50,8 @@ class PointToPoint(CollectiveBase):
 
     def _start_send(self, data: Any, dst: int, operation: str) -> Handle:
         dst = self._peer(dst, "dst", operation)
-        header, payload = pairwise.encode(self._channel, data, operation)
-        sends = [(header, dst)] + ([(payload, dst)] if payload.numel() else [])
+        first, rest = pairwise.encode(self._channel, data, operation)
+        sends = [(first, dst)] + ([(rest, dst)] if rest.numel() else [])
         return JoinedHandle([self._backend.start_pairs(sends, [])])
 
     @collective(None, pairwise=True)
@@ -62,14 +62,15 @@ class PointToPoint(CollectiveBase):
 
     def _start_recv(self, src: int, operation: str) -> Handle:
         src = self._peer(src, "src", operation)
-        header = pairwise.empty_header(self._channel)
-        started = self._backend.start_pairs([], [(header, src)])
-        return ThenHandle(started, lambda _: self._receive_payload(header, src))
+        first = pairwise.empty_first(self._channel)
+        started = self._backend.start_pairs([], [(first, src)])
+        return ThenHandle(started, lambda _: self._receive_rest(first, src))
 
-    def _receive_payload(self, header: torch.Tensor, src: int) -> Any:
-        kind, dtype, shape, nbytes = pairwise.read_header(self._channel, header, src)
-        payload = torch.empty(nbytes, dtype=torch.uint8, device=self._channel.device)
-        if nbytes:
+    def _receive_rest(self, first: torch.Tensor, src: int) -> Any:
+        kind, dtype, shape, nbytes = pairwise.read_header(self._channel, first, src)
+        payload = pairwise.inline_payload(first, nbytes)
+        if payload is None:
+            payload = torch.empty(nbytes, dtype=torch.uint8, device=self._channel.device)
             self._backend.start_pairs([], [(payload, src)]).wait()
         return pairwise.decode(self._channel, kind, dtype, shape, payload)
 
@@ -85,12 +86,17 @@ class PointToPoint(CollectiveBase):
         if len(set(sources)) != len(sources):
             raise InvalidArgumentError(f"batch_send_recv: recv_from names a rank twice: {list(recv_from)}")
         encoded = {dst: pairwise.encode(self._channel, data, "batch_send_recv") for dst, data in targets.items()}
-        headers = {src: pairwise.empty_header(self._channel) for src in sources}
-        self._backend.start_pairs([(h, dst) for dst, (h, _) in encoded.items()], [(h, src) for src, h in headers.items()]).wait()
-        layouts = {src: pairwise.read_header(self._channel, h, src) for src, h in headers.items()}
-        payloads = {src: torch.empty(layout[3], dtype=torch.uint8, device=self._channel.device) for src, layout in layouts.items()}
+        firsts = {src: pairwise.empty_first(self._channel) for src in sources}
+        self._backend.start_pairs([(f, dst) for dst, (f, _) in encoded.items()], [(f, src) for src, f in firsts.items()]).wait()
+        layouts = {src: pairwise.read_header(self._channel, f, src) for src, f in firsts.items()}
+        inline = {src: pairwise.inline_payload(firsts[src], layout[3]) for src, layout in layouts.items()}
+        payloads = {
+            src: torch.empty(layouts[src][3], dtype=torch.uint8, device=self._channel.device) if part is None else part
+            for src, part in inline.items()
+        }
         self._backend.start_pairs(
-            [(p, dst) for dst, (_, p) in encoded.items() if p.numel()], [(p, src) for src, p in payloads.items() if p.numel()]
+            [(rest, dst) for dst, (_, rest) in encoded.items() if rest.numel()],
+            [(payloads[src], src) for src, part in inline.items() if part is None],
         ).wait()
         return {src: pairwise.decode(self._channel, *layouts[src][:3], payloads[src]) for src in sources}
 

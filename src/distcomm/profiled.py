@@ -48,7 +48,7 @@ def bus_factor(operation: str, world_size: int) -> float:
     n = world_size
     if operation.startswith(("all_reduce", "reduce_dict")):
         return 2 * (n - 1) / n
-    if operation.startswith("all_gather"):
+    if operation.startswith(("all_gather", "reduce_scatter", "all_to_all")):
         return (n - 1) / n
     return 1.0
 

@@ -40,6 +40,8 @@ _GLOO_AS_BYTES = frozenset({torch.int16, torch.uint16, torch.uint32, torch.uint6
 
 _gather_into_tensor = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 """Gather into one flat tensor (``all_gather_single`` in new torch, ``all_gather_into_tensor`` before)."""
+_reduce_scatter_tensor = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+"""Reduce-scatter one flat tensor (``reduce_scatter_single`` in new torch, ``reduce_scatter_tensor`` before)."""
 
 
 class TorchDistBackend(Backend):
@@ -177,14 +179,26 @@ class TorchDistBackend(Backend):
         work = call_torch("all_gather", self.rank, _gather_into_tensor, out, send, group=self._group, async_op=True)
         return WorkHandle(work, result, "all_gather", self.rank)
 
+    def reduce_scatter(self, output: torch.Tensor, tensor: torch.Tensor, op: ReduceOp) -> None:
+        if self._gloo and tensor.dtype in _GLOO_WIDER:
+            landing = output.to(_GLOO_WIDER[tensor.dtype])
+            call_torch("reduce_scatter", self.rank, _reduce_scatter_tensor, landing, tensor.to(landing.dtype), TO_TORCH[op], group=self._group)
+            output.copy_(landing)
+            return
+        call_torch("reduce_scatter", self.rank, _reduce_scatter_tensor, output, tensor, TO_TORCH[op], group=self._group)
+
     def all_to_all(self, output: torch.Tensor, tensor: torch.Tensor, output_sizes: list[int], input_sizes: list[int]) -> None:
         call_torch("all_to_all", self.rank, dist.all_to_all_single, output, tensor, output_sizes, input_sizes, group=self._group)
 
     def start_pairs(self, sends: list[tuple[torch.Tensor, int]], receives: list[tuple[torch.Tensor, int]]) -> Handle:
         ranks = self._global_ranks
-        operations = [dist.P2POp(dist.isend, tensor, ranks[peer], group=self._group) for tensor, peer in sends]
-        operations += [dist.P2POp(dist.irecv, tensor, ranks[peer], group=self._group) for tensor, peer in receives]
-        works = call_torch("send/recv", self.rank, dist.batch_isend_irecv, operations) if operations else []
+        if not self._cuda:  # Gloo and MPI run each send and receive on its own: no batch needed, none paid for
+            works = [call_torch("send", self.rank, dist.isend, tensor, ranks[peer], group=self._group) for tensor, peer in sends]
+            works += [call_torch("recv", self.rank, dist.irecv, tensor, ranks[peer], group=self._group) for tensor, peer in receives]
+        else:  # NCCL must start a ring's sends and receives together
+            operations = [dist.P2POp(dist.isend, tensor, ranks[peer], group=self._group) for tensor, peer in sends]
+            operations += [dist.P2POp(dist.irecv, tensor, ranks[peer], group=self._group) for tensor, peer in receives]
+            works = call_torch("send/recv", self.rank, dist.batch_isend_irecv, operations) if operations else []  # type: ignore[arg-type]
         return JoinedHandle([WorkHandle(work, None, "send/recv", self.rank) for work in works])
 
     def split(self, members: list[int]) -> Backend | None:
@@ -192,10 +206,31 @@ class TorchDistBackend(Backend):
         # From the default group every rank calls new_group; from a subgroup only its
         # ranks do, which needs torch's group-local synchronization.
         local_sync = self._group is not dist.group.WORLD
+        if local_sync:
+            self._align_group_names(members)
         group = call_torch("split", self.rank, dist.new_group, global_ranks, use_local_synchronization=local_sync)
         if self.rank not in members:
             return None
         return TorchDistBackend(group, local_rank=self.local_rank)
+
+    def _align_group_names(self, members: list[int]) -> None:
+        """Make torch give the members' new group one name. With group-local synchronization torch
+        names a group from its ranks and the number of groups each process holds, which differs
+        once ranks have been in different splits: then the members would wait for each other
+        under different names until the timeout. Every rank of this group says how many it holds
+        (one small all_gather); members that hold fewer make groups of their own alone until the
+        numbers agree."""
+        world = getattr(dist.distributed_c10d, "_world", None)
+        names = getattr(world, "pg_names", None)
+        if names is None:  # another torch: nothing to align
+            return
+        mine = torch.tensor([len(names)], dtype=torch.int64, device=self.device)
+        counts = self.all_gather(mine).view(-1).tolist()
+        target = max(counts[m] for m in members)
+        if self.rank in members:
+            me = [self._global_ranks[self.rank]]
+            for _ in range(target - counts[self.rank]):
+                call_torch("split", self.rank, dist.new_group, me, use_local_synchronization=True)
 
     def mesh(self, shape: tuple[int, ...], names: tuple[str, ...]) -> tuple[Any, list[Backend]]:
         if self._group is not dist.group.WORLD:  # a DeviceMesh spans the whole world
