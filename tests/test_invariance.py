@@ -146,7 +146,43 @@ def describe_all(comm: Communicator) -> dict[str, Any]:
     assert comm.broadcast_object_list(items) is None
     assert items == [0, "x"]
     kinds["broadcast_object_list"] = kind(items)
+    kinds |= describe_exchanges(comm)
     comm.barrier()
+    return kinds
+
+
+def rooted_kind(comm: Communicator, result: Any, per_rank: bool = False) -> tuple[Any, bool]:
+    """The root's result kind (of one entry per rank, with ``per_rank``) and whether every other
+    rank got ``None``: the same on every rank."""
+    described = per_rank_kind(result, comm) if per_rank and result is not None else kind(result)
+    everyone = comm.all_gather_object(repr(described))
+    return everyone[0], all(k == repr(kind(None)) for k in everyone[1:])
+
+
+def describe_exchanges(comm: Communicator) -> dict[str, Any]:
+    """reduce, gather, scatter, reduce_scatter and all_to_all over the same kinds of input."""
+    r, n = comm.rank, comm.world_size
+    kinds: dict[str, Any] = {}
+    tensor = torch.full((2,), r + 1.0)
+    reduced = comm.reduce(tensor, dst=0)
+    kinds["reduce tensor"] = rooted_kind(comm, reduced), comm.broadcast_object(reduced is tensor)  # in place on the root
+    kinds["reduce int mean"] = rooted_kind(comm, comm.reduce(r + 1, op="mean"))
+    kinds["reduce dict"] = rooted_kind(comm, comm.reduce({"loss": 1.0, "n": np.arange(2)}))
+    kinds["gather tensor"] = rooted_kind(comm, comm.gather(torch.arange(r + 1)), per_rank=True)
+    kinds["gather float"] = rooted_kind(comm, comm.gather(float(r)), per_rank=True)
+    scattered = comm.scatter([torch.arange(i + 1) for i in range(n)] if r == 0 else None)
+    assert scattered.tolist() == list(range(r + 1))
+    kinds["scatter tensors"] = kind(scattered)
+    kinds["scatter objects"] = kind(comm.scatter([{"i": i} for i in range(n)] if r == 0 else None))
+    split = comm.reduce_scatter(torch.ones(2 * n, 3), "mean")
+    assert torch.equal(split, torch.ones(2, 3))
+    kinds["reduce_scatter tensor"] = kind(split)
+    kinds["reduce_scatter int tensor mean"] = kind(comm.reduce_scatter([torch.ones(2, dtype=torch.int64)] * n, "mean"))
+    kinds["reduce_scatter floats"] = kind(comm.reduce_scatter([0.5] * n))
+    exchanged = comm.all_to_all([torch.full((r + 1,), float(j)) for j in range(n)])
+    assert [t.tolist() for t in exchanged] == [[float(r)] * (i + 1) for i in range(n)]
+    kinds["all_to_all tensors"] = per_rank_kind(exchanged, comm)
+    kinds["all_to_all objects"] = per_rank_kind(comm.all_to_all([(r, j) for j in range(n)]), comm)
     return kinds
 
 

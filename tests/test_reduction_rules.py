@@ -70,3 +70,19 @@ def test_expanded_and_meta_tensors_are_refused_before_communication(dist_world) 
         assert all(outcome), outcome
         assert all("expanded view" in m for m in outcome[:3]) and all("meta tensor" in m for m in outcome[3:])
         assert [m.split(":")[0] for m in outcome] == ["all_reduce", "broadcast", "all_gather"] * 2
+
+
+def test_the_world_of_one_rule_gives_what_the_general_path_gives() -> None:
+    from distcomm import LocalCommunicator
+    from distcomm.ops import ReduceOp
+    from distcomm.reduction_rules import NOT_ALONE, reduce_if_alone
+
+    assert reduce_if_alone(3, ReduceOp.SUM, 2) is NOT_ALONE and reduce_if_alone([1], ReduceOp.SUM, 1) is NOT_ALONE
+    assert reduce_if_alone(2**70, ReduceOp.SUM, 1) is NOT_ALONE  # beyond int64: the exact general path
+    for value in (3, 2.5, True, 1 + 2j):
+        for op in (ReduceOp.SUM, ReduceOp.MEAN, ReduceOp.MAX):
+            if isinstance(value, complex) and op is ReduceOp.MAX:
+                continue
+            alone = reduce_if_alone(value, op, 1)
+            general = LocalCommunicator().all_reduce([value], op)[0]  # a list takes the general path
+            assert (type(alone), alone) == (type(general), general), (value, op)

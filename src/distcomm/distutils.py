@@ -151,6 +151,9 @@ def broadcast_object_list(object_list: list[Any], src: int, group=_DEFAULT_GROUP
     _communicator_for(group).broadcast_object_list(object_list, src, device=device)
 
 
+_SUM, _MEAN = ReduceOp.SUM, ReduceOp.MEAN  # looked up once: an enum member's lookup is slow
+
+
 def all_reduce(data, group=_DEFAULT_GROUP, average: bool = False, device=None) -> torch.Tensor:  # type: ignore[no-untyped-def]
     """Sum (or, with ``average``, mean) ``data`` over all ranks.
 
@@ -162,13 +165,13 @@ def all_reduce(data, group=_DEFAULT_GROUP, average: bool = False, device=None) -
     data travels on the communicator's device.
     """
     comm = get_communicator() if group is None else _communicator_for(group)
-    op = "mean" if average else "sum"
     if type(data) is float or type(data) is int:
         # The hot path of single-process training loops: over one rank the communicator's own
         # shortcut answers without a call (the same rule and result as comm.all_reduce).
-        alone = reduce_if_alone(data, ReduceOp.MEAN if average else ReduceOp.SUM, comm.world_size)
+        alone = reduce_if_alone(data, _MEAN if average else _SUM, comm.world_size)
         if alone is not NOT_ALONE:
             return alone  # type: ignore[no-any-return]
+    op = "mean" if average else "sum"
     if type(data) in (float, int) and fits_int64(data) or isinstance(data, torch.Tensor):
         return comm.all_reduce(data, op)  # type: ignore[no-any-return]
     if device is not None:

@@ -22,11 +22,17 @@ from distcomm import exchanging, gathering, objects
 from distcomm.collective_base import CollectiveBase
 from distcomm.errors import InconsistentInputError, InvalidArgumentError
 from distcomm.exchanging import OBJECTS, Sending
-from distcomm.hooks import collective
+from distcomm.hooks import Call, collective
 from distcomm.nested import map_leaves
 from distcomm.ops import ReduceOp, ReduceOpLike, parse_reduce_op
 from distcomm.reducing import reduce_rows
 from distcomm.reduction_rules import plan_reduction
+from distcomm.signatures import signature_of
+
+
+def any_shapes(call: Call) -> str:
+    """What must match across ranks when shapes may differ per rank: dtypes and dimensions."""
+    return signature_of(call.data, shapes=False)
 
 
 def _is_tensor_list(chunks: Any) -> bool:
@@ -50,7 +56,7 @@ class ExchangeCollectives(CollectiveBase):
         result = self._reduce(data, reduce_op, "reduce")
         return result if self.rank == dst else None
 
-    @collective()
+    @collective(any_shapes)
     def gather(self, data: Any, dst: int = 0) -> list[Any] | None:
         """A list of every rank's ``data``, in rank order, on ``dst``; ``None`` on the others.
         Shapes may differ per rank and are never given (as :meth:`all_gather`)."""
@@ -75,7 +81,7 @@ class ExchangeCollectives(CollectiveBase):
         (received,) = exchanging.exchange(self._channel, sent, everyone, "scatter") or []
         return received.to(sent[0].device if sent else self._channel.device)
 
-    @collective()
+    @collective(any_shapes)
     def all_to_all(self, chunks: Sequence[Any]) -> list[Any]:
         """Send ``chunks[i]`` to rank ``i``; return what every rank sent this one, in rank order.
 

@@ -89,36 +89,40 @@ NOT_ALONE = object()
 
 def reduce_if_alone(value: Any, op: ReduceOp, world_size: int) -> Any:
     """The world-of-one shortcut, in one place: over one rank the reduction of a Python number
-    (one that fits the general path) is decided locally by :func:`reduce_alone`; anything else
-    gives :data:`NOT_ALONE`."""
-    kind = type(value)
-    if world_size != 1 or kind not in PYTHON_PROTOTYPES or (kind is int and not INT64_MIN <= value <= INT64_MAX):
+    (one that fits the general path) is decided locally, as :func:`plan_reduction` rules, and
+    looked up per kind and op; anything else gives :data:`NOT_ALONE`."""
+    if world_size != 1:
         return NOT_ALONE
-    return reduce_alone(value, op)
+    try:
+        rule = _ALONE[id(op)][type(value)]  # by identity: an enum member hashes slowly
+    except KeyError:
+        if type(value) not in PYTHON_PROTOTYPES:
+            return NOT_ALONE
+        rule = _ALONE.setdefault(id(op), {})[type(value)] = _alone_rule(type(value), op)
+    return value if rule is None else rule(value)
 
 
-def reduce_alone(value: Any, op: ReduceOp) -> Any:
-    """What reducing one Python number over a world of one gives: exactly the general
-    path's result, decided by the same rules (:func:`plan_reduction`), looked up per kind and op."""
-    convert = _ALONE.get((type(value), op))
-    if convert is None:
-        prototype = PYTHON_PROTOTYPES[type(value)]
-        plan = plan_reduction(value, prototype, op, "all_reduce")  # raises for what it refuses
-        if plan.mean_dtype is not None:
-            convert = complex if plan.mean_dtype.is_complex else float
-        elif plan.transport_dtype != prototype.dtype:  # a bool summed or multiplied counts as an int
-            convert = int
-        else:
-            convert = _itself
-        _ALONE[type(value), op] = convert
-    return convert(value)
+def _alone_rule(kind: type, op: ReduceOp) -> Callable[[Any], Any] | None:
+    """How one number of ``kind`` reduces alone: a conversion, or ``None`` when it is itself."""
+    prototype = PYTHON_PROTOTYPES[kind]
+    plan = plan_reduction(kind(), prototype, op, "all_reduce")  # raises for what it refuses
+    if plan.mean_dtype is not None:
+        convert: Callable[[Any], Any] = complex if plan.mean_dtype.is_complex else float
+    elif plan.transport_dtype != prototype.dtype:  # a bool summed or multiplied counts as an int
+        convert = int
+    else:
+        convert = _itself
+    if kind is int:  # an int beyond int64 takes the exact general path
+        return lambda value: convert(value) if INT64_MIN <= value <= INT64_MAX else NOT_ALONE
+    return None if convert is _itself else convert
 
 
 def _itself(value: Any) -> Any:
     return value
 
 
-_ALONE: dict[tuple[type, ReduceOp], Callable[[Any], Any]] = {}
+_ALONE: dict[int, dict[type, Callable[[Any], Any] | None]] = {}
+"""The world-of-one rule by the id of the ReduceOp member, then the Python number type."""
 
 
 def int_bits(value: int) -> int:
