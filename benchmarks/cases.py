@@ -194,3 +194,25 @@ def overhead_on_fake_group(calls: int) -> dict[str, float]:
         return result
     finally:
         dist.destroy_process_group()
+
+
+def death_to_new_communicator(comm: Communicator, clock: str) -> float | None:
+    """Rank 2 dies at the third collective; the others shrink. Seconds from the death to the
+    first collective done on the survivors' communicator (``None`` on the rank that died)."""
+    import os
+    import signal
+    from pathlib import Path
+
+    from distcomm import CollectiveError
+
+    for step in range(5):
+        if comm.rank == 2 and step == 2:
+            Path(clock).write_text(repr(time.time()))
+            os.kill(os.getpid(), signal.SIGKILL)
+        try:
+            comm.all_reduce(torch.ones(4))
+        except CollectiveError:
+            survivors = comm.shrink()
+            survivors.all_reduce(torch.ones(4))
+            return time.time() - float(Path(clock).read_text())
+    return None

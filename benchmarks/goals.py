@@ -72,6 +72,23 @@ def exchange_goals(world: World, report) -> None:  # type: ignore[no-untyped-def
         report(line(f"{label}, 2 Gloo ranks", r, f"<= {limit}", r <= limit, detail))
 
 
+def shrink_goal(report) -> None:  # type: ignore[no-untyped-def]
+    """From a rank's death to the first collective on the survivors' communicator, 4 Gloo ranks."""
+    import tempfile
+
+    timeout = 2.0
+    worst = []
+    for _ in range(3):
+        with tempfile.TemporaryDirectory() as tmp, World(4, timeout=timeout, call_timeout=120) as world:
+            outcomes = world.run_outcomes(cases.death_to_new_communicator, f"{tmp}/death")
+            worst.append(max(o.value for o in outcomes if o.ok and o.value is not None))
+    seconds = statistics.median(worst)
+    report(
+        f"| rank killed (SIGKILL) to first collective on the survivors' communicator, 4 Gloo ranks, timeout {timeout:g} s | "
+        f"{seconds:.2f} s | <= timeout + 2 s | {'met' if seconds <= timeout + 2 else 'NOT met'} | slowest survivor, median of 3 jobs |"
+    )
+
+
 def single_tensor_overhead(report) -> None:  # type: ignore[no-untyped-def]
     """Added time per single-tensor all_reduce, on torch's fake process group: its collectives do
     nothing, so what remains is the Python each way runs. (On one Gloo rank a call waits tens of
@@ -151,6 +168,7 @@ def main() -> None:
             if ranks == 2:
                 exchange_goals(world, report)
     single_tensor_overhead(report)
+    shrink_goal(report)
 
     runs = [cases.hot_path(2000) for _ in range(3)]
     r = ratio(runs, "distutils", "old style")

@@ -48,3 +48,13 @@ def test_graph_parallel_example_matches_one_process_on_a_two_by_two_mesh() -> No
     assert done.returncode == 0, done.stderr
     assert "dp=2 x gp=2: every step's loss equals the single-process run's" in done.stderr
     assert "losses match one process: OK" in done.stdout
+
+
+RESILIENT = Path(__file__).parents[1] / "examples" / "resilient_training.py"
+
+
+def test_resilient_example_loses_a_rank_and_finishes_with_the_same_losses() -> None:
+    done = subprocess.run([sys.executable, str(RESILIENT), "--steps", "10", "--kill-step", "4"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "lost rank(s) [2] at step 4; finished 10 steps on 3 ranks" in done.stderr
+    assert "3 ranks finished with the same losses: OK" in done.stdout

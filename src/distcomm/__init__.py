@@ -16,6 +16,7 @@ from distcomm.errors import (
     CollectiveMismatchError,
     ConfigurationError,
     DistCommError,
+    ExcludedRankError,
     InconsistentInputError,
     InvalidArgumentError,
     ObjectDecodeError,
@@ -28,6 +29,7 @@ from distcomm.launch import LaunchPlan, cleanup, plan_launch, setup
 from distcomm.local import LocalCommunicator
 from distcomm.ops import ReduceOp
 from distcomm.profiled import ProfiledCommunicator, ProfileHook
+from distcomm.resilience import Resilient
 from distcomm.serialization import PickleCodec, RestrictedCodec, UnsafeObjectError, register_safe_class
 from distcomm.torch_dist import TorchDistCommunicator
 
@@ -45,6 +47,7 @@ __all__ = [
     "ConfigurationError",
     "DistCommError",
     "DistributedConfig",
+    "ExcludedRankError",
     "FlightRecorder",
     "Handle",
     "Hook",
@@ -55,6 +58,7 @@ __all__ = [
     "LocalCommunicator",
     "ObjectDecodeError",
     "ReduceOp",
+    "Resilient",
     "PickleCodec",
     "ProfileHook",
     "ProfiledCommunicator",

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from distcomm.errors import InvalidArgumentError
 from distcomm.handles import CompletedHandle, Handle
 from distcomm.mesh import groups_along
 from distcomm.ops import ReduceOp
@@ -48,6 +49,21 @@ class Backend(abc.ABC):
     def group(self) -> Any:
         """The torch.distributed process group, for backends that have one."""
         return None
+
+    @property
+    def store(self) -> Any:
+        """The job's key-value store, where survivors agree after a rank died (``None``: none)."""
+        return None
+
+    def group_count(self) -> int:
+        """How many process groups this process holds (a note for :meth:`survivors`; 0 where it does not matter)."""
+        return 0
+
+    def survivors(self, members: list[int], notes: list[str], timeout: datetime.timedelta) -> Backend:
+        """A backend over ``members`` (this group's ranks, sorted; this rank among them), made without
+        the broken group: only the members call it. ``notes`` are what each noted when arriving.
+        It fails within ``timeout`` when a member does not come (it died meanwhile)."""
+        raise InvalidArgumentError(f"the {self.name} backend cannot shrink: it has no way to make a group of survivors")
 
     @abc.abstractmethod
     def accepts(self, device: torch.device) -> bool:

@@ -66,7 +66,7 @@ class CheckHook(Hook):
         return CheckHook(child, self.timeout)
 
     def before(self, call: Call) -> None:
-        if self._comm.world_size > 1 and not call.spec.pairwise:  # a send or receive involves two ranks only
+        if self._comm.world_size > 1 and call.spec.every_rank:  # a send, a receive or a shrink: not every rank
             description = f"{call.operation} {call.details}".strip()
             self._agree(next(self._sequence), call.operation, description)
 

@@ -47,6 +47,7 @@ from distcomm.opening import open_call
 from distcomm.ops import ReduceOpLike, parse_reduce_op
 from distcomm.point_to_point import PointToPoint
 from distcomm.serialization import ObjectCodec
+from distcomm.shrinking import Shrinking
 from distcomm.signatures import tensor_layout
 
 T = TypeVar("T")
@@ -69,7 +70,7 @@ def _ranks(call: Call) -> str:
     return f"ranks={sorted(ranks) if isinstance(ranks, Sequence) else ranks!r}"
 
 
-class Communicator(ObjectCollectives, AsyncCollectives, ExchangeCollectives, PointToPoint, abc.ABC):
+class Communicator(ObjectCollectives, AsyncCollectives, ExchangeCollectives, PointToPoint, Shrinking, abc.ABC):
     """One object to talk to the other ranks of a job, over a :class:`~distcomm.backend.Backend`.
 
     An abstract base class: most code gets one from

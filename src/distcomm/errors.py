@@ -82,6 +82,11 @@ class CollectiveError(DistCommError, RuntimeError):
         return (type(self), (self.operation, self.rank, str(self.cause)))
 
 
+class ExcludedRankError(CollectiveError):
+    """This rank is not among the survivors that :meth:`~distcomm.Communicator.shrink` agreed on:
+    it arrived after they were fixed (it was stopped, or busy elsewhere) and cannot rejoin."""
+
+
 class CollectiveMismatchError(CollectiveError):
     """Ranks entered different collectives (or the same one with different shapes)."""
 

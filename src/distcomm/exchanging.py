@@ -7,6 +7,8 @@ every distcomm call, so ranks in another collective, with another dtype, or with
 all raise the same error on every rank before any data moves. Then the data moves in one
 all-to-all of bytes, with every size known to all (exact for every dtype, since it only
 copies).
+
+Tested through the collectives that use it: tests/test_exchange_collectives.py.
 """
 
 from __future__ import annotations

@@ -188,7 +188,7 @@ class FlightRecorder(Recorder):
                 break
             frame = frame.f_back
         spec, args = call.spec, call.args
-        group = call.comm.group_name if not spec.pairwise else f"{call.comm.group_name} point-to-point"
+        group = call.comm.group_name if spec.every_rank else f"{call.comm.group_name} (some ranks)"  # own numbering
         counter = self._counters.get(group) or self._counter(group)
         data = args[0] if args else call.data
         detail = args[1] if len(args) > 1 else call.argument(spec.detail_name) if spec.detail_name else None

@@ -40,10 +40,10 @@ class CollectiveSpec:
     """What the hooks know of a collective from its declaration: its name and parameters,
     and how to describe a call of it (see :attr:`Call.details`)."""
 
-    __slots__ = ("operation", "signature", "positions", "defaults", "data_name", "detail_name", "describe_data", "local", "pairwise")
+    __slots__ = ("operation", "signature", "positions", "defaults", "data_name", "detail_name", "describe_data", "local", "every_rank")
 
     def __init__(
-        self, method: Callable[..., Any], describe_data: Callable[[Call], str] | None, local: tuple[str, ...], pairwise: bool = False
+        self, method: Callable[..., Any], describe_data: Callable[[Call], str] | None, local: tuple[str, ...], every_rank: bool = True
     ) -> None:
         self.operation = method.__name__
         self.signature = inspect.signature(method)
@@ -60,8 +60,8 @@ class CollectiveSpec:
         self.describe_data = describe_data
         self.local = local
         """Parameters that are this rank's own business (a device, an output buffer): not described."""
-        self.pairwise = pairwise
-        """Whether only two ranks take part (a send, a receive) rather than every rank of the group."""
+        self.every_rank = every_rank
+        """Whether every rank of the group takes part (not so in a send, a receive or a shrink)."""
 
 
 class Call:
@@ -279,7 +279,7 @@ COLLECTIVES: dict[str, Callable[..., Any]] = {}
 
 
 def collective(
-    describe: Callable[[Call], str] | None = describe_data, *, local: tuple[str, ...] = (), pairwise: bool = False
+    describe: Callable[[Call], str] | None = describe_data, *, local: tuple[str, ...] = (), every_rank: bool = True
 ) -> Callable[[Callable[Concatenate[Self, P], R]], Callable[Concatenate[Self, P], R]]:
     """Declare a public collective: it refuses a closed communicator, passes through the hooks,
     and names itself in a :class:`CollectiveError` raised by any of its steps.
@@ -287,11 +287,11 @@ def collective(
     ``describe`` says what of the call's data must match across ranks (``None``: the data is
     an object, not described and not counted as payload); ``local`` names parameters that
     are each rank's own (a device, an output buffer). Both run only when a hook asks.
-    ``pairwise`` marks a point-to-point call, in which only two ranks take part.
+    ``every_rank=False`` marks a call in which only some ranks take part (a send, a shrink).
     """
 
     def decorate(method: Callable[Concatenate[Self, P], R]) -> Callable[Concatenate[Self, P], R]:
-        spec = CollectiveSpec(method, describe, local, pairwise)
+        spec = CollectiveSpec(method, describe, local, every_rank)
 
         @functools.wraps(method)
         def run(self: Self, /, *args: P.args, **kwargs: P.kwargs) -> R:

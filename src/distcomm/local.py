@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+
 import torch
 
 from distcomm.backend import Backend
@@ -57,6 +59,9 @@ class LocalBackend(Backend):
 
     def split(self, members: list[int]) -> Backend | None:
         return LocalBackend(self._device)
+
+    def survivors(self, members: list[int], notes: list[str], timeout: datetime.timedelta) -> Backend:
+        return LocalBackend(self._device)  # the only rank survives itself
 
     def close(self) -> None:
         pass

@@ -5,6 +5,8 @@ pickled object follows, its dtype, shape and byte count. A payload that fits in 
 message (:data:`INLINE_BYTES`) rides in it, so a small message is one message. Every field is checked before anything is
 allocated for it; a header that breaks the format is a
 :class:`~distcomm.errors.WireFormatError` on the receiver.
+
+Tested through send and recv: tests/test_point_to_point.py.
 """
 
 from __future__ import annotations

@@ -33,17 +33,17 @@ class PointToPoint(CollectiveBase):
             raise InvalidArgumentError(f"{operation}: {name}={peer} is this rank; a message needs another rank")
         return peer
 
-    @collective(pairwise=True)
+    @collective(every_rank=False)
     def send(self, data: Any, dst: int) -> None:
         """Send ``data`` (a tensor, or any picklable value) to rank ``dst``, which calls :meth:`recv`."""
         self._start_send(data, dst, "send").wait()
 
-    @collective(None, pairwise=True)
+    @collective(None, every_rank=False)
     def recv(self, src: int) -> Any:
         """What rank ``src`` sent with :meth:`send`: a new tensor on :attr:`device`, or the value."""
         return self._start_recv(src, "recv").wait()
 
-    @collective(pairwise=True)
+    @collective(every_rank=False)
     def isend(self, data: Any, dst: int) -> Handle:
         """Start sending ``data`` to ``dst``; the handle's ``wait()`` returns ``None`` once it left."""
         return self._start_send(data, dst, "isend")
@@ -54,7 +54,7 @@ class PointToPoint(CollectiveBase):
         sends = [(first, dst)] + ([(rest, dst)] if rest.numel() else [])
         return JoinedHandle([self._backend.start_pairs(sends, [])])
 
-    @collective(None, pairwise=True)
+    @collective(None, every_rank=False)
     def irecv(self, src: int) -> Handle:
         """Start receiving from ``src``; the handle's ``wait()`` returns what arrived. The header is
         received in the background; the payload, whose size it gives, when you wait."""
@@ -74,7 +74,7 @@ class PointToPoint(CollectiveBase):
             self._backend.start_pairs([], [(payload, src)]).wait()
         return pairwise.decode(self._channel, kind, dtype, shape, payload)
 
-    @collective(None, pairwise=True)
+    @collective(None, every_rank=False)
     def batch_send_recv(self, sends: Mapping[int, Any], recv_from: Sequence[int] = ()) -> dict[int, Any]:
         """Send ``sends[dst]`` to each ``dst`` and receive from each rank of ``recv_from``, all at
         once (a ring step, a halo exchange: no order to get wrong); returns what arrived, by

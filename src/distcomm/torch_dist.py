@@ -213,6 +213,27 @@ class TorchDistBackend(Backend):
             return None
         return TorchDistBackend(group, local_rank=self.local_rank)
 
+    @property
+    def store(self) -> Any:
+        try:
+            return dist.distributed_c10d._get_default_store()  # shared by every rank of every group
+        except (AttributeError, RuntimeError, ValueError):
+            return None
+
+    def group_count(self) -> int:
+        names = getattr(getattr(dist.distributed_c10d, "_world", None), "pg_names", None)
+        return 0 if names is None else len(names)
+
+    def survivors(self, members: list[int], notes: list[str], timeout: datetime.timedelta) -> Backend:
+        """The survivors' group, made on a name of their own with group-local synchronization (the
+        broken group is never used): the counts of groups they noted are aligned first, as for a split."""
+        counts = [int(note) if note.isdigit() else 0 for note in notes]
+        for _ in range(max(counts, default=0) - self.group_count()):
+            call_torch("shrink", self.rank, dist.new_group, [self._global_ranks[self.rank]], use_local_synchronization=True)
+        global_ranks = [self._global_ranks[m] for m in members]
+        group = call_torch("shrink", self.rank, dist.new_group, global_ranks, timeout=timeout, use_local_synchronization=True)
+        return TorchDistBackend(group, local_rank=self.local_rank)
+
     def _align_group_names(self, members: list[int]) -> None:
         """Make torch give the members' new group one name. With group-local synchronization torch
         names a group from its ranks and the number of groups each process holds, which differs

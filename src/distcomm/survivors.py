@@ -1,0 +1,114 @@
+"""Agreeing on which ranks are still alive, through the job's key-value store.
+
+After a rank dies its group is broken, so the survivors cannot agree through it. They meet
+in the store the job already has instead (torchrun's agent store, the file store of a
+``file://`` rendezvous, the TCP store of a SLURM or LSF job), under a key of their own for
+each attempt (a generation):
+
+1. every rank that arrives writes ``arrived/<rank>`` (with a note, such as how many process
+   groups it holds) and counts itself in;
+2. once every rank arrived, or ``window`` seconds after the first one did (at least the
+   group's timeout: a survivor that learns of the death only when its own collective
+   times out arrives up to a timeout after one that saw the connection close), the first
+   rank to notice proposes the members it sees, with one atomic ``compare_set`` of
+   ``members``: only the first proposal is ever written, and every rank reads that one;
+3. a rank that is not in ``members`` (it arrived late, or was stopped and woke up) gets
+   :class:`~distcomm.errors.ExcludedRankError`: never a membership of its own.
+
+So two survivors can never hold different memberships of one generation (no split brain).
+A store that cannot be reached (its host was the rank that died, as rank 0 of an
+``env://`` job without torchrun) is a :class:`~distcomm.CollectiveError` naming that cause.
+
+Tested in-process over a real torch store and with real ranks: tests/test_survivors.py,
+tests/test_shrinking.py.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import attrs
+
+from distcomm.errors import CollectiveError, ExcludedRankError, WireFormatError
+
+POLL_SECONDS = 0.02
+"""How often a waiting rank looks at the store again."""
+
+
+@attrs.frozen
+class Membership:
+    """The survivors of one generation: their old ranks in order, and what each noted."""
+
+    generation: int
+    survivors: tuple[int, ...]
+    notes: tuple[str, ...]
+
+    def note_of(self, rank: int) -> str:
+        return self.notes[self.survivors.index(rank)]
+
+
+def agree_on_survivors(store: Any, key: str, generation: int, rank: int, world_size: int, *, window: float, note: str = "") -> Membership:
+    """The survivors of ``generation`` under ``key``, the same on every rank that gets one.
+
+    Waits until all ``world_size`` ranks came or ``window`` seconds passed since this rank
+    did (the first rank's window ends first); raises :class:`ExcludedRankError` on a rank
+    that is not a member.
+    """
+    prefix = f"{key}/{generation}/"
+    started = time.monotonic()
+    try:
+        count = arrive(store, key, generation, rank, note)
+        while True:
+            if store.check([f"{prefix}members"]):
+                decided = store.get(f"{prefix}members")
+                break
+            if count >= world_size or time.monotonic() - started >= window:
+                decided = store.compare_set(f"{prefix}members", "", _propose(store, prefix, world_size))
+                break
+            time.sleep(POLL_SECONDS)
+            count = store.add(f"{prefix}count", 0)
+    except (RuntimeError, OSError, TimeoutError) as error:  # a store that no longer answers
+        raise CollectiveError(
+            "shrink",
+            rank,
+            f"the job's key-value store cannot be reached ({type(error).__name__}: {error}); survivors agree through it, "
+            "so when it lived in the rank that died (rank 0 of an env:// job started without torchrun) they cannot: "
+            "start jobs with torchrun, whose agent keeps the store, or with a file:// rendezvous",
+        ) from error
+    membership = _parse(decided, generation)
+    if rank not in membership.survivors:
+        raise ExcludedRankError(
+            "shrink",
+            rank,
+            f"rank {rank} is not among the survivors {list(membership.survivors)} of generation {generation}: it arrived "
+            "after they were agreed (it was stopped, or busy elsewhere); it cannot rejoin them: end this process",
+        )
+    return membership
+
+
+def arrive(store: Any, key: str, generation: int, rank: int, note: str = "") -> int:
+    """Say in the store that ``rank`` is alive for ``generation``; how many ranks said so by now."""
+    prefix = f"{key}/{generation}/"
+    store.set(f"{prefix}arrived/{rank}", note)
+    return int(store.add(f"{prefix}count", 1))
+
+
+def _propose(store: Any, prefix: str, world_size: int) -> str:
+    """The members this rank sees now, with their notes, as one string to compare_set."""
+    present = [r for r in range(world_size) if store.check([f"{prefix}arrived/{r}"])]
+    notes = [store.get(f"{prefix}arrived/{r}").decode() for r in present]
+    return json.dumps({"survivors": present, "notes": notes})
+
+
+def _parse(value: bytes | str, generation: int) -> Membership:
+    try:
+        data = json.loads(value)
+        survivors = tuple(int(r) for r in data["survivors"])
+        notes = tuple(str(n) for n in data["notes"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise WireFormatError(f"the survivors' membership in the store is malformed: {value!r:.80}") from error
+    if len(notes) != len(survivors) or list(survivors) != sorted(set(survivors)):
+        raise WireFormatError(f"the survivors' membership in the store is malformed: {value!r:.80}")
+    return Membership(generation, survivors, notes)
