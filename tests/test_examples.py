@@ -4,19 +4,25 @@ import subprocess
 import sys
 from pathlib import Path
 
-EXAMPLE = Path(__file__).parents[1] / "examples" / "train_ddp.py"
+EXAMPLES = Path(__file__).parents[1] / "examples"
+EXAMPLE = EXAMPLES / "train_ddp.py"
+
+
+def run_example(name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``examples/<name>`` as a user does; it must succeed."""
+    done = subprocess.run([sys.executable, str(EXAMPLES / name), *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done
 
 
 def test_demo_trains_on_two_gloo_ranks_and_the_weights_agree() -> None:
-    done = subprocess.run([sys.executable, str(EXAMPLE), "--steps", "30"], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+    done = run_example("train_ddp.py", "--steps", "30")
     assert "all 2 ranks hold identical weights" in done.stderr
     assert "trained on 2 Gloo ranks: OK" in done.stdout
 
 
 def test_demo_runs_single_process_with_a_local_communicator() -> None:
-    done = subprocess.run([sys.executable, str(EXAMPLE), "--world-size", "1", "--steps", "3"], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+    done = run_example("train_ddp.py", "--world-size", "1", "--steps", "3")
     assert "[local]" in done.stderr
 
 
@@ -40,21 +46,13 @@ def test_the_demo_chooses_nccl_and_gpus_only_where_there_are_enough() -> None:
             raise AssertionError(f"{args} should have been refused")
 
 
-GRAPH_PARALLEL = Path(__file__).parents[1] / "examples" / "graph_parallel.py"
-
-
 def test_graph_parallel_example_matches_one_process_on_a_two_by_two_mesh() -> None:
-    done = subprocess.run([sys.executable, str(GRAPH_PARALLEL), "--steps", "6"], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+    done = run_example("graph_parallel.py", "--steps", "6")
     assert "dp=2 x gp=2: every step's loss equals the single-process run's" in done.stderr
     assert "losses match one process: OK" in done.stdout
 
 
-RESILIENT = Path(__file__).parents[1] / "examples" / "resilient_training.py"
-
-
 def test_resilient_example_loses_a_rank_and_finishes_with_the_same_losses() -> None:
-    done = subprocess.run([sys.executable, str(RESILIENT), "--steps", "10", "--kill-step", "4"], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+    done = run_example("resilient_training.py", "--steps", "10", "--kill-step", "4")
     assert "lost rank(s) [2] at step 4; finished 10 steps on 3 ranks" in done.stderr
     assert "3 ranks finished with the same losses: OK" in done.stdout

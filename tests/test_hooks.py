@@ -157,15 +157,20 @@ def test_after_hooks_see_failures_and_a_raising_before_stops_the_call() -> None:
     assert recorder.log == []  # the refusing hook ran first; the call never started
 
 
+class Keep(Hook):
+    """Keeps every call it sees."""
+
+    def __init__(self, seen: list[Call]) -> None:
+        self.seen = seen
+
+    def before(self, call: Call) -> None:
+        self.seen.append(call)
+
+
 def test_a_call_describes_itself_only_when_asked() -> None:
     seen: list[Call] = []
-
-    class Keep(Hook):
-        def before(self, call: Call) -> None:
-            seen.append(call)
-
     comm = LocalCommunicator()
-    comm.register_hook(Keep())
+    comm.register_hook(Keep(seen))
     comm.all_reduce({"a": torch.ones(2, 3)}, "mean")
     comm.broadcast_object("x", src=0)
     assert seen[0].details.startswith("dict(float32[2, 3]) #") and seen[0].details.endswith("op=mean")
@@ -367,13 +372,8 @@ def test_hooks_of_views_and_of_their_communicator_carry_on_to_split_children_onc
 
 def test_a_call_binds_its_arguments_lazily_with_the_defaults_of_the_signature() -> None:
     seen: list[Call] = []
-
-    class Keep(Hook):
-        def before(self, call: Call) -> None:
-            seen.append(call)
-
     comm = LocalCommunicator()
-    comm.register_hook(Keep())
+    comm.register_hook(Keep(seen))
     comm.all_reduce(3)
     comm.all_gather(torch.ones(2), same_shape=True)
     comm.broadcast(torch.ones(1), 0)

@@ -26,7 +26,7 @@ def count_to_five(comm):
         state["step"] += 1
         sizes.append(comm.world_size)
 
-    job = Resilient(comm, state)
+    job = Resilient(comm, state, settle=0.5)
     while int(state["step"]) < 5:
         job.run(step)
     return float(state["total"]), sizes, job.lost, job.comm.world_size

@@ -29,7 +29,7 @@ def lose(comm, dying: tuple[int, ...], clock: str):
         try:
             comm.all_reduce(torch.ones(4))
         except CollectiveError:
-            survivors = comm.shrink()
+            survivors = comm.shrink(0.5)
             total = survivors.all_reduce(comm.rank)
             elapsed = time.time() - float(Path(clock).read_text())
             with pytest.raises(ClosedCommunicatorError):
@@ -66,7 +66,7 @@ def die_during_the_agreement(comm):
             arrive(store, f"distcomm/shrink/{comm.group_name}", 0, comm.rank, note="0")  # counted in, then gone
             os.kill(os.getpid(), signal.SIGKILL)
         time.sleep(0.3)  # let rank 2 be counted in the first agreement
-        survivors = comm.shrink()
+        survivors = comm.shrink(0.5)
         return survivors.world_size, survivors.all_gather(comm.rank), comm._generation
     return None
 
@@ -97,7 +97,7 @@ def stopped(comm):
     try:
         comm.all_reduce(torch.ones(1))
     except CollectiveError:
-        survivors = comm.shrink()
+        survivors = comm.shrink(0.5)
         result = survivors.all_reduce(1)
         if survivors.rank == 0:
             os.kill(pids[3], signal.SIGCONT)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import abc
 import datetime
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar, cast, overload
 
@@ -51,6 +51,7 @@ from distcomm.shrinking import Shrinking
 from distcomm.signatures import tensor_layout
 
 T = TypeVar("T")
+V = TypeVar("V")
 C = TypeVar("C", bound="Communicator")
 
 __all__ = ["OBJECT_SLOT_BYTES", "Communicator", "Handle"]
@@ -296,16 +297,7 @@ class Communicator(ObjectCollectives, AsyncCollectives, ExchangeCollectives, Poi
         ``None``. Every rank must pass the same ranks: ranks first agree on them, and
         a difference raises on every rank.
         """
-        members: list[int] = []
-        problem: InvalidArgumentError | None = None
-        try:
-            members = self._split_members(ranks)
-        except InvalidArgumentError as error:
-            problem = error
-        if self.world_size > 1:
-            agree(self._channel, "split", Claim((("ranks", repr(members)),), problem=str(problem) if problem else None))
-        elif problem is not None:
-            raise problem
+        members: list[int] = self._agreed("split", "ranks", lambda: self._split_members(ranks), [])
         backend = self._backend.split(members)
         return None if backend is None else self._child(backend)
 
@@ -317,20 +309,25 @@ class Communicator(ObjectCollectives, AsyncCollectives, ExchangeCollectives, Poi
         ``mesh["gp"]`` is this rank's communicator along ``gp``, with this one's hooks and codec;
         see :mod:`distcomm.mesh`.
         """
-        layout: tuple[tuple[str, ...], tuple[int, ...]] = ((), ())
-        problem: InvalidArgumentError | None = None
-        try:
-            layout = parse_mesh(dims, names, self.world_size)
-        except InvalidArgumentError as error:
-            problem = error
-        if self.world_size > 1:
-            agree(self._channel, "mesh", Claim((("dims", repr(layout)),), problem=str(problem) if problem else None))
-        elif problem is not None:
-            raise problem
-        axis_names, shape = layout
+        empty: tuple[tuple[str, ...], tuple[int, ...]] = ((), ())
+        axis_names, shape = self._agreed("mesh", "dims", lambda: parse_mesh(dims, names, self.world_size), empty)
         device_mesh, backends = self._backend.mesh(shape, axis_names)
         children = tuple(self._child(backend) for backend in backends)
         return Mesh(axis_names, shape, coordinates(self.rank, shape), children, device_mesh)
+
+    def _agreed(self, operation: str, key: str, read: Callable[[], V], nothing: V) -> V:
+        """``read()`` (this rank's reading of its arguments), once every rank agrees on it: a bad
+        argument on any rank, or a difference between ranks, raises on every rank."""
+        value, problem = nothing, None
+        try:
+            value = read()
+        except InvalidArgumentError as error:
+            problem = error
+        if self.world_size > 1:
+            agree(self._channel, operation, Claim(((key, repr(value)),), problem=str(problem) if problem else None))
+        elif problem is not None:
+            raise problem
+        return value
 
     def _split_members(self, ranks: Sequence[int]) -> list[int]:
         if isinstance(ranks, (str, bytes)) or not isinstance(ranks, Sequence):
