@@ -10,10 +10,10 @@ import pytest
 from distcomm.__main__ import main
 
 
-def write(directory, rank, calls, world_size=3):
+def write(directory, rank, calls, world_size=3, group="0"):
     header = {"kind": "header", "rank": rank, "world_size": world_size, "reason": "test", "wall_time": 1.0}
     lines = [header] + [
-        {"kind": "call", "group": "0", "seq": seq, "op": op, "data": "float32[4]", "detail": detail, "file": "/x/train.py",
+        {"kind": "call", "group": group, "seq": seq, "op": op, "data": "float32[4]", "detail": detail, "file": "/x/train.py",
          "line": line, "function": "step", "state": state, "error": None}
         for seq, op, detail, line, state in calls
     ]  # fmt: skip
@@ -41,6 +41,16 @@ def test_a_rank_behind_the_others(tmp_path, capsys) -> None:
     assert main(["trace", str(tmp_path)]) == 1
     text = capsys.readouterr().out
     assert "rank 1 never reached #2: its last call was barrier #1 (completed) at train.py:5 in step" in text
+
+
+def test_sends_and_receives_are_not_compared_across_ranks(tmp_path, capsys) -> None:
+    write(tmp_path, 0, [(1, "send", "dst=1", 5, "completed"), (2, "send", "dst=1", 6, "completed")], world_size=2, group="0 (some ranks)")
+    write(tmp_path, 1, [(1, "recv", "", 7, "completed")], world_size=2, group="0 (some ranks)")
+    assert main(["trace", str(tmp_path)]) == 0  # different calls and counts by design
+    assert "every recorded call completed on every rank" in capsys.readouterr().out
+    write(tmp_path, 1, [(1, "recv", "", 7, "started")], world_size=2, group="0 (some ranks)")
+    assert main(["trace", str(tmp_path)]) == 1
+    assert "rank 1 is stuck in recv #1" in capsys.readouterr().out
 
 
 def test_clear_errors(tmp_path, capsys) -> None:

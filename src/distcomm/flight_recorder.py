@@ -44,6 +44,7 @@ from distcomm.dump_signal import dump_on_signal, parse_signal
 from distcomm.errors import CollectiveError, ConfigurationError
 from distcomm.hooks import Call, CollectiveSpec, Recorder
 from distcomm.job_environment import environment_flag, identity_from_environment, job_name
+from distcomm.trace import SOME_RANKS
 
 if TYPE_CHECKING:
     from types import FrameType
@@ -188,7 +189,7 @@ class FlightRecorder(Recorder):
                 break
             frame = frame.f_back
         spec, args = call.spec, call.args
-        group = call.comm.group_name if spec.every_rank else f"{call.comm.group_name} (some ranks)"  # own numbering
+        group = call.comm.group_name if spec.every_rank else call.comm.group_name + SOME_RANKS  # numbered apart
         counter = self._counters.get(group) or self._counter(group)
         data = args[0] if args else call.data
         detail = args[1] if len(args) > 1 else call.argument(spec.detail_name) if spec.detail_name else None

@@ -23,6 +23,9 @@ Record = dict[str, Any]
 MAX_FILE_BYTES = 256 * 2**20
 """A dump larger than this is not read (a ring of the default 4096 calls takes about 2 MB)."""
 MAX_WORLD_SIZE = 2**20
+SOME_RANKS = " (some ranks)"
+"""The suffix of the group a recorder files calls under when not every rank takes part (a send,
+a receive, a shrink): their sequences differ by design, so only stuck calls are reported."""
 STATES = ("started", "completed", "failed")
 _CALL_FIELDS: dict[str, tuple[type, ...]] = {
     "group": (str,), "seq": (int,), "op": (str,), "data": (str,), "detail": (str,), "state": (str,),
@@ -145,7 +148,8 @@ def _analyse_group(name: str, by_rank: dict[int, dict[int, Record]]) -> dict[str
     reached = {rank: max(records) for rank, records in by_rank.items()}
     completed = {rank: max((s for s, r in records.items() if r["state"] == "completed"), default=0) for rank, records in by_rank.items()}
     divergence = None
-    for sequence in sorted(set.intersection(*(set(records) for records in by_rank.values()))):
+    compared = set() if name.endswith(SOME_RANKS) else set.intersection(*(set(records) for records in by_rank.values()))
+    for sequence in sorted(compared):
         calls = {rank: by_rank[rank][sequence] for rank in ranks}
         if len({describe(call) for call in calls.values()}) > 1:
             divergence = {"seq": sequence, "calls": {rank: _call(call) for rank, call in calls.items()}}
@@ -154,7 +158,7 @@ def _analyse_group(name: str, by_rank: dict[int, dict[int, Record]]) -> dict[str
         rank: _call(records[reached[rank]]) for rank, records in by_rank.items() if records[reached[rank]]["state"] != "completed"
     }
     furthest = max(reached.values())
-    behind = {rank: _call(by_rank[rank][reached[rank]]) for rank in ranks if reached[rank] < furthest}
+    behind = {} if name.endswith(SOME_RANKS) else {rank: _call(by_rank[rank][reached[rank]]) for rank in ranks if reached[rank] < furthest}
     return {
         "group": name,
         "all_completed_up_to": min(completed.values()),
