@@ -22,7 +22,7 @@ from distcomm import (
     distutils,
     register_safe_class,
 )
-from distcomm.torch_dist import TorchDistBackend
+from distcomm.torch_backend import TorchDistBackend
 
 
 class CountingBackend(TorchDistBackend):

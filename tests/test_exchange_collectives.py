@@ -105,6 +105,43 @@ def test_reduce_scatter_reduces_each_entry_onto_its_rank(dist_world) -> None:
     assert results[0][2] == (torch.float32, [[1.0], [2.0]]) and results[1][2] == (torch.float32, [[1.0], [1.0]])
 
 
+def starting(comm):
+    """The async forms against the synchronous ones, with data large enough not to ride with the sizes."""
+    r, n = comm.rank, comm.world_size
+    big = [torch.full((1000 * (r + 1) + j,), float(10 * r + j)) for j in range(n)]  # sizes differ per pair
+    moving = comm.all_to_all_async(big)
+    even = torch.arange(3000.0).reshape(n * 1000, -1) * (r + 1)  # splits evenly: reduced in the background
+    reducing = comm.reduce_scatter_async(even, "mean")
+    uneven = comm.reduce_scatter_async(torch.arange(7) + r, "max")  # done at once, as reduce_scatter does it
+    received, part = moving.wait(), reducing.wait()
+    expected = comm.all_to_all(big), comm.reduce_scatter(even, "mean")
+    return (
+        (moving.asynchronous, reducing.asynchronous, uneven.asynchronous),
+        all(torch.equal(a, b) for a, b in zip(received, expected[0])) and len(received) == n,
+        [(t.dtype, t.numel(), t.unique().tolist()) for t in received],
+        torch.equal(part, expected[1]) and part.shape == (1000, 1),
+        uneven.wait().tolist(),
+        caught(lambda: comm.all_to_all_async(["a"] * n if r == 0 else [torch.ones(1)] * n)),
+    )
+
+
+def test_async_forms_start_in_the_background_and_match_the_synchronous_ones(dist_world) -> None:
+    results = dist_world(3).run(starting)
+    splits = [[0, 1, 2], [3, 4], [5, 6]]
+    for me, (asynchronous, same, received, same_part, uneven, refused) in enumerate(results):
+        assert asynchronous == (True, True, False) and same and same_part
+        assert received == [(torch.float32, 1000 * (j + 1) + me, [float(10 * j + me)]) for j in range(3)]
+        assert uneven == [v + 2 for v in splits[me]]
+        assert refused == results[0][5] and refused[0] == "InvalidArgumentError" and "rank 0" in refused[1]
+
+
+def test_async_forms_in_a_world_of_one_are_done_at_once() -> None:
+    comm = LocalCommunicator()
+    moving, reducing = comm.all_to_all_async([torch.arange(3)]), comm.reduce_scatter_async(torch.tensor([1, 3]), "mean")
+    assert not moving.asynchronous and [t.tolist() for t in moving.wait()] == [[0, 1, 2]]
+    assert not reducing.asynchronous and reducing.wait().tolist() == [1.0, 3.0]
+
+
 # ------------------------------------------------------------------ the same error on every rank
 
 

@@ -64,6 +64,8 @@ CALLS = {
     "scatter": lambda c: c.scatter([torch.ones(2)]),
     "reduce_scatter": lambda c: c.reduce_scatter(torch.ones(2)),
     "all_to_all": lambda c: c.all_to_all([torch.ones(2)]),
+    "reduce_scatter_async": lambda c: c.reduce_scatter_async(torch.ones(2)).wait(),
+    "all_to_all_async": lambda c: c.all_to_all_async([torch.ones(2)]).wait(),
     "batch_send_recv": lambda c: c.batch_send_recv({}, []),
     "mesh": lambda c: c.mesh({"dp": 1}),
     "shrink": lambda c: c.shrink(),

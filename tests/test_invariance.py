@@ -183,6 +183,8 @@ def describe_exchanges(comm: Communicator) -> dict[str, Any]:
     assert [t.tolist() for t in exchanged] == [[float(r)] * (i + 1) for i in range(n)]
     kinds["all_to_all tensors"] = per_rank_kind(exchanged, comm)
     kinds["all_to_all objects"] = per_rank_kind(comm.all_to_all([(r, j) for j in range(n)]), comm)
+    kinds["reduce_scatter_async tensor"] = kind(comm.reduce_scatter_async(torch.ones(2 * n, 3), "mean").wait())
+    kinds["all_to_all_async tensors"] = per_rank_kind(comm.all_to_all_async([torch.full((r + 1,), float(j)) for j in range(n)]).wait(), comm)
     return kinds
 
 

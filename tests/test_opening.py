@@ -43,6 +43,11 @@ CASES: dict[str, Callable[[Communicator], Any]] = {
     "broadcast_object_list": lambda c: c.broadcast_object_list([None]),
     "scatter_object": lambda c: c.scatter_object(list(range(c.world_size)) if c.rank == 0 else None),
     "split": lambda c: c.split(list(range(c.world_size))),
+    "reduce dict": lambda c: c.reduce({"a": 1.0}),
+    "scatter tensors": lambda c: c.scatter([torch.ones(2)] * c.world_size if c.rank == 0 else None),
+    "reduce_scatter list": lambda c: c.reduce_scatter([torch.ones(2)] * c.world_size),
+    "all_to_all tensors": lambda c: c.all_to_all([torch.ones(2)] * c.world_size),
+    "all_to_all_async": lambda c: c.all_to_all_async([torch.ones(2)] * c.world_size).wait(),
 }
 SAME_RESULT = {
     frozenset({"all_gather tensor", "all_gather large tensor"}),

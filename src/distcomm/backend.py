@@ -123,6 +123,16 @@ class Backend(abc.ABC):
         """Send ``tensor``'s i-th run of ``input_sizes[i]`` elements to rank i, and receive rank
         j's run of ``output_sizes[j]`` elements into ``output`` (both flat; sizes known to all)."""
 
+    def reduce_scatter_async(self, output: torch.Tensor, tensor: torch.Tensor, op: ReduceOp) -> Handle:
+        """Start :meth:`reduce_scatter`; the handle's ``wait()`` returns ``output``."""
+        self.reduce_scatter(output, tensor, op)
+        return CompletedHandle(output)
+
+    def all_to_all_async(self, output: torch.Tensor, tensor: torch.Tensor, output_sizes: list[int], input_sizes: list[int]) -> Handle:
+        """Start :meth:`all_to_all`; the handle's ``wait()`` returns ``output``."""
+        self.all_to_all(output, tensor, output_sizes, input_sizes)
+        return CompletedHandle(output)
+
     @abc.abstractmethod
     def start_pairs(self, sends: list[tuple[torch.Tensor, int]], receives: list[tuple[torch.Tensor, int]]) -> Handle:
         """Start sending each ``(tensor, peer)`` of ``sends`` and filling each ``(tensor, peer)`` of

@@ -22,6 +22,7 @@ from distcomm import exchanging, gathering, objects
 from distcomm.collective_base import CollectiveBase
 from distcomm.errors import InconsistentInputError, InvalidArgumentError
 from distcomm.exchanging import OBJECTS, Sending
+from distcomm.handles import CompletedHandle, Handle, ThenHandle
 from distcomm.hooks import Call, collective
 from distcomm.nested import map_leaves
 from distcomm.ops import ReduceOp, ReduceOpLike, parse_reduce_op
@@ -103,6 +104,19 @@ class ExchangeCollectives(CollectiveBase):
         received = exchanging.exchange(self._channel, tensors, everyone, "all_to_all") or []
         return [r.to(tensors[0].device) for r in received]
 
+    @collective(any_shapes)
+    def all_to_all_async(self, chunks: Sequence[torch.Tensor]) -> Handle:
+        """Start :meth:`all_to_all` of tensor chunks; the handle's ``wait()`` returns the list.
+
+        The sizes are exchanged first, at once (with the data itself when it is small, which
+        then makes the handle synchronous); the data moves in the background.
+        """
+        mine = _stating(chunks, self.world_size, "all_to_all_async", objects_allowed=False)
+        everyone = exchanging.agree_on_sizes(self._channel, mine, "all_to_all_async")
+        device = chunks[0].device
+        started = exchanging.start_exchange(self._channel, list(chunks), everyone, "all_to_all_async")
+        return ThenHandle(started, lambda received: [r.to(device) for r in received])
+
     @collective()
     def reduce_scatter(self, chunks: Any, op: ReduceOpLike = "sum", *, dim: int = 0) -> Any:
         """Reduce entry ``i`` of every rank's ``chunks`` over all ranks onto rank ``i``; return this
@@ -115,11 +129,23 @@ class ExchangeCollectives(CollectiveBase):
         order, so every rank computes the same bits; other entries reduce as ``all_reduce``
         reduces them.
         """
-        reduce_op = parse_reduce_op(op)
+        return self._reduce_scatter(chunks, parse_reduce_op(op), dim, asynchronous=False).wait()
+
+    @collective()
+    def reduce_scatter_async(self, chunks: Any, op: ReduceOpLike = "sum", *, dim: int = 0) -> Handle:
+        """Start :meth:`reduce_scatter`; the handle's ``wait()`` returns this rank's entry.
+
+        A single contiguous tensor whose first dimension splits evenly, reduced in its own
+        dtype, is reduced in the background; anything else is done at once
+        (``handle.asynchronous`` is ``False``).
+        """
+        return self._reduce_scatter(chunks, parse_reduce_op(op), dim, asynchronous=True)
+
+    def _reduce_scatter(self, chunks: Any, reduce_op: ReduceOp, dim: int, *, asynchronous: bool) -> Handle:
         if isinstance(chunks, torch.Tensor):
             if not -max(chunks.dim(), 1) <= dim < max(chunks.dim(), 1) or chunks.dim() == 0:
                 raise InvalidArgumentError(f"reduce_scatter: cannot split a tensor of shape {list(chunks.shape)} along dim {dim}")
-            alone = self._reduce_scatter_lone(chunks, reduce_op, dim)
+            alone = self._reduce_scatter_lone(chunks, reduce_op, dim, asynchronous)
             if alone is not None:
                 return alone
             chunks = list(torch.tensor_split(chunks, self.world_size, dim))
@@ -127,10 +153,10 @@ class ExchangeCollectives(CollectiveBase):
             result = self._reduce(list(chunks) if isinstance(chunks, Sequence) else chunks, reduce_op, "reduce_scatter")
             if not isinstance(chunks, Sequence) or len(chunks) != self.world_size:
                 raise InvalidArgumentError(f"reduce_scatter takes a list of one entry per rank ({self.world_size})")
-            return result[self.rank]
-        return self._reduce_scatter_tensors(list(chunks), reduce_op)
+            return CompletedHandle(result[self.rank])
+        return CompletedHandle(self._reduce_scatter_tensors(list(chunks), reduce_op))
 
-    def _reduce_scatter_lone(self, tensor: torch.Tensor, op: ReduceOp, dim: int) -> torch.Tensor | None:
+    def _reduce_scatter_lone(self, tensor: torch.Tensor, op: ReduceOp, dim: int, asynchronous: bool) -> Handle | None:
         """The hot path, like a lone tensor's all_reduce: a contiguous tensor whose first dimension
         splits evenly, reduced in its own dtype, goes to the backend as it is, with no agreement
         (ranks that pass different shapes or dtypes here are caught by CheckedCommunicator)."""
@@ -142,8 +168,11 @@ class ExchangeCollectives(CollectiveBase):
         if plan.transport_dtype != tensor.dtype or plan.mean_dtype not in (None, tensor.dtype):
             return None
         output = torch.empty((tensor.shape[0] // self.world_size, *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
-        self._backend.reduce_scatter(output.view(-1), tensor.detach().view(-1), plan.op)
-        return output.div_(self.world_size) if plan.mean_dtype is not None else output
+        if not asynchronous:
+            self._backend.reduce_scatter(output.view(-1), tensor.detach().view(-1), plan.op)
+            return CompletedHandle(output.div_(self.world_size) if plan.mean_dtype is not None else output)
+        started = self._backend.reduce_scatter_async(output.view(-1), tensor.detach().view(-1), plan.op)
+        return ThenHandle(started, lambda _: output.div_(self.world_size) if plan.mean_dtype is not None else output)
 
     def _reduce_scatter_tensors(self, chunks: list[torch.Tensor], op: ReduceOp) -> torch.Tensor:
         mine, plan, carried = Sending(), None, []

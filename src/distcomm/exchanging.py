@@ -23,6 +23,7 @@ import torch
 from distcomm.conversion import check_transportable, describe, dtype_name
 from distcomm.dtypes import DTYPES
 from distcomm.errors import InconsistentInputError, InvalidArgumentError, WireFormatError
+from distcomm.handles import CompletedHandle, Handle, ThenHandle
 from distcomm.objects import all_gather_objects
 from distcomm.opening import body_room
 
@@ -136,15 +137,22 @@ def exchange(channel: Channel, chunks: list[torch.Tensor] | None, everyone: list
     """Move the chunks: rank ``j``'s ``chunks[i]`` arrives on rank ``i`` as entry ``j``. Returns
     what this rank received from each rank (entries of senders that sent nothing are absent:
     ``None`` when nobody sent)."""
+    received: list[torch.Tensor] | None = start_exchange(channel, chunks, everyone, operation).wait()
+    return received
+
+
+def start_exchange(channel: Channel, chunks: list[torch.Tensor] | None, everyone: list[Sending], operation: str) -> Handle:
+    """:func:`exchange`, started: the handle's ``wait()`` returns what it returns (at once when
+    nobody sent or the data rode with the sizes; else when the backend's all-to-all is done)."""
     rank = channel.rank
     dtypes = [e.dtype for e in everyone if e.dtype is not None]
     if not dtypes:
-        return None
+        return CompletedHandle(None)
     dtype = _BY_NAME[dtypes[0]]
     itemsize = torch.empty((), dtype=dtype).element_size()
     incoming = [None if e.shapes is None else torch.Size(e.shapes[rank]) for e in everyone]
     if channel.world_size > 1 and all(e.inline is not None for e in everyone if e.shapes is not None):
-        return [_inline_part(e, rank, dtype, itemsize) for e in everyone if e.shapes is not None]
+        return CompletedHandle([_inline_part(e, rank, dtype, itemsize) for e in everyone if e.shapes is not None])
     out_sizes = [0 if shape is None else shape.numel() * itemsize for shape in incoming]
     device = channel.device if chunks is None or not channel.accepts(chunks[0].device) else chunks[0].device
     if chunks is None:
@@ -155,13 +163,16 @@ def exchange(channel: Channel, chunks: list[torch.Tensor] | None, everyone: list
         flat = joined(parts) if parts else torch.empty(0, dtype=torch.uint8, device=device)
         in_sizes = [p.numel() for p in parts]
     output = torch.empty(sum(out_sizes), dtype=torch.uint8, device=device)
-    channel.backend.all_to_all(output, flat, out_sizes, in_sizes)
-    received, offset = [], 0
-    for shape, size in zip(incoming, out_sizes):
-        if shape is not None:
-            received.append(output[offset : offset + size].view(dtype).reshape(shape))
-        offset += size
-    return received
+
+    def cut(output: torch.Tensor) -> list[torch.Tensor]:
+        received, offset = [], 0
+        for shape, size in zip(incoming, out_sizes):
+            if shape is not None:
+                received.append(output[offset : offset + size].view(dtype).reshape(shape))
+            offset += size
+        return received
+
+    return ThenHandle(channel.backend.all_to_all_async(output, flat, out_sizes, in_sizes), cut)
 
 
 def _inline_part(entry: Sending, rank: int, dtype: torch.dtype, itemsize: int) -> torch.Tensor:
