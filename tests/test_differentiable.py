@@ -81,6 +81,46 @@ def test_gradients_equal_a_single_process_computation(dist_world, n: int) -> Non
             torch.testing.assert_close(mine, expected, msg=lambda m, case=case, r=r: f"{case}, rank {r}: {m}")
 
 
+TORCH_CASES = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "broadcast")
+
+
+def through_torch(case: str, group, x: torch.Tensor, n: int) -> list[torch.Tensor]:
+    """The same call through torch.distributed.nn.functional (equal shapes, as torch needs)."""
+    import torch.distributed.nn.functional as functional
+
+    if case == "all_reduce":
+        return [functional.all_reduce(x, group=group)]
+    if case == "all_gather":
+        return list(functional.all_gather(x, group=group))
+    if case == "reduce_scatter":
+        return [functional.reduce_scatter(torch.empty(2, dtype=x.dtype), list(x.split(2)), group=group)]
+    if case == "all_to_all":
+        return list(functional.all_to_all([torch.empty(2, dtype=x.dtype) for _ in range(n)], list(x.split(2)), group=group))
+    return [functional.broadcast(x, 1, group=group)]
+
+
+def gradients_both_ways(comm, case: str) -> tuple[torch.Tensor, torch.Tensor]:
+    import warnings
+
+    grads = []
+    for use_torch in (False, True):
+        x = data(comm.rank, 2 * comm.world_size).requires_grad_()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch 2.13 deprecates these functions
+            outputs = through_torch(case, comm.group, x, comm.world_size) if use_torch else distributed(case, comm, x)
+            loss(outputs, comm.rank).backward()
+        grads.append(x.grad)
+    return grads[0], grads[1]
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_gradients_equal_torchs_differentiable_collectives(dist_world, n: int) -> None:
+    world = dist_world(n)
+    for case in TORCH_CASES:
+        for r, (ours, torchs) in enumerate(world.run(gradients_both_ways, case)):
+            torch.testing.assert_close(ours, torchs, msg=lambda m, case=case, r=r: f"{case}, rank {r}: {m}")
+
+
 def model_parallel(comm):
     """A tensor replicated on every rank, split across the group and gathered back, as a model-parallel
     layer does: every rank ends with the gradient of the one logical loss."""

@@ -76,7 +76,8 @@ def every_pair(comm: Communicator, pairs: list[tuple[str, str]], checked: bool) 
 @pytest.mark.parametrize("checked", [False, True], ids=["plain", "checked"])
 @pytest.mark.parametrize("world_size", [2, 4])
 def test_ranks_in_different_collectives_raise_the_same_error_everywhere(dist_world, world_size: int, checked: bool) -> None:
-    pairs = PAIRS if world_size == 2 else PAIRS[::5]
+    # Every pair plainly on 2 ranks; checking fingerprints every call alike, a third of them suffices there.
+    pairs = PAIRS[:: 1 if world_size == 2 and not checked else 3 if world_size == 2 else 5]
     per_rank = dist_world(world_size).run(every_pair, pairs, checked, timeout=240)
     expected = (CollectiveMismatchError if checked else InconsistentInputError).__name__
     for index, (first, second) in enumerate(pairs):

@@ -10,8 +10,6 @@ Tested with the other collectives: tests/test_collectives.py, tests/test_hooks.p
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
 from distcomm import broadcasting, gathering, reducing
@@ -23,9 +21,6 @@ from distcomm.hooks import Call, collective
 from distcomm.ops import ReduceOpLike, parse_reduce_op
 from distcomm.reduction_rules import plan_reduction
 from distcomm.signatures import signature_of
-
-if TYPE_CHECKING:
-    pass
 
 
 def gather_layout(call: Call) -> str:

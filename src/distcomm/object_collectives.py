@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import torch
 
@@ -22,9 +22,6 @@ from distcomm.collective_base import CollectiveBase
 from distcomm.conversion import check_rank, describe
 from distcomm.errors import InvalidArgumentError
 from distcomm.hooks import collective
-
-if TYPE_CHECKING:
-    pass
 
 T = TypeVar("T")
 DeviceLike = torch.device | str | None
