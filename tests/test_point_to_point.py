@@ -47,6 +47,34 @@ def test_a_ring_step_in_one_batch_and_with_async_handles(dist_world) -> None:
         assert got == [left] * (left + 1) and message == f"from {left}"
 
 
+def in_flight(comm):
+    """Several receives from one rank in flight, waited on in reverse: each gets its own message."""
+    if comm.rank == 0:
+        sent = [torch.full((5000,), float(i)) for i in range(3)]  # each larger than the first message
+        handles = [comm.isend(t, 1) for t in sent] + [comm.isend("small", 1)]
+        comm.send(torch.arange(3), 1)
+        for handle in handles:
+            handle.wait()
+        comm.send("last", 1)
+        return None
+    handles = [comm.irecv(0) for _ in range(4)]
+    blocking = comm.recv(0)  # started after the four: the fifth message
+    received = [h.wait() for h in reversed(handles)][::-1]
+    pending = comm.irecv(0)
+    try:
+        comm.batch_send_recv({}, recv_from=[0])
+        refused = None
+    except InvalidArgumentError as error:
+        refused = str(error)
+    return [r if isinstance(r, str) else r.unique().tolist() for r in received], blocking.tolist(), refused, pending.wait()
+
+
+def test_receives_in_flight_from_one_rank_each_get_their_own_message(dist_world) -> None:
+    received, blocking, refused, last = dist_world(2).run(in_flight)[1]
+    assert received == [[0.0], [1.0], [2.0], "small"] and blocking == [0, 1, 2] and last == "last"
+    assert "irecv from rank(s) [0] has not been waited on" in refused
+
+
 def forged_header(comm):
     if comm.rank == 0:
         comm._backend.start_pairs([(torch.full((4096,), 7, dtype=torch.uint8), 1)], []).wait()  # not a distcomm header

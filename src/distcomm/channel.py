@@ -12,6 +12,8 @@ back into it.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from distcomm.backend import Backend
@@ -20,13 +22,17 @@ from distcomm.serialization import ObjectCodec, default_codec
 
 
 class SharedState:
-    """What a communicator and its views share: whether it is closed, and its object codec."""
+    """What a communicator and its views share: whether it is closed, its object codec, and the
+    point-to-point receives still in flight."""
 
-    __slots__ = ("closed", "codec")
+    __slots__ = ("closed", "codec", "receiving")
 
     def __init__(self) -> None:
         self.closed = False
         self.codec: ObjectCodec | None = None
+        self.receiving: dict[int, Any] = {}
+        """The last receive started from each peer and not yet read whole (messages from one peer
+        are read in the order their receives were started: see :class:`distcomm.pairwise.Receive`)."""
 
 
 class Channel:

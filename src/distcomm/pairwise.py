@@ -2,9 +2,11 @@
 
 A receiver never says what it expects: the first message's header says whether a tensor or a
 pickled object follows, its dtype, shape and byte count. A payload that fits in the first
-message (:data:`INLINE_BYTES`) rides in it, so a small message is one message. Every field is checked before anything is
-allocated for it; a header that breaks the format is a
-:class:`~distcomm.errors.WireFormatError` on the receiver.
+message (:data:`INLINE_BYTES`) rides in it, so a small message is one message. Every field
+is checked before anything is allocated for it; a header that breaks the format is a
+:class:`~distcomm.errors.WireFormatError` on the receiver. Since a larger payload follows
+its first message from the same peer, receives from one peer are read in the order they
+were started (:class:`Receive`), however their handles are waited on.
 
 Tested through send and recv: tests/test_point_to_point.py.
 """
@@ -19,6 +21,7 @@ import torch
 from distcomm.conversion import check_transportable
 from distcomm.dtypes import DTYPE_CODES, DTYPES
 from distcomm.errors import InvalidArgumentError, WireFormatError
+from distcomm.handles import Handle
 
 if TYPE_CHECKING:
     from distcomm.channel import Channel
@@ -97,3 +100,59 @@ def decode(channel: Channel, kind: int, dtype: torch.dtype | None, shape: torch.
         return channel.object_codec.decode(payload.cpu().numpy().tobytes())
     assert dtype is not None
     return payload.view(dtype).reshape(shape)
+
+
+class Receive(Handle):
+    """One message from ``src``. Its first message is awaited only once the message before it
+    from the same peer was read whole (that one's payload may still be on the way): so several
+    receives from one peer may be in flight and waited on in any order, and each gets its own
+    message, in the order the receives were started."""
+
+    def __init__(self, channel: Channel, src: int) -> None:
+        self._channel, self._src = channel, src
+        self._prior: Receive | None = channel.state.receiving.get(src)
+        channel.state.receiving[src] = self
+        self._first: torch.Tensor | None = None
+        self._header: Handle | None = None
+        self._outcome: tuple[bool, Any] | None = None  # (received, the value or the error)
+        if self._prior is None:
+            self._post()
+
+    def _post(self) -> None:
+        self._first = empty_first(self._channel)
+        self._header = self._channel.backend.start_pairs([], [(self._first, self._src)])
+
+    def wait(self) -> Any:
+        if self._outcome is None:
+            try:
+                if self._prior is not None:
+                    self._prior.wait()  # a failure there leaves this peer's stream unreadable: raised here too
+                    self._prior = None
+                if self._header is None:
+                    self._post()
+                assert self._header is not None and self._first is not None
+                self._header.wait()
+                self._outcome = (True, self._read(self._first))
+            except Exception as error:
+                self._outcome = (False, error)
+            finally:
+                if self._channel.state.receiving.get(self._src) is self:
+                    del self._channel.state.receiving[self._src]
+        received, value = self._outcome
+        if not received:
+            raise value
+        return value
+
+    def is_completed(self) -> bool:
+        if self._outcome is not None:
+            return True
+        prior_done = self._prior is None or self._prior.is_completed()
+        return prior_done and self._header is not None and self._header.is_completed()
+
+    def _read(self, first: torch.Tensor) -> Any:
+        kind, dtype, shape, nbytes = read_header(self._channel, first, self._src)
+        payload = inline_payload(first, nbytes)
+        if payload is None:
+            payload = torch.empty(nbytes, dtype=torch.uint8, device=self._channel.device)
+            self._channel.backend.start_pairs([], [(payload, self._src)]).wait()
+        return decode(self._channel, kind, dtype, shape, payload)

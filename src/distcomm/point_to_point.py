@@ -20,7 +20,7 @@ import torch
 from distcomm import pairwise
 from distcomm.collective_base import CollectiveBase
 from distcomm.errors import InvalidArgumentError
-from distcomm.handles import Handle, JoinedHandle, ThenHandle
+from distcomm.handles import Handle, JoinedHandle
 from distcomm.hooks import collective
 
 
@@ -57,22 +57,13 @@ class PointToPoint(CollectiveBase):
     @collective(None, every_rank=False)
     def irecv(self, src: int) -> Handle:
         """Start receiving from ``src``; the handle's ``wait()`` returns what arrived. The header is
-        received in the background; the payload, whose size it gives, when you wait."""
+        received in the background; the payload, whose size it gives, when you wait. Several
+        receives from one rank may be in flight, waited on in any order: each gets the next
+        message from that rank, in the order the receives were started."""
         return self._start_recv(src, "irecv")
 
     def _start_recv(self, src: int, operation: str) -> Handle:
-        src = self._peer(src, "src", operation)
-        first = pairwise.empty_first(self._channel)
-        started = self._backend.start_pairs([], [(first, src)])
-        return ThenHandle(started, lambda _: self._receive_rest(first, src))
-
-    def _receive_rest(self, first: torch.Tensor, src: int) -> Any:
-        kind, dtype, shape, nbytes = pairwise.read_header(self._channel, first, src)
-        payload = pairwise.inline_payload(first, nbytes)
-        if payload is None:
-            payload = torch.empty(nbytes, dtype=torch.uint8, device=self._channel.device)
-            self._backend.start_pairs([], [(payload, src)]).wait()
-        return pairwise.decode(self._channel, kind, dtype, shape, payload)
+        return pairwise.Receive(self._channel, self._peer(src, "src", operation))
 
     @collective(None, every_rank=False)
     def batch_send_recv(self, sends: Mapping[int, Any], recv_from: Sequence[int] = ()) -> dict[int, Any]:
@@ -85,6 +76,12 @@ class PointToPoint(CollectiveBase):
         sources = [self._peer(src, "a source", "batch_send_recv") for src in recv_from]
         if len(set(sources)) != len(sources):
             raise InvalidArgumentError(f"batch_send_recv: recv_from names a rank twice: {list(recv_from)}")
+        waiting = sorted(src for src in sources if src in self._channel.state.receiving)
+        if waiting:
+            raise InvalidArgumentError(
+                f"batch_send_recv: an irecv from rank(s) {waiting} has not been waited on; wait on it first "
+                "(messages from one rank are received in order)"
+            )
         encoded = {dst: pairwise.encode(self._channel, data, "batch_send_recv") for dst, data in targets.items()}
         firsts = {src: pairwise.empty_first(self._channel) for src in sources}
         self._backend.start_pairs([(f, dst) for dst, (f, _) in encoded.items()], [(f, src) for src, f in firsts.items()]).wait()
