@@ -43,6 +43,43 @@ def test_a_lost_rank_is_left_behind_and_rank_zeros_state_carries_on() -> None:
         assert sizes[-3:] == [2, 2, 2]
 
 
+def failing_without_a_death(comm):
+    """Two steps that fail with every rank alive: ranks in different calls, then a rank too slow."""
+    import time
+
+    from distcomm import CheckedCommunicator, CollectiveError, CollectiveMismatchError
+
+    checked = Resilient(CheckedCommunicator(comm, timeout=10), {"x": torch.zeros(1)}, settle=0.5)
+    job = Resilient(comm, {"x": torch.zeros(1)}, settle=3.0)  # room for rank 1, late by design
+    outcomes, steps = [], []
+
+    def mismatched(comm) -> None:
+        steps.append("mismatched")
+        comm.all_reduce(torch.ones(1)) if comm.rank == 0 else comm.broadcast(torch.ones(1))
+
+    def slow(comm) -> None:
+        steps.append("slow")
+        if comm.rank == 1:
+            time.sleep(3.5)  # well past the 2 s timeout of rank 0's all_reduce, then in it too late
+        comm.all_reduce(torch.ones(1))
+
+    for runner, step in ((checked, mismatched), (job, slow)):
+        try:
+            runner.run(step)
+            outcomes.append("returned")
+        except (CollectiveMismatchError, CollectiveError) as error:
+            outcomes.append(type(error).__name__)
+    return outcomes, steps, checked.lost + job.lost, job.comm.world_size, job.comm.all_reduce(1)
+
+
+def test_a_failure_that_lost_no_rank_is_raised_not_run_again() -> None:
+    with World(2, timeout=2.0, call_timeout=60) as world:
+        results = world.run(failing_without_a_death)
+    for outcomes, steps, lost, size, total in results:
+        assert outcomes == ["CollectiveMismatchError", "CollectiveError"] and steps == ["mismatched", "slow"]
+        assert (lost, size, total) == ([], 2, 2)  # both came to the shrink: a communicator of both, still working
+
+
 def test_without_failures_it_only_runs_the_step() -> None:
     state = {"x": torch.zeros(1)}
     job = Resilient(LocalCommunicator(), state)

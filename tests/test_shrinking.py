@@ -67,7 +67,7 @@ def die_during_the_agreement(comm):
             os.kill(os.getpid(), signal.SIGKILL)
         time.sleep(0.3)  # let rank 2 be counted in the first agreement
         survivors = comm.shrink(0.5)
-        return survivors.world_size, survivors.all_gather(comm.rank), comm._generation
+        return survivors.world_size, survivors.all_gather(comm.rank), comm._state.generations
     return None
 
 

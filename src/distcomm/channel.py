@@ -22,14 +22,16 @@ from distcomm.serialization import ObjectCodec, default_codec
 
 
 class SharedState:
-    """What a communicator and its views share: whether it is closed, its object codec, and the
-    point-to-point receives still in flight."""
+    """What a communicator and its views share: whether it is closed, its object codec, the
+    point-to-point receives still in flight, and how many shrink generations it has used."""
 
-    __slots__ = ("closed", "codec", "receiving")
+    __slots__ = ("closed", "codec", "receiving", "generations")
 
     def __init__(self) -> None:
         self.closed = False
         self.codec: ObjectCodec | None = None
+        self.generations = 0
+        """Survivors' agreements this group has started (each under a key of its own in the store)."""
         self.receiving: dict[int, Any] = {}
         """The last receive started from each peer and not yet read whole (messages from one peer
         are read in the order their receives were started: see :class:`distcomm.pairwise.Receive`)."""

@@ -24,7 +24,7 @@ from typing import TypeVar
 import torch
 
 from distcomm.communicator import Communicator
-from distcomm.errors import CollectiveError, ExcludedRankError, InvalidArgumentError
+from distcomm.errors import CollectiveError, CollectiveMismatchError, ExcludedRankError, InvalidArgumentError
 
 logger = logging.getLogger(__name__)
 
@@ -61,25 +61,37 @@ class Resilient:
 
     def run(self, step: Callable[[Communicator], T]) -> T:
         """``step(comm)``; after a failed collective, shrink, restore the state from the new
-        rank 0, and run it again on the survivors. A rank left out raises
-        :class:`~distcomm.errors.ExcludedRankError`; other errors pass through."""
+        rank 0, and run it again on the survivors.
+
+        The step runs again only when a rank was lost: when every rank came to the shrink (a
+        collective timed out, yet nobody died) the error is raised on every rank, over the
+        shrunk communicator (:attr:`comm`), as is a
+        :class:`~distcomm.CollectiveMismatchError` (ranks in different calls: a bug that
+        running again would repeat). A rank left out raises
+        :class:`~distcomm.errors.ExcludedRankError`; other errors pass through.
+        """
         while True:
             try:
                 return step(self._comm)
-            except ExcludedRankError:
+            except (ExcludedRankError, CollectiveMismatchError):
                 raise
             except CollectiveError as error:
-                self._recover(error)
+                if not self._recover(error):
+                    raise
 
-    def _recover(self, error: CollectiveError) -> None:
+    def _recover(self, error: CollectiveError) -> bool:
+        """Shrink to the survivors; whether a rank was lost (the same answer on every survivor)."""
         logger.warning("rank %d of %d: %s; shrinking to the survivors", self._comm.rank, self._comm.world_size, error)
         before = self._comm
         survivors = before.shrink(self.settle)
+        self._comm = survivors
+        if survivors.world_size == before.world_size:
+            return False
         kept = survivors.all_gather_object(before.rank)  # the survivors' ranks before the shrink
         self.lost += [self._original[r] for r in range(before.world_size) if r not in kept]
         self._original = [self._original[r] for r in kept]
-        self._comm = survivors
         survivors.broadcast(dict(self.state), src=0)  # every survivor takes rank 0's state, in place
         if self.on_shrink is not None:
             self.on_shrink(survivors)
+        return True
 

@@ -46,7 +46,6 @@ class Shrinking(CollectiveBase):
 
     group_name: str
     _state: SharedState
-    _generation: int = 0
 
     @property
     def timeout(self) -> datetime.timedelta | None:
@@ -76,8 +75,8 @@ class Shrinking(CollectiveBase):
         started = time.monotonic()
         problem: BaseException | None = None
         for _ in range(MAX_GENERATIONS):
-            generation = self._generation
-            self._generation += 1
+            generation = self._state.generations  # shared with views: a generation is never used twice
+            self._state.generations += 1
             if self.world_size == 1:
                 survivors, notes = [0], [""]
             else:
