@@ -12,6 +12,7 @@ Tested by tests/test_mesh.py.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Generic, TypeVar
@@ -62,17 +63,10 @@ def groups_along(shape: tuple[int, ...], dim: int) -> list[list[int]]:
     strides = [math.prod(shape[i + 1 :]) for i in range(len(shape))]
     others = [range(size) for d, size in enumerate(shape) if d != dim]
     result = []
-    for place in _product(others):
+    for place in itertools.product(*others):
         base = sum(index * strides[d] for d, index in zip([d for d in range(len(shape)) if d != dim], place))
         result.append([base + i * strides[dim] for i in range(shape[dim])])
     return result
-
-
-def _product(ranges: list[range]) -> list[tuple[int, ...]]:
-    combos: list[tuple[int, ...]] = [()]
-    for values in ranges:
-        combos = [combo + (v,) for combo in combos for v in values]
-    return combos
 
 
 @attrs.frozen
