@@ -80,6 +80,37 @@ def test_a_survivor_that_dies_during_the_agreement_is_left_out_next_time() -> No
         assert size == 2 and members == [0, 1] and generations == 2  # the first generation could not form
 
 
+def forming_fails_on_one_survivor(comm):
+    """Rank 1 dies; rank 2 joins the survivors' group as the others do, then fails (as when its own
+    wait timed out just as theirs ended). Nobody may go on in a group another has left."""
+    if comm.rank == 2:
+        backend_type = type(comm.tensor_backend)
+        real = backend_type.survivors
+
+        def forms_then_fails(self, *args, **kwargs):
+            real(self, *args, **kwargs)
+            backend_type.survivors = real  # once
+            raise CollectiveError("shrink", comm.rank, "timed out while forming the group (injected)")
+
+        backend_type.survivors = forms_then_fails
+    try:
+        for step in range(5):
+            if comm.rank == 1 and step == 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+            comm.all_reduce(torch.ones(1))
+    except CollectiveError:
+        survivors = comm.shrink(0.5)
+        return survivors.world_size, survivors.all_gather_object(comm.rank), comm._state.generations
+    return None
+
+
+def test_a_group_that_one_survivor_failed_to_form_is_dropped_by_all() -> None:
+    with World(3, timeout=TIMEOUT, call_timeout=60) as world:
+        outcomes = world.run_outcomes(forming_fails_on_one_survivor)
+    assert isinstance(outcomes[1].error, RankDiedError)
+    assert [o.value for o in (outcomes[0], outcomes[2])] == [(2, [0, 2], 2)] * 2  # the second generation's group
+
+
 def stopped(comm):
     """Rank 3 stops itself; the others shrink without it, then wake it: it must not rejoin."""
     pids = comm.all_gather_object(os.getpid())

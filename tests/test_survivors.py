@@ -13,7 +13,7 @@ import torch.distributed as dist
 
 from distcomm import CollectiveError, ExcludedRankError
 from distcomm.errors import WireFormatError
-from distcomm.survivors import agree_on_survivors, arrive
+from distcomm.survivors import agree_on_survivors, arrive, confirm_formed
 
 
 def agree_in_threads(store, ranks, world_size, window, delays=None):
@@ -59,6 +59,20 @@ def test_a_rank_counted_in_then_gone_stays_in_that_generation() -> None:
     arrive(store, "job", 0, 1)  # then it dies: the next generation leaves it out
     results = agree_in_threads(store, [0], 2, window=5)
     assert results[0].survivors == (0, 1)
+
+
+def test_a_group_counts_as_formed_only_when_every_member_says_so() -> None:
+    store = dist.HashStore()
+    results: dict[int, bool] = {}
+    threads = [threading.Thread(target=lambda r=r: results.__setitem__(r, confirm_formed(store, "job", 0, 2, 5.0))) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert results == {0: True, 1: True}
+    started = time.monotonic()
+    assert confirm_formed(store, "job", 1, 2, 0.3) is False  # the other member never formed it
+    assert 0.3 <= time.monotonic() - started < 5
 
 
 def test_a_malformed_membership_is_a_wire_format_error() -> None:

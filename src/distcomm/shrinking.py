@@ -6,7 +6,9 @@ The survivors agree on who they are through the job's key-value store
 own on a new name: on every backend that can make groups without the broken one (Gloo,
 NCCL and MPI through torch's group-local synchronization). Ranks are renumbered densely in
 the old order. When a survivor dies during the agreement, the group cannot form; the rest
-agree again, on the next generation, without it. The old communicator is closed on every
+agree again, on the next generation, without it. A group is used only once every member
+said it formed it (one that timed out just as the others finished would otherwise be left
+in a group of its own). The old communicator is closed on every
 survivor (using it raises :class:`~distcomm.ClosedCommunicatorError`); a rank that was
 left out raises :class:`~distcomm.errors.ExcludedRankError` and never rejoins.
 
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from distcomm.collective_base import CollectiveBase
 from distcomm.errors import CollectiveError, ExcludedRankError, InvalidArgumentError
 from distcomm.hooks import collective
-from distcomm.survivors import agree_on_survivors
+from distcomm.survivors import agree_on_survivors, confirm_formed
 from distcomm.timeouts import as_timeout
 
 if TYPE_CHECKING:
@@ -73,6 +75,7 @@ class Shrinking(CollectiveBase):
         if store is None and self.world_size > 1:
             raise InvalidArgumentError(f"shrink: the {self._backend.name} backend has no key-value store to agree through")
         started = time.monotonic()
+        key = f"distcomm/shrink/{self.group_name}"
         problem: BaseException | None = None
         for _ in range(MAX_GENERATIONS):
             generation = self._state.generations  # shared with views: a generation is never used twice
@@ -81,7 +84,7 @@ class Shrinking(CollectiveBase):
                 survivors, notes = [0], [""]
             else:
                 membership = agree_on_survivors(
-                    store, f"distcomm/shrink/{self.group_name}", generation, self.rank, self.world_size,
+                    store, key, generation, self.rank, self.world_size,
                     window=as_timeout(timeout).total_seconds() + float(settle),
                     note=str(self._backend.group_count()),
                 )  # fmt: skip
@@ -93,6 +96,11 @@ class Shrinking(CollectiveBase):
                     raise
                 problem = error
                 logger.warning("shrink: the survivors %s of generation %d could not form a group (%s); agreeing again", survivors, generation, error)
+                continue
+            if self.world_size > 1 and not confirm_formed(store, key, generation, len(survivors), as_timeout(timeout).total_seconds()):
+                backend.close()
+                problem = CollectiveError("shrink", self.rank, f"not every survivor of generation {generation} formed the group")
+                logger.warning("shrink: not every survivor %s of generation %d formed the group; agreeing again", survivors, generation)
                 continue
             lost = sorted(set(range(self.world_size)) - set(survivors))
             logger.warning(

@@ -14,6 +14,9 @@ each attempt (a generation):
    ``members``: only the first proposal is ever written, and every rank reads that one;
 3. a rank that is not in ``members`` (it arrived late, or was stopped and woke up) gets
    :class:`~distcomm.errors.ExcludedRankError`: never a membership of its own.
+4. once a member has formed the survivors' group it says so (:func:`confirm_formed`); the
+   group is used only when every member did, else all of them agree again on the next
+   generation.
 
 So two survivors can never hold different memberships of one generation (no split brain).
 A store that cannot be reached (its host was the rank that died, as rank 0 of an
@@ -86,6 +89,23 @@ def agree_on_survivors(store: Any, key: str, generation: int, rank: int, world_s
             "after they were agreed (it was stopped, or busy elsewhere); it cannot rejoin them: end this process",
         )
     return membership
+
+
+def confirm_formed(store: Any, key: str, generation: int, members: int, timeout: float) -> bool:
+    """Say that this member formed the survivors' group of ``generation``; whether all ``members``
+    did within ``timeout`` seconds. A member whose forming failed (it timed out just as the others
+    finished) never says so: then every member drops the group and agrees again, so no member
+    goes on in a group another has left."""
+    counter = f"{key}/{generation}/formed"
+    deadline = time.monotonic() + timeout
+    try:
+        count = int(store.add(counter, 1))
+        while count < members and time.monotonic() < deadline:
+            time.sleep(POLL_SECONDS)
+            count = int(store.add(counter, 0))
+    except (RuntimeError, OSError, TimeoutError):  # the store is gone: the next agreement says so
+        return False
+    return count >= members
 
 
 def arrive(store: Any, key: str, generation: int, rank: int, note: str = "") -> int:
