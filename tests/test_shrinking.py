@@ -53,22 +53,34 @@ def test_survivors_shrink_and_go_on(tmp_path, ranks: int, dying: tuple[int, ...]
         assert elapsed < TIMEOUT + 10  # the goal (timeout + 2 s) is measured by benchmarks/goals.py
 
 
-def die_during_the_agreement(comm):
-    """Rank 3 dies; rank 2 arrives in the agreement, then dies before the group forms."""
+def a_rank_dies(comm, dying: int) -> bool:
+    """Steps of all_reduce in which rank ``dying`` kills itself at step 2; whether a collective failed here."""
     try:
         for step in range(5):
-            if comm.rank == 3 and step == 2:
+            if comm.rank == dying and step == 2:
                 os.kill(os.getpid(), signal.SIGKILL)
             comm.all_reduce(torch.ones(1))
     except CollectiveError:
-        if comm.rank == 2:
-            store = comm.tensor_backend.store
-            arrive(store, f"distcomm/shrink/{comm.group_name}", 0, comm.rank, note="0")  # counted in, then gone
-            os.kill(os.getpid(), signal.SIGKILL)
-        time.sleep(0.3)  # let rank 2 be counted in the first agreement
-        survivors = comm.shrink(0.5)
-        return survivors.world_size, survivors.all_gather(comm.rank), comm._state.generations
-    return None
+        return True
+    return False
+
+
+def shrunk(comm):
+    """The survivors' world size, their old ranks, and the generations the shrink took."""
+    survivors = comm.shrink(0.5)
+    return survivors.world_size, survivors.all_gather_object(comm.rank), comm._state.generations
+
+
+def die_during_the_agreement(comm):
+    """Rank 3 dies; rank 2 arrives in the agreement, then dies before the group forms."""
+    if not a_rank_dies(comm, 3):
+        return None
+    if comm.rank == 2:
+        store = comm.tensor_backend.store
+        arrive(store, f"distcomm/shrink/{comm.group_name}", 0, comm.rank, note="0")  # counted in, then gone
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(0.3)  # let rank 2 be counted in the first agreement
+    return shrunk(comm)
 
 
 def test_a_survivor_that_dies_during_the_agreement_is_left_out_next_time() -> None:
@@ -93,15 +105,7 @@ def forming_fails_on_one_survivor(comm):
             raise CollectiveError("shrink", comm.rank, "timed out while forming the group (injected)")
 
         backend_type.survivors = forms_then_fails
-    try:
-        for step in range(5):
-            if comm.rank == 1 and step == 2:
-                os.kill(os.getpid(), signal.SIGKILL)
-            comm.all_reduce(torch.ones(1))
-    except CollectiveError:
-        survivors = comm.shrink(0.5)
-        return survivors.world_size, survivors.all_gather_object(comm.rank), comm._state.generations
-    return None
+    return shrunk(comm) if a_rank_dies(comm, 1) else None
 
 
 def test_a_group_that_one_survivor_failed_to_form_is_dropped_by_all() -> None:
