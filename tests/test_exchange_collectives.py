@@ -114,12 +114,15 @@ def starting(comm):
     reducing = comm.reduce_scatter_async(even, "mean")
     uneven = comm.reduce_scatter_async(torch.arange(7) + r, "max")  # done at once, as reduce_scatter does it
     received, part = moving.wait(), reducing.wait()
+    part.add_(1)  # the caller's own change: a second wait returns the same tensor, neither copied over nor divided again
+    again = reducing.wait().clone()
+    part.sub_(1)
     expected = comm.all_to_all(big), comm.reduce_scatter(even, "mean")
     return (
         (moving.asynchronous, reducing.asynchronous, uneven.asynchronous),
         all(torch.equal(a, b) for a, b in zip(received, expected[0])) and len(received) == n,
         [(t.dtype, t.numel(), t.unique().tolist()) for t in received],
-        torch.equal(part, expected[1]) and part.shape == (1000, 1),
+        torch.equal(part, expected[1]) and torch.equal(again, expected[1] + 1) and part.shape == (1000, 1),
         uneven.wait().tolist(),
         caught(lambda: comm.all_to_all_async(["a"] * n if r == 0 else [torch.ones(1)] * n)),
     )

@@ -27,3 +27,18 @@ def test_completed_then_and_work_handles() -> None:
     assert WorkHandle(_Work(), "result", "all_reduce", 0).wait() == "result"
     with pytest.raises(CollectiveError, match="all_reduce failed on rank 1: RuntimeError: lost"):
         WorkHandle(_Work(RuntimeError("lost")), None, "all_reduce", 1).wait()
+
+
+def test_waiting_again_returns_the_same_result_and_does_the_work_once() -> None:
+    calls: list[int] = []
+    halved = ThenHandle(CompletedHandle(8.0), lambda x: calls.append(1) or x / 2)
+    assert [halved.wait(), halved.wait()] == [4.0, 4.0] and calls == [1]
+
+    class Counting(_Work):
+        waits = 0
+
+        def wait(self) -> None:
+            Counting.waits += 1
+
+    work = WorkHandle(Counting(), "result", "all_reduce", 0)
+    assert [work.wait(), work.wait()] == ["result", "result"] and Counting.waits == 1

@@ -14,9 +14,13 @@ from typing import Any
 
 from distcomm.errors import CollectiveError, DistCommError
 
+_PENDING = object()
+"""A result not computed yet."""
+
 
 class Handle(abc.ABC):
-    """An asynchronous collective in flight; :meth:`wait` returns its result."""
+    """An asynchronous collective in flight; :meth:`wait` returns its result (the same one each
+    time it is called)."""
 
     asynchronous: bool = True
     """Whether the work runs in the background; ``False`` when it finished before the handle was returned."""
@@ -53,18 +57,21 @@ class WorkHandle(Handle):
         self._result = result
         self._step = step
         self._rank = rank
+        self._waited = False
 
     def wait(self) -> Any:
-        try:
-            self._work.wait()
-        except DistCommError:
-            raise
-        except RuntimeError as error:
-            raise CollectiveError(self._step, self._rank, error) from error
+        if not self._waited:  # once: waiting on a Gloo work again copies its result out again
+            try:
+                self._work.wait()
+            except DistCommError:
+                raise
+            except RuntimeError as error:
+                raise CollectiveError(self._step, self._rank, error) from error
+            self._waited = True
         return self._result
 
     def is_completed(self) -> bool:
-        return bool(self._work.is_completed())
+        return self._waited or bool(self._work.is_completed())
 
 
 class ThenHandle(Handle):
@@ -73,10 +80,13 @@ class ThenHandle(Handle):
     def __init__(self, inner: Handle, then: Callable[[Any], Any]) -> None:
         self._inner = inner
         self._then = then
+        self._result: Any = _PENDING
         self.asynchronous = inner.asynchronous
 
     def wait(self) -> Any:
-        return self._then(self._inner.wait())
+        if self._result is _PENDING:  # ``then`` runs once (it may divide in place): later waits return its result
+            self._result = self._then(self._inner.wait())
+        return self._result
 
     def is_completed(self) -> bool:
         return self._inner.is_completed()
