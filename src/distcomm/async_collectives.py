@@ -14,7 +14,7 @@ import torch
 
 from distcomm import broadcasting, gathering, reducing
 from distcomm.collective_base import CollectiveBase
-from distcomm.conversion import describe
+from distcomm.conversion import describe, is_plain
 from distcomm.errors import InvalidArgumentError
 from distcomm.handles import CompletedHandle, Handle
 from distcomm.hooks import Call, collective
@@ -40,7 +40,7 @@ class AsyncCollectives(CollectiveBase):
         once and ``handle.asynchronous`` is ``False``.
         """
         reduce_op = parse_reduce_op(op)
-        if not isinstance(tensor, torch.Tensor) or not self._channel.accepts(tensor.device) or not tensor.is_contiguous():
+        if not isinstance(tensor, torch.Tensor) or not self._channel.accepts(tensor.device) or not is_plain(tensor):
             return CompletedHandle(self._reduce(tensor, reduce_op))
         plan = plan_reduction(tensor, tensor, reduce_op, "all_reduce_async")
         if plan.transport_dtype != tensor.dtype or plan.mean_dtype is not None:
@@ -57,7 +57,7 @@ class AsyncCollectives(CollectiveBase):
         src = self._check_rank(src, "src", "broadcast_async")
         if not isinstance(tensor, torch.Tensor):
             raise InvalidArgumentError(f"broadcast_async takes a tensor, got {describe(tensor)}")
-        if not self._channel.accepts(tensor.device) or not tensor.is_contiguous():
+        if not self._channel.accepts(tensor.device) or not is_plain(tensor):
             broadcasting.fill_from(self._channel, tensor, src)
             return CompletedHandle(tensor)
         return self._backend.broadcast_async(tensor, src)

@@ -140,8 +140,9 @@ class Backend(abc.ABC):
         ranks arrive in the order they were started); the handle's ``wait()`` returns when all are done."""
 
     @abc.abstractmethod
-    def split(self, members: list[int]) -> Backend | None:
-        """A backend over ``members`` (sorted, valid; every rank calls it) for members, ``None`` for others."""
+    def split(self, members: list[int], timeout: datetime.timedelta | None = None) -> Backend | None:
+        """A backend over ``members`` (sorted, valid; every rank calls it) for members, ``None`` for others,
+        whose collectives may take ``timeout`` (``None``: as long as this backend's)."""
 
     def mesh(self, shape: tuple[int, ...], names: tuple[str, ...]) -> tuple[Any, list[Backend]]:
         """A backend per dimension of a row-major grid of ``shape`` (every rank calls it), for the

@@ -27,7 +27,7 @@ def broadcast_data(channel: Channel, data: Any, src: int) -> Any:
     leaves, paths, spec = flatten(data)
     tensors = sorted((path, i) for i, (path, leaf) in enumerate(zip(paths, leaves)) if isinstance(leaf, torch.Tensor))
     if channel.world_size > 1:
-        agree(channel, "broadcast", Claim(tuple((path, describe(leaves[i])) for path, i in tensors)))
+        agree(channel, f"broadcast from {src}", Claim(tuple((path, describe(leaves[i])) for path, i in tensors)))
     if not tensors:
         return broadcast_object(channel, data, src, "broadcast")
     if isinstance(data, torch.Tensor):

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from distcomm.backend import Backend
-from distcomm.conversion import check_transportable
+from distcomm.conversion import check_fillable, is_plain, readable
 from distcomm.serialization import ObjectCodec, default_codec
 
 
@@ -70,8 +70,15 @@ class Channel:
         return known
 
     def transport(self, tensor: torch.Tensor, operation: str) -> torch.Tensor:
-        """``tensor`` itself when the backend takes it where it is, else a contiguous copy on ``device``."""
-        if self.accepts(tensor.device) and tensor.is_contiguous():
+        """A tensor the backend fills in place of ``tensor``: ``tensor`` itself when the backend takes
+        it as it is, else a plain contiguous copy on ``device`` (the caller copies the result back)."""
+        if self.accepts(tensor.device) and is_plain(tensor):
             return tensor
-        check_transportable(tensor, operation)
-        return tensor.to(self.device, memory_format=torch.contiguous_format, copy=True)
+        check_fillable(tensor, operation)
+        return tensor.detach().resolve_conj().resolve_neg().to(self.device, memory_format=torch.contiguous_format, copy=True)
+
+    def sendable(self, tensor: torch.Tensor, operation: str, where: str = "") -> torch.Tensor:
+        """``tensor``'s values as the backend sends them (a tensor only read): :func:`readable`, on
+        ``device`` when the backend does not take tensors where it is."""
+        plain = readable(tensor, operation, where)
+        return plain if self.accepts(plain.device) else plain.to(self.device)

@@ -11,15 +11,19 @@ Tested through every collective: tests/test_collectives.py, tests/test_exchange_
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import torch
 
-from distcomm import reducing
+from distcomm import opening, reducing
 from distcomm.conversion import check_rank
+from distcomm.errors import InvalidArgumentError
 from distcomm.hooks import HookRegistry
-from distcomm.ops import ReduceOp
+from distcomm.ops import ReduceOp, ReduceOpLike, parse_reduce_op
 from distcomm.reduction_rules import NOT_ALONE, reduce_if_alone
+
+V = TypeVar("V")
 
 if TYPE_CHECKING:
     from distcomm.backend import Backend
@@ -36,6 +40,30 @@ class CollectiveBase(HookRegistry):
 
     def _check_rank(self, value: Any, name: str, operation: str) -> int:
         return check_rank(value, name, operation, self.world_size)
+
+    def _refuse(self, operation: str, error: InvalidArgumentError) -> NoReturn:
+        """Raise ``error`` (this rank's own bad argument) on every rank: this rank takes part in the
+        call's opening with it instead of the call (see :func:`distcomm.opening.refuse`). Only for
+        calls whose every form starts with an opening."""
+        opening.refuse(self._channel, operation, str(error))
+
+    def _parsed(self, operation: str, parse: Callable[[], V]) -> V:
+        """``parse()``, or its :class:`InvalidArgumentError` raised on every rank (:meth:`_refuse`)."""
+        try:
+            return parse()
+        except InvalidArgumentError as error:
+            self._refuse(operation, error)
+
+    def _root(self, value: Any, name: str, operation: str) -> int:
+        """``value`` as the root rank of an opening call, or its error raised on every rank."""
+        return self._parsed(operation, lambda: check_rank(value, name, operation, self.world_size))
+
+    def _op(self, op: ReduceOpLike, operation: str) -> ReduceOp:
+        """``op`` parsed for an opening call, or its error raised on every rank."""
+        try:
+            return parse_reduce_op(op)
+        except InvalidArgumentError as error:
+            self._refuse(operation, InvalidArgumentError(f"{operation}: {error}"))
 
     def _reduce(self, data: Any, op: ReduceOp, operation: str = "all_reduce") -> Any:
         """Reduce ``data`` over every rank with the rules of ``all_reduce``."""

@@ -49,6 +49,7 @@ from distcomm.point_to_point import PointToPoint
 from distcomm.serialization import ObjectCodec
 from distcomm.shrinking import Shrinking
 from distcomm.signatures import tensor_layout
+from distcomm.timeouts import as_timeout
 
 T = TypeVar("T")
 V = TypeVar("V")
@@ -213,7 +214,7 @@ class Communicator(ObjectCollectives, AsyncCollectives, ExchangeCollectives, Poi
         so a rank that passes a tensor where ``src`` does not, or another shape or
         dtype, makes every rank raise :class:`~distcomm.InconsistentInputError`.
         """
-        src = self._check_rank(src, "src", "broadcast")
+        src = self._root(src, "src", "broadcast")
         return cast(T, broadcasting.broadcast_data(self._channel, data, src))
 
     @overload
@@ -242,7 +243,7 @@ class Communicator(ObjectCollectives, AsyncCollectives, ExchangeCollectives, Poi
                 wire_op = _IN_PLACE_OPS.get((data.dtype, op))
             except TypeError:  # an unhashable op: parse_reduce_op says what is wrong
                 wire_op = None
-            if wire_op is not None and data.is_contiguous() and self._device_types.get(data.device.type):
+            if wire_op is not None and data.is_contiguous() and not data.is_neg() and not data.is_conj() and self._device_types.get(data.device.type):
                 self._backend.all_reduce(data, wire_op)
                 return data
         return self._reduce(data, parse_reduce_op(op))
@@ -284,21 +285,22 @@ class Communicator(ObjectCollectives, AsyncCollectives, ExchangeCollectives, Poi
             return gathering.gather_same_shape(self._channel, data, "all_gather", out)
         if out is not None:
             raise InvalidArgumentError("all_gather: out is for same_shape=True, where every rank's shape is known")
-        return gathering.gather_data(self._channel, data)
+        return gathering.gather_data(self._channel, data, "all_gather")
 
     # --------------------------------------------------------- sub-communicators
 
     @collective(_ranks)
-    def split(self, ranks: Sequence[int]) -> Communicator | None:
+    def split(self, ranks: Sequence[int], *, timeout: datetime.timedelta | float | None = None) -> Communicator | None:
         """Make a communicator over ``ranks`` (this communicator's numbering); call it on every rank.
 
         Members get a communicator whose ranks are renumbered 0.. in the order of
-        ``sorted(ranks)``, with this one's hooks and codec; the other ranks get
-        ``None``. Every rank must pass the same ranks: ranks first agree on them, and
-        a difference raises on every rank.
+        ``sorted(ranks)``, with this one's hooks, codec and timeout (or ``timeout``, seconds
+        or a timedelta); the other ranks get ``None``. Every rank must pass the same ranks
+        and timeout: ranks first agree on them, and a difference raises on every rank.
         """
-        members: list[int] = self._agreed("split", "ranks", lambda: self._split_members(ranks), [])
-        backend = self._backend.split(members)
+        nothing: tuple[list[int], datetime.timedelta | None] = ([], None)
+        members, limit = self._agreed("split", "ranks", lambda: (self._split_members(ranks), _timeout(timeout)), nothing)
+        backend = self._backend.split(members, limit)
         return None if backend is None else self._child(backend)
 
     @collective(_dims)
@@ -354,6 +356,10 @@ class Communicator(ObjectCollectives, AsyncCollectives, ExchangeCollectives, Poi
 
 
 _IN_PLACE_OPS = reducing.IN_PLACE_OPS  # read on every hot-path call
+
+
+def _timeout(value: datetime.timedelta | float | None) -> datetime.timedelta | None:
+    return None if value is None else as_timeout(value)
 
 
 

@@ -100,8 +100,10 @@ def to_tensor(value: Any, operation: str, where: str = "") -> torch.Tensor:
     )
 
 
-def check_transportable(tensor: torch.Tensor, operation: str, where: str = "") -> None:
-    """Refuse, before any communication, a tensor that cannot be sent or filled in place."""
+def check_fillable(tensor: torch.Tensor, operation: str, where: str = "") -> None:
+    """Refuse, before any communication, a tensor that cannot be filled in place: a meta tensor
+    (no data) or an expanded view whose elements share memory. Lazily conjugated or negated views
+    are filled through the view, as ``copy_`` fills them."""
     if tensor.device.type == "meta":
         raise InvalidArgumentError(
             f"{operation}: the meta tensor{_at(where)} has no data to communicate; materialize it first"
@@ -113,15 +115,25 @@ def check_transportable(tensor: torch.Tensor, operation: str, where: str = "") -
         )
 
 
-def check_fillable(tensor: torch.Tensor, operation: str, where: str = "") -> None:
-    """:func:`check_transportable`, and refuse lazily conjugated or negated views, which a
-    reduction of many tensors cannot fill in place."""
-    check_transportable(tensor, operation, where)
-    if tensor.is_conj() or tensor.is_neg():
+def is_plain(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor``'s memory holds exactly the values it shows, one after another: contiguous,
+    and no lazy conjugation or negation (what a backend may send or fill as it is)."""
+    return tensor.is_contiguous() and not tensor.is_conj() and not tensor.is_neg()
+
+
+def readable(tensor: torch.Tensor, operation: str, where: str = "") -> torch.Tensor:
+    """``tensor``'s values as a plain tensor to send (a tensor only read, never filled): detached,
+    with any lazy conjugation or negation resolved and any view of any strides (expanded ones
+    included) made contiguous; ``tensor``'s own memory when it already is one. A meta tensor,
+    which holds no values, is refused."""
+    if tensor.device.type == "meta":
         raise InvalidArgumentError(
-            f"{operation}: the tensor{_at(where)} is a lazily conjugated or negated view, which cannot be "
-            "filled in place; pass tensor.resolve_conj().resolve_neg() instead"
+            f"{operation}: the meta tensor{_at(where)} has no data to communicate; materialize it first"
         )
+    plain = tensor.detach()
+    if not is_plain(plain):
+        plain = plain.resolve_conj().resolve_neg().contiguous()
+    return plain
 
 
 def from_tensor(result: torch.Tensor, template: Any) -> Any:

@@ -18,16 +18,17 @@ from typing import Any
 
 import torch
 
-from distcomm import exchanging, gathering, objects
+from distcomm import exchanging, gathering, objects, reducing
 from distcomm.collective_base import CollectiveBase
+from distcomm.conversion import is_plain
 from distcomm.errors import InconsistentInputError, InvalidArgumentError
 from distcomm.exchanging import OBJECTS, Sending
 from distcomm.handles import CompletedHandle, Handle, ThenHandle
 from distcomm.hooks import Call, collective
 from distcomm.nested import map_leaves
-from distcomm.ops import ReduceOp, ReduceOpLike, parse_reduce_op
+from distcomm.ops import ReduceOp, ReduceOpLike
 from distcomm.reducing import reduce_rows
-from distcomm.reduction_rules import plan_reduction
+from distcomm.reduction_rules import NOT_ALONE, plan_reduction, reduce_if_alone
 from distcomm.signatures import signature_of
 
 
@@ -48,21 +49,26 @@ class ExchangeCollectives(CollectiveBase):
         """The reduction of every rank's ``data`` (as :meth:`all_reduce`) on ``dst``; ``None`` on the others.
 
         On ``dst`` a tensor is filled in place (the integer mean excepted, as in
-        ``all_reduce``); the other ranks' data is left as it was.
+        ``all_reduce``); the other ranks' data is left as it was. Ranks first agree on the
+        layout, ``dst`` and ``op`` (one small collective, which carries small data), so a
+        difference, or a bad argument on any rank, raises on every rank.
         """
-        dst = self._check_rank(dst, "dst", "reduce")
-        reduce_op = parse_reduce_op(op)
-        if self.rank != dst:  # the reduction fills tensors in place: fill copies here
-            data = map_leaves(lambda leaf: leaf.clone() if isinstance(leaf, torch.Tensor) else leaf, data)
-        result = self._reduce(data, reduce_op, "reduce")
+        dst = self._root(dst, "dst", "reduce")
+        reduce_op = self._op(op, "reduce")
+        alone = reduce_if_alone(data, reduce_op, self.world_size)
+        if alone is not NOT_ALONE:
+            return alone
+        if self.rank != dst:  # the reduction fills tensors in place: fill plain copies here
+            data = map_leaves(lambda leaf: leaf.detach().clone() if isinstance(leaf, torch.Tensor) else leaf, data)
+        result = reducing.reduce_structure(self._channel, data, reduce_op, f"reduce to {dst}")
         return result if self.rank == dst else None
 
     @collective(any_shapes)
     def gather(self, data: Any, dst: int = 0) -> list[Any] | None:
         """A list of every rank's ``data``, in rank order, on ``dst``; ``None`` on the others.
         Shapes may differ per rank and are never given (as :meth:`all_gather`)."""
-        dst = self._check_rank(dst, "dst", "gather")
-        gathered = gathering.gather_data(self._channel, data)
+        dst = self._root(dst, "dst", "gather")
+        gathered = gathering.gather_data(self._channel, data, f"gather to {dst}")
         return gathered if self.rank == dst else None
 
     @collective(None)
@@ -70,17 +76,18 @@ class ExchangeCollectives(CollectiveBase):
         """This rank's entry of ``src``'s ``chunks`` (one per rank; read on ``src`` only, the others
         may pass ``None``). Tensor chunks may differ in shape and arrive as new tensors; other
         chunks arrive pickled, as :meth:`scatter_object` gives them."""
-        src = self._check_rank(src, "src", "scatter")
+        src = self._root(src, "src", "scatter")
+        operation = f"scatter from {src}"
         mine = Sending()
         if self.rank == src:
             mine = _stating(chunks, self.world_size, "scatter", objects_allowed=True)
-        everyone = exchanging.agree_on_sizes(self._channel, mine, "scatter")
+        everyone = exchanging.agree_on_sizes(self._channel, mine, operation)
         if everyone[src].dtype == OBJECTS:
             payload = list(chunks) if self.rank == src and chunks is not None else None
             return objects.broadcast_object(self._channel, payload, src, "scatter")[self.rank]
-        sent = list(chunks) if self.rank == src and chunks is not None else None
-        (received,) = exchanging.exchange(self._channel, sent, everyone, "scatter") or []
-        return received.to(sent[0].device if sent else self._channel.device)
+        sent = exchanging.check_chunks(chunks, self.world_size, "scatter") if self.rank == src else None
+        (received,) = exchanging.exchange(self._channel, sent, everyone, operation) or []
+        return received.to(chunks[0].device if sent and chunks else self._channel.device)
 
     @collective(any_shapes)
     def all_to_all(self, chunks: Sequence[Any]) -> list[Any]:
@@ -100,7 +107,7 @@ class ExchangeCollectives(CollectiveBase):
                 )
             every_list = objects.all_gather_objects(self._channel, list(chunks), "all_to_all")
             return [sent[self.rank] for sent in every_list]
-        tensors = list(chunks)
+        tensors = exchanging.check_chunks(chunks, self.world_size, "all_to_all")  # checked: plain tensors
         received = exchanging.exchange(self._channel, tensors, everyone, "all_to_all") or []
         return [r.to(tensors[0].device) for r in received]
 
@@ -113,23 +120,28 @@ class ExchangeCollectives(CollectiveBase):
         """
         mine = _stating(chunks, self.world_size, "all_to_all_async", objects_allowed=False)
         everyone = exchanging.agree_on_sizes(self._channel, mine, "all_to_all_async")
-        device = chunks[0].device
-        started = exchanging.start_exchange(self._channel, list(chunks), everyone, "all_to_all_async")
+        tensors = exchanging.check_chunks(chunks, self.world_size, "all_to_all_async")  # checked: plain tensors
+        device = tensors[0].device
+        started = exchanging.start_exchange(self._channel, tensors, everyone, "all_to_all_async")
         return ThenHandle(started, lambda received: [r.to(device) for r in received])
 
     @collective()
     def reduce_scatter(self, chunks: Any, op: ReduceOpLike = "sum", *, dim: int = 0) -> Any:
         """Reduce entry ``i`` of every rank's ``chunks`` over all ranks onto rank ``i``; return this
-        rank's, as a new value.
+        rank's, as a new value (the inputs are left alone).
 
         ``chunks`` is a list of one entry per rank; entry shapes may differ between entries
         but must agree across ranks. A single tensor is split along ``dim`` into one part per
         rank (uneven, the first parts larger, when the size does not divide). Tensors are
         reduced with the rules of :meth:`all_reduce` (an integer mean is floating), in rank
         order, so every rank computes the same bits; other entries reduce as ``all_reduce``
-        reduces them.
+        reduces them. Ranks first agree on the entries' layout and ``op``, and a difference or
+        a bad argument on any rank raises on every rank; except on the lone-tensor path: a
+        contiguous tensor whose first dimension splits evenly, reduced in its own dtype, goes to
+        the backend as it is, like ``all_reduce(tensor)``, and a difference there (another op,
+        shape, dtype or ``dim``) is caught by :class:`~distcomm.CheckedCommunicator` only.
         """
-        return self._reduce_scatter(chunks, parse_reduce_op(op), dim, asynchronous=False).wait()
+        return self._reduce_scatter(chunks, op, dim, asynchronous=False).wait()
 
     @collective()
     def reduce_scatter_async(self, chunks: Any, op: ReduceOpLike = "sum", *, dim: int = 0) -> Handle:
@@ -139,32 +151,38 @@ class ExchangeCollectives(CollectiveBase):
         dtype, is reduced in the background; anything else is done at once
         (``handle.asynchronous`` is ``False``).
         """
-        return self._reduce_scatter(chunks, parse_reduce_op(op), dim, asynchronous=True)
+        return self._reduce_scatter(chunks, op, dim, asynchronous=True)
 
-    def _reduce_scatter(self, chunks: Any, reduce_op: ReduceOp, dim: int, *, asynchronous: bool) -> Handle:
+    def _reduce_scatter(self, chunks: Any, op: ReduceOpLike, dim: int, *, asynchronous: bool) -> Handle:
+        reduce_op = self._op(op, "reduce_scatter")
         if isinstance(chunks, torch.Tensor):
-            if not -max(chunks.dim(), 1) <= dim < max(chunks.dim(), 1) or chunks.dim() == 0:
-                raise InvalidArgumentError(f"reduce_scatter: cannot split a tensor of shape {list(chunks.shape)} along dim {dim}")
+            self._parsed("reduce_scatter", lambda: _check_split(chunks, dim, "reduce_scatter"))
             alone = self._reduce_scatter_lone(chunks, reduce_op, dim, asynchronous)
             if alone is not None:
                 return alone
             chunks = list(torch.tensor_split(chunks, self.world_size, dim))
+        operation = f"reduce_scatter {reduce_op.value}"  # ranks with other ops are in another call
         if not _is_tensor_list(chunks) or not chunks:
-            result = self._reduce(list(chunks) if isinstance(chunks, Sequence) else chunks, reduce_op, "reduce_scatter")
-            if not isinstance(chunks, Sequence) or len(chunks) != self.world_size:
+            entries = list(chunks) if isinstance(chunks, Sequence) and not isinstance(chunks, (str, bytes)) else chunks
+            # New values: the entries' tensors are left alone.
+            result = reducing.reduce_structure(self._channel, entries, reduce_op, operation, detach=True)
+            if not isinstance(entries, list) or len(entries) != self.world_size:
                 raise InvalidArgumentError(f"reduce_scatter takes a list of one entry per rank ({self.world_size})")
             return CompletedHandle(result[self.rank])
-        return CompletedHandle(self._reduce_scatter_tensors(list(chunks), reduce_op))
+        return CompletedHandle(self._reduce_scatter_tensors(list(chunks), reduce_op, operation))
 
     def _reduce_scatter_lone(self, tensor: torch.Tensor, op: ReduceOp, dim: int, asynchronous: bool) -> Handle | None:
         """The hot path, like a lone tensor's all_reduce: a contiguous tensor whose first dimension
         splits evenly, reduced in its own dtype, goes to the backend as it is, with no agreement
         (ranks that pass different shapes or dtypes here are caught by CheckedCommunicator)."""
-        if dim not in (0, -tensor.dim()) or tensor.shape[0] % self.world_size or not tensor.is_contiguous():
+        if dim not in (0, -tensor.dim()) or tensor.shape[0] % self.world_size or not is_plain(tensor):
             return None
         if not self._channel.accepts(tensor.device) or tensor.numel() == 0:
             return None
-        plan = plan_reduction(tensor, tensor, op, "reduce_scatter")
+        try:
+            plan = plan_reduction(tensor, tensor, op, "reduce_scatter")
+        except InvalidArgumentError:
+            return None  # refused: the agreed path says so on every rank
         if plan.transport_dtype != tensor.dtype or plan.mean_dtype not in (None, tensor.dtype):
             return None
         output = torch.empty((tensor.shape[0] // self.world_size, *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
@@ -174,16 +192,16 @@ class ExchangeCollectives(CollectiveBase):
         started = self._backend.reduce_scatter_async(output.view(-1), tensor.detach().view(-1), plan.op)
         return ThenHandle(started, lambda _: output.div_(self.world_size) if plan.mean_dtype is not None else output)
 
-    def _reduce_scatter_tensors(self, chunks: list[torch.Tensor], op: ReduceOp) -> torch.Tensor:
+    def _reduce_scatter_tensors(self, chunks: list[torch.Tensor], op: ReduceOp, operation: str) -> torch.Tensor:
         mine, plan, carried = Sending(), None, []
         try:
-            exchanging.check_chunks(chunks, self.world_size, "reduce_scatter")
+            plain = exchanging.check_chunks(chunks, self.world_size, "reduce_scatter")
             plan = plan_reduction(chunks[0], chunks[0], op, "reduce_scatter")
-            carried = [c.detach().to(plan.transport_dtype) for c in chunks]
+            carried = [c.to(plan.transport_dtype) for c in plain]
             mine = exchanging.sending(carried, world_size=self.world_size)
         except InvalidArgumentError as error:
             mine = Sending(problem=str(error))
-        everyone = exchanging.agree_on_sizes(self._channel, mine, "reduce_scatter")
+        everyone = exchanging.agree_on_sizes(self._channel, mine, operation)
         for rank, entry in enumerate(everyone):
             if entry.shapes != everyone[0].shapes:
                 raise InconsistentInputError(
@@ -199,13 +217,19 @@ class ExchangeCollectives(CollectiveBase):
             reduced = torch.empty(home.shape, dtype=plan.transport_dtype, device=device)
             self._backend.reduce_scatter(reduced.view(-1), flat, plan.op)
         else:
-            received = exchanging.exchange(self._channel, carried, everyone, "reduce_scatter") or []
+            received = exchanging.exchange(self._channel, carried, everyone, operation) or []
             rows = torch.stack(received)
             reduced = torch.empty_like(rows[0])
             reduce_rows(rows, plan.op, out=reduced)
         if plan.mean_dtype is not None:
             return reduced.to(plan.mean_dtype).div_(self.world_size).to(home.device)
         return reduced.to(home.dtype).to(home.device)
+
+
+def _check_split(tensor: torch.Tensor, dim: Any, operation: str) -> None:
+    """Refuse a ``dim`` that ``tensor`` cannot be split along (a 0-d tensor has none)."""
+    if tensor.dim() == 0 or isinstance(dim, bool) or not isinstance(dim, int) or not -tensor.dim() <= dim < tensor.dim():
+        raise InvalidArgumentError(f"{operation}: cannot split a tensor of shape {list(tensor.shape)} along dim {dim!r}")
 
 
 def _stating(chunks: Any, world_size: int, operation: str, *, objects_allowed: bool) -> Sending:

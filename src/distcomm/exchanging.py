@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import torch
 
-from distcomm.conversion import check_transportable, describe, dtype_name
+from distcomm.conversion import describe, dtype_name, readable
 from distcomm.dtypes import DTYPES
 from distcomm.errors import InconsistentInputError, InvalidArgumentError, WireFormatError
 from distcomm.handles import CompletedHandle, Handle, ThenHandle
@@ -53,7 +53,8 @@ class Sending:
 
 
 def check_chunks(chunks: Any, world_size: int, operation: str, name: str = "chunks") -> list[torch.Tensor]:
-    """``chunks`` as a list of one tensor per rank, all of one dtype, or a clear error."""
+    """``chunks`` as a list of one plain tensor per rank (:func:`~distcomm.conversion.readable`), all of
+    one dtype, or a clear error."""
     if isinstance(chunks, torch.Tensor) or not isinstance(chunks, Sequence) or isinstance(chunks, (str, bytes)):
         raise InvalidArgumentError(f"{operation} takes a list of one tensor per rank as {name}, got {describe(chunks)}")
     tensors: list[Any] = list(chunks)
@@ -62,7 +63,7 @@ def check_chunks(chunks: Any, world_size: int, operation: str, name: str = "chun
     for i, chunk in enumerate(tensors):
         if not isinstance(chunk, torch.Tensor):
             raise InvalidArgumentError(f"{operation}: entry {i} of {name} is {describe(chunk)}; every entry must be a tensor")
-        check_transportable(chunk, operation, f" at entry {i}")
+        tensors[i] = readable(chunk, operation, f"entry {i}")
         if chunk.dim() > MAX_DIMENSIONS:
             raise InvalidArgumentError(f"{operation}: entry {i} has {chunk.dim()} dimensions; at most {MAX_DIMENSIONS}")
         if chunk.dtype != tensors[0].dtype:

@@ -57,7 +57,7 @@ class LocalBackend(Backend):
             raise InvalidArgumentError("a world of one has no peer to send to or receive from")
         return CompletedHandle(None)
 
-    def split(self, members: list[int]) -> Backend | None:
+    def split(self, members: list[int], timeout: datetime.timedelta | None = None) -> Backend | None:
         return LocalBackend(self._device)
 
     def survivors(self, members: list[int], notes: list[str], timeout: datetime.timedelta) -> Backend:

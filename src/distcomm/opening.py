@@ -29,13 +29,13 @@ apart there, and :class:`~distcomm.CheckedCommunicator` catches them.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import attrs
 import numpy as np
 import torch
 
-from distcomm.errors import InconsistentInputError, WireFormatError
+from distcomm.errors import InconsistentInputError, InvalidArgumentError, WireFormatError
 
 if TYPE_CHECKING:
     from distcomm.channel import Channel
@@ -43,6 +43,9 @@ if TYPE_CHECKING:
 MAGIC = b"distcom1"
 TAG_BYTES = 32
 PREFIX_BYTES = len(MAGIC) + TAG_BYTES + 8
+REFUSAL = b"refused "
+"""How the tag of a refusal starts: a rank that cannot make its call (a bad argument of its own)
+sends this instead of the call's tag, and the reason as the body (:func:`refuse`)."""
 SMALL_WORLD_MAX = 16
 """Up to this world size the slot has room for small payloads (4 KB a rank); above it, 512 bytes."""
 
@@ -136,13 +139,28 @@ def open_call(
         return Opening(slot.unsqueeze(0), host_slot.numpy().reshape(1, size), (len(head) + extra,))
     rows = channel.backend.all_gather(slot)
     table = rows.numpy() if rows.device.type == "cpu" else rows[:, :end].cpu().numpy()
-    return Opening(rows, table, read_prefixes(table, operation, step, size))
+    return Opening(rows, table, read_prefixes(table, operation, step, size, rows))
 
 
-def read_prefixes(table: np.ndarray, operation: str, step: str, size: int) -> tuple[int, ...]:
+def refuse(channel: Channel, operation: str, problem: str) -> NoReturn:
+    """Take part in a call's opening with ``problem`` (this rank's own bad argument) instead of the
+    call, so that every rank raises it at once rather than this one alone while the others wait
+    out the timeout: every rank reads the same slots and raises the same
+    :class:`~distcomm.InvalidArgumentError`, naming each refusing rank and its reason. Over one
+    rank it is simply raised."""
+    if channel.world_size == 1:
+        raise InvalidArgumentError(problem)
+    reason = problem.encode("utf-8", errors="replace")[: body_room(channel.world_size)]
+    opened = open_call(channel, REFUSAL.decode() + operation, "", reason)  # returns when every rank refused alike
+    _raise_refusals(opened.rows.cpu().numpy(), operation, np.array(opened.sizes), body_room(channel.world_size))
+    raise AssertionError("a refusal was not read back")  # pragma: no cover
+
+
+def read_prefixes(table: np.ndarray, operation: str, step: str, size: int, rows: torch.Tensor | None = None) -> tuple[int, ...]:
     """Check every rank's prefix in ``table`` (one row per rank); every rank's body size.
 
-    Every rank reads the same table, so every rank raises the same error.
+    Every rank reads the same table, so every rank raises the same error. ``rows`` (the slots
+    as gathered) is read whole only when some rank refused its call and the reasons are needed.
     """
     expected = _prefix(operation, step)
     sizes = table[:, len(MAGIC) + TAG_BYTES : PREFIX_BYTES].copy().view("<i8")[:, 0]
@@ -150,6 +168,7 @@ def read_prefixes(table: np.ndarray, operation: str, step: str, size: int) -> tu
     room = size - PREFIX_BYTES
     if table[:, : len(expected)].tobytes() == expected * len(table) and min(found) >= 0 and max(found) <= room:
         return tuple(found)  # the common case: one comparison of bytes, two of numbers
+    _raise_refusals(table if rows is None else rows.cpu().numpy(), operation, sizes, room)
     magic, mine = np.frombuffer(MAGIC, dtype=np.uint8), tag_of(operation, step)
     strangers = [rank for rank, row in enumerate(table) if not np.array_equal(row[: len(MAGIC)], magic)]
     if strangers:
@@ -170,6 +189,25 @@ def read_prefixes(table: np.ndarray, operation: str, step: str, size: int) -> tu
         f"{operation}: rank(s) {', '.join(map(str, bad))} announced an opening body of "
         f"{', '.join(str(int(sizes[r])) for r in bad)} bytes, outside 0..{room}"
     )
+
+
+def _raise_refusals(table: np.ndarray, operation: str, sizes: np.ndarray, room: int) -> None:
+    """Raise every refusing rank's reason (the same error on every rank), where some rank refused."""
+    magic = np.frombuffer(MAGIC, dtype=np.uint8)
+    refusing = [
+        rank for rank, row in enumerate(table)
+        if np.array_equal(row[: len(MAGIC)], magic) and bytes(row[len(MAGIC) : len(MAGIC) + len(REFUSAL)]) == REFUSAL
+    ]  # fmt: skip
+    if not refusing:
+        return
+    reasons = []
+    for rank in refusing:
+        size = int(sizes[rank])
+        if not 0 <= size <= room:
+            raise WireFormatError(f"{operation}: rank {rank} refused its call with a reason of {size} bytes, outside 0..{room}")
+        text = bytes(table[rank, PREFIX_BYTES : PREFIX_BYTES + size]).decode("utf-8", errors="replace")
+        reasons.append(f"rank {rank} cannot take part: {text}")
+    raise InvalidArgumentError("; ".join(reasons))
 
 
 def _readable(tag: bytes) -> str:

@@ -15,8 +15,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import torch
-
 from distcomm import pairwise
 from distcomm.collective_base import CollectiveBase
 from distcomm.errors import InvalidArgumentError
@@ -50,9 +48,13 @@ class PointToPoint(CollectiveBase):
 
     def _start_send(self, data: Any, dst: int, operation: str) -> Handle:
         dst = self._peer(dst, "dst", operation)
-        first, rest = pairwise.encode(self._channel, data, operation)
+        first, rest, refusal = pairwise.encode(self._channel, data, operation)
         sends = [(first, dst)] + ([(rest, dst)] if rest.numel() else [])
-        return JoinedHandle([self._backend.start_pairs(sends, [])])
+        started = self._backend.start_pairs(sends, [])
+        if refusal is not None:  # the receiver is told why, and raises it too
+            started.wait()
+            raise refusal
+        return JoinedHandle([started])
 
     @collective(None, every_rank=False)
     def irecv(self, src: int) -> Handle:
@@ -84,16 +86,18 @@ class PointToPoint(CollectiveBase):
             )
         encoded = {dst: pairwise.encode(self._channel, data, "batch_send_recv") for dst, data in targets.items()}
         firsts = {src: pairwise.empty_first(self._channel) for src in sources}
-        self._backend.start_pairs([(f, dst) for dst, (f, _) in encoded.items()], [(f, src) for src, f in firsts.items()]).wait()
-        layouts = {src: pairwise.read_header(self._channel, f, src) for src, f in firsts.items()}
-        inline = {src: pairwise.inline_payload(firsts[src], layout[3]) for src, layout in layouts.items()}
-        payloads = {
-            src: torch.empty(layouts[src][3], dtype=torch.uint8, device=self._channel.device) if part is None else part
-            for src, part in inline.items()
-        }
+        self._backend.start_pairs([(f, dst) for dst, (f, _, _) in encoded.items()], [(f, src) for src, f in firsts.items()]).wait()
+        headers = {src: pairwise.read_header(self._channel, f, src) for src, f in firsts.items()}
+        inline = {src: pairwise.inline_payload(firsts[src], header) for src, header in headers.items()}
+        payloads = {src: pairwise.empty_payload(self._channel, headers[src]) if part is None else part for src, part in inline.items()}
         self._backend.start_pairs(
-            [(rest, dst) for dst, (_, rest) in encoded.items() if rest.numel()],
+            [(rest, dst) for dst, (_, rest, _) in encoded.items() if rest.numel()],
             [(payloads[src], src) for src, part in inline.items() if part is None],
         ).wait()
-        return {src: pairwise.decode(self._channel, *layouts[src][:3], payloads[src]) for src in sources}
-
+        refusal = next((refusal for _, _, refusal in encoded.values() if refusal is not None), None)
+        if refusal is not None:  # every message went, the refusals among them: the receivers raise them too
+            raise refusal
+        for src, part in inline.items():
+            if part is None:
+                pairwise.check_payload(payloads[src], headers[src], src)
+        return {src: pairwise.decode(self._channel, headers[src], payloads[src], src) for src in sources}

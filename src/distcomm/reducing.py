@@ -15,7 +15,7 @@ import torch
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from distcomm.agreement import Claim, agree_with_data
-from distcomm.conversion import check_fillable, from_tensor, to_tensor
+from distcomm.conversion import check_fillable, from_tensor, is_plain, to_tensor
 from distcomm.dtypes import fits_int64
 from distcomm.errors import InvalidArgumentError, WireFormatError
 from distcomm.mismatch import digest64
@@ -51,7 +51,7 @@ def reduce_tensor(channel: Channel, tensor: torch.Tensor, op: ReduceOp) -> torch
     if plan.transport_dtype is not tensor.dtype or plan.mean_dtype not in (None, tensor.dtype):
         return reduce_leaves(channel, [tensor], [""], op)[0]  # type: ignore[no-any-return]
     backend = channel.backend
-    if plan.mean_dtype is None and tensor.is_contiguous() and channel.accepts(tensor.device):
+    if plan.mean_dtype is None and is_plain(tensor) and channel.accepts(tensor.device):
         backend.all_reduce(tensor, plan.op)
         return tensor
     carrier = channel.transport(tensor, "all_reduce")
@@ -148,9 +148,20 @@ def reduce_tensor_dict(channel: Channel, data: dict[Any, Any], op: ReduceOp, ope
     return reduced if channel.world_size == 1 else {key: reduced[key] for key in data}
 
 
+_ARITHMETIC = {torch.uint16: torch.int32, torch.uint32: torch.int64}
+"""Dtypes torch has no arithmetic for on every device, and the wider dtype their rows are reduced in
+(the result wraps back as the backends' own reductions of them do)."""
+
+
 def reduce_rows(rows: torch.Tensor, op: ReduceOp, out: torch.Tensor) -> None:
     """Reduce every rank's row into ``out``, element by element in rank order, so that every
     rank computes exactly the same bits."""
+    wider = _ARITHMETIC.get(rows.dtype)
+    if wider is not None:
+        result = torch.empty(out.shape, dtype=wider, device=out.device)
+        reduce_rows(rows.to(wider), op, result)
+        out.copy_(result)
+        return
     out.copy_(rows[0])
     for row in rows[1:]:
         if op is ReduceOp.SUM:
@@ -190,7 +201,7 @@ def agree_on_leaves(
             continue
         try:
             tensor = to_tensor(leaf, operation, path)
-            if isinstance(leaf, torch.Tensor) and (leaf.is_meta or not leaf.is_contiguous() or leaf.is_conj() or leaf.is_neg()):
+            if isinstance(leaf, torch.Tensor) and (leaf.is_meta or not leaf.is_contiguous()):
                 check_fillable(tensor, operation, path)
         except InvalidArgumentError as error:
             problem = problem or error
@@ -342,8 +353,8 @@ def _reduce_group(
     in_place = all(t.dtype is dtype and t.device == device for t in parts)
     if in_place:
         flat = _flatten_dense_tensors(parts)  # type: ignore[no-untyped-call]  # one vectorised copy
-        if len(parts) == 1 and detach:
-            flat = flat.clone()  # a lone part comes back as a view of itself: leave the input alone
+        if len(parts) == 1 and (detach or not is_plain(flat)):
+            flat = flat.clone()  # a lone part comes back as a view of itself: leave the input alone, or resolve it
     else:
         flat = torch.cat([t.reshape(-1).to(device=device, dtype=dtype) for t in parts])
     channel.backend.all_reduce(flat, op)
@@ -386,7 +397,12 @@ def _write_back(
             if not isinstance(leaf, torch.Tensor):
                 results[i] = from_tensor(view, leaf)
     if not detach and tensors:
-        torch._foreach_copy_([leaf for _, leaf, _ in tensors], [view for _, _, view in tensors])
+        plain = [(leaf, view) for _, leaf, view in tensors if not (leaf.is_conj() or leaf.is_neg())]
+        if plain:
+            torch._foreach_copy_([leaf for leaf, _ in plain], [view for _, view in plain])
+        for _, leaf, view in tensors:
+            if leaf.is_conj() or leaf.is_neg():  # filled through the view (one copy each: foreach refuses them)
+                leaf.copy_(view)
     for i, leaf, view in tensors:
         results[i] = view if detach else leaf
 

@@ -202,14 +202,16 @@ class TorchDistBackend(Backend):
             works = call_torch("send/recv", self.rank, dist.batch_isend_irecv, operations) if operations else []  # type: ignore[arg-type]
         return JoinedHandle([WorkHandle(work, None, "send/recv", self.rank) for work in works])
 
-    def split(self, members: list[int]) -> Backend | None:
+    def split(self, members: list[int], timeout: datetime.timedelta | None = None) -> Backend | None:
         global_ranks = [self._global_ranks[m] for m in members]
         # From the default group every rank calls new_group; from a subgroup only its
         # ranks do, which needs torch's group-local synchronization.
         local_sync = self._group is not dist.group.WORLD
         if local_sync:
             self._align_group_names(members)
-        group = call_torch("split", self.rank, dist.new_group, global_ranks, use_local_synchronization=local_sync)
+        group = call_torch(
+            "split", self.rank, dist.new_group, global_ranks, timeout=timeout or self.timeout, use_local_synchronization=local_sync
+        )
         if self.rank not in members:
             return None
         return TorchDistBackend(group, local_rank=self.local_rank)
