@@ -100,3 +100,35 @@ def checked_timeout(comm):
 
 def test_the_default_timeout_is_the_groups(world) -> None:
     assert world.run(checked_timeout) == [(world.timeout, world.timeout)] * world.world_size
+
+
+def lone_path_differences(comm, case: str):
+    """What plain mode cannot tell apart on the lone-tensor paths (rank 0 on one, rank 1 passing another thing)."""
+    checked, odd = CheckedCommunicator(comm, timeout=5), comm.rank == 1
+    calls = {
+        "reduce_scatter dim": lambda: checked.reduce_scatter(torch.ones(4, 2), dim=5 if odd else 0),
+        "reduce_scatter 0-d": lambda: checked.reduce_scatter(torch.tensor(1.0) if odd else torch.ones(2)),
+        "reduce_scatter op": lambda: checked.reduce_scatter(torch.ones(2), "max" if odd else "sum"),
+        "all_reduce expanded": lambda: checked.all_reduce(torch.ones(1).expand(3) if odd else torch.ones(3)),
+        "all_reduce_async expanded": lambda: checked.all_reduce_async(torch.ones(1).expand(3) if odd else torch.ones(3)),
+    }
+    try:
+        calls[case]()
+    except CollectiveMismatchError as error:
+        return str(error).split(": ", 1)[1]
+    return "not caught"
+
+
+@pytest.mark.parametrize(
+    ("case", "says"),
+    [
+        ("reduce_scatter dim", "dim=5"),
+        ("reduce_scatter 0-d", "float32[]"),
+        ("reduce_scatter op", "op=max"),
+        ("all_reduce expanded", "rank 1: all_reduce float32[3] (expanded or meta: cannot be filled)"),
+        ("all_reduce_async expanded", "(expanded or meta: cannot be filled)"),
+    ],
+)
+def test_what_plain_mode_cannot_tell_apart_on_the_lone_tensor_paths_is_caught(world, case: str, says: str) -> None:
+    zero, one = world.run(lone_path_differences, case)
+    assert zero == one and "ranks made different collective calls" in zero and says in zero, zero

@@ -15,6 +15,7 @@ from transports import BackendCommunicator
 
 import distcomm
 from distcomm import (
+    CollectiveError,
     InvalidArgumentError,
     LocalCommunicator,
     RestrictedCodec,
@@ -22,6 +23,7 @@ from distcomm import (
     distutils,
     register_safe_class,
 )
+from distcomm.testing import World
 from distcomm.torch_backend import TorchDistBackend
 
 
@@ -202,6 +204,71 @@ def test_bad_splits_fail_on_every_rank(dist_world, ranks, message) -> None:
 
 def test_local_split() -> None:
     assert isinstance(LocalCommunicator().split([0]), LocalCommunicator)
+
+
+def split_timeouts(comm):
+    sub = comm.split([0, 1])
+    own = comm.split([0, 1], timeout=1.5)
+    nested = sub.split([0, 1]) if sub is not None else None
+    mesh = sub.mesh({"a": 2}) if sub is not None else None  # over a subgroup: made by splitting
+    timeouts = [None if c is None else c.timeout.total_seconds() for c in (comm, sub, own, nested, mesh and mesh["a"])]
+    waited = None
+    if comm.rank == 0:  # rank 1 never joins: the split's collective fails within the split's timeout
+        started = time.monotonic()
+        try:
+            own.all_reduce(torch.ones(1))
+        except CollectiveError:
+            waited = time.monotonic() - started
+    return timeouts, waited
+
+
+def test_a_split_inherits_its_parents_timeout_unless_given_one() -> None:
+    with World(3, timeout=3.0, call_timeout=30) as world:
+        (timeouts, waited), (others, _), (outside, _) = world.run(split_timeouts)
+    assert timeouts == others == [3.0, 3.0, 1.5, 3.0, 3.0] and outside == [3.0, None, None, None, None]
+    assert waited is not None and waited < 1.5 + 1.0  # its own 1.5 s, never torch's default 30 minutes
+
+
+def lazy_lone_tensors(comm):
+    def views():
+        return {
+            "neg": (torch._neg_view(torch.tensor([1.0, -2.0])), [-1.0, 2.0]),
+            "conj": (torch.tensor([1 + 2j, 3j]).conj(), [1 - 2j, -3j]),
+        }
+
+    results = {}
+    for name in ("neg", "conj"):
+        reduced = views()[name][0] if comm.rank == 0 else torch.tensor(views()[name][1])
+        comm.all_reduce(reduced)
+        started = views()[name][0] if comm.rank == 0 else torch.tensor(views()[name][1])
+        comm.all_reduce_async(started).wait()
+        filled = views()[name][0] if comm.rank == 1 else torch.tensor(views()[name][1]) * 5
+        comm.broadcast(filled, src=0)
+        async_filled = views()[name][0] if comm.rank == 1 else torch.tensor(views()[name][1]) * 5
+        comm.broadcast_async(async_filled, src=0).wait()
+        results[name] = [t.tolist() for t in (reduced, started, filled, async_filled)], views()[name][1]
+    return results
+
+
+def test_a_lazily_negated_or_conjugated_tensor_is_reduced_and_filled_as_the_values_it_shows(dist_world) -> None:
+    for result in dist_world(2).run(lazy_lone_tensors):
+        for (reduced, started, filled, async_filled), shown in result.values():
+            doubled, fivefold = [2 * v for v in shown], [5 * v for v in shown]
+            assert reduced == started == doubled and filled == async_filled == fivefold
+
+
+def gather_what_requires_grad_on_one_rank(comm):
+    x = torch.full((3,), float(comm.rank), requires_grad=comm.rank == 1)
+    gathered = comm.all_gather(x * 1, same_shape=True)
+    started = comm.all_gather_async(x * 1, same_shape=True).wait()
+    return [t.tolist() for t in gathered], [t.requires_grad for t in gathered + started]
+
+
+def test_a_gather_of_a_tensor_that_requires_grad_on_one_rank_gathers_detached_values(dist_world) -> None:
+    for values, requires_grad in dist_world(2).run(gather_what_requires_grad_on_one_rank):
+        assert values == [[0.0] * 3, [1.0] * 3] and not any(requires_grad)
+    local = LocalCommunicator().all_gather(torch.ones(2, requires_grad=True), same_shape=True)
+    assert not local[0].requires_grad  # the same kind at every world size
 
 
 # ------------------------------------------------------------------------ async

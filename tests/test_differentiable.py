@@ -153,3 +153,119 @@ def test_a_world_of_one_is_the_identity_with_the_identitys_gradient() -> None:
         a.all_reduce(x, "max")
     with pytest.raises(InvalidArgumentError, match="floating-point tensor"):
         a.all_gather(torch.ones(2, dtype=torch.int64))
+
+
+# ------------------------------------------------------------------ second derivatives
+
+
+def cubic_loss(outputs: list[torch.Tensor], r: int) -> torch.Tensor:
+    return sum((weights(r, out, k) * out**3).sum() for k, out in enumerate(outputs))  # type: ignore[return-value]
+
+
+def direction(r: int, like: torch.Tensor) -> torch.Tensor:
+    return torch.linspace(0.5, 1.5, like.numel(), dtype=like.dtype).reshape(like.shape) * (r + 1)
+
+
+def second_derivative_on_rank(comm, case: str):
+    """d/dx_r of sum_s <g_s, v_s>, where g_s is rank s's gradient of the global cubic loss."""
+    x = data(comm.rank, SIZE[case](comm.rank)).requires_grad_()
+    (grad,) = torch.autograd.grad(cubic_loss(distributed(case, comm, x), comm.rank), x, create_graph=True)
+    (second,) = torch.autograd.grad((grad * direction(comm.rank, grad)).sum(), x, allow_unused=True)
+    return grad.detach(), torch.zeros_like(x) if second is None else second
+
+
+def single_process_second_derivatives(case: str, n: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    xs = [data(r, SIZE[case](r)).requires_grad_() for r in range(n)]
+    total = sum(cubic_loss(reference(case, xs, r), r) for r in range(n))
+    grads = torch.autograd.grad(total, xs, create_graph=True, allow_unused=True)
+    grads = [torch.zeros_like(x) if g is None else g for x, g in zip(xs, grads)]
+    probe = sum((g * direction(r, g)).sum() for r, g in enumerate(grads))
+    seconds = torch.autograd.grad(probe, xs, allow_unused=True) if probe.requires_grad else [None] * n  # type: ignore[union-attr]
+    return [g.detach() for g in grads], [torch.zeros_like(x) if s is None else s for x, s in zip(xs, seconds)]
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_second_derivatives_equal_a_single_process_computation(dist_world, n: int) -> None:
+    for case in SIZE:
+        if n == 1 and case == "broadcast":
+            continue  # from rank 1: a world of one has none
+        if n == 1:
+            got = [second_derivative_on_rank(LocalCommunicator(), case)]
+        else:
+            got = dist_world(n).run(second_derivative_on_rank, case)
+        grads, seconds = single_process_second_derivatives(case, n)
+        for r, ((grad, second), expected_grad, expected_second) in enumerate(zip(got, grads, seconds)):
+            torch.testing.assert_close(grad, expected_grad, msg=lambda m, case=case, r=r: f"{case}, rank {r}: {m}")
+            torch.testing.assert_close(second, expected_second, msg=lambda m, case=case, r=r: f"{case}, rank {r}: {m}")
+
+
+def second_derivatives_both_ways(comm, case: str) -> tuple[torch.Tensor, torch.Tensor]:
+    import warnings
+
+    seconds = []
+    for use_torch in (False, True):
+        x = data(comm.rank, 2 * comm.world_size).requires_grad_()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch 2.13 deprecates these functions
+            outputs = through_torch(case, comm.group, x, comm.world_size) if use_torch else distributed(case, comm, x)
+            (grad,) = torch.autograd.grad(cubic_loss(outputs, comm.rank), x, create_graph=True)
+            (second,) = torch.autograd.grad((grad * direction(comm.rank, grad)).sum(), x)
+        seconds.append(second)
+    return seconds[0], seconds[1]
+
+
+def test_second_derivatives_equal_torchs_differentiable_collectives(dist_world) -> None:
+    world = dist_world(2)
+    for case in TORCH_CASES:
+        for r, (ours, torchs) in enumerate(world.run(second_derivatives_both_ways, case)):
+            torch.testing.assert_close(ours, torchs, msg=lambda m, case=case, r=r: f"{case}, rank {r}: {m}")
+
+
+# ------------------------------------------------------------------ the same error on every rank
+
+
+def one_rank_wrong(comm, case: str):
+    a, wrong = comm.autograd, comm.rank == 1
+    x = torch.ones(4, dtype=torch.float64)
+    calls = {
+        "int64": lambda: a.all_reduce(torch.ones(4, dtype=torch.int64) if wrong else x),
+        "max": lambda: a.all_reduce(x, "max" if wrong else "sum"),
+        "gather int64": lambda: a.all_gather(torch.ones(4, dtype=torch.int64) if wrong else x),
+        "reduce_scatter dim": lambda: a.reduce_scatter(x, dim=3 if wrong else 0),
+        "reduce_scatter 0-d": lambda: a.reduce_scatter(torch.tensor(1.0) if wrong else x),
+        "broadcast src": lambda: a.broadcast(x, src=9 if wrong else 0),
+        "gather_from_group dim": lambda: a.gather_from_group(x, dim=2 if wrong else 0),
+        "all_to_all not a list": lambda: a.all_to_all(x if wrong else list(x.split(2))),
+    }
+    try:
+        calls[case]()
+    except Exception as error:  # noqa: BLE001
+        return type(error).__name__, str(error), comm.all_reduce(1)
+    return "returned", "", comm.all_reduce(1)
+
+
+@pytest.mark.parametrize(
+    ("case", "says"),
+    [
+        ("int64", "autograd.all_reduce takes a floating-point tensor, got int64[4]"),
+        ("max", "autograd.all_reduce: op 'max' has no gradient here"),
+        ("gather int64", "autograd.all_gather takes a floating-point tensor"),
+        ("reduce_scatter dim", "autograd.reduce_scatter: cannot split or join a tensor of shape [4] along dim 3"),
+        ("reduce_scatter 0-d", "autograd.reduce_scatter: cannot split or join a tensor of shape [] along dim 0"),
+        ("broadcast src", "autograd.broadcast: src=9 is outside the group"),
+        ("gather_from_group dim", "autograd.gather_from_group: cannot split or join a tensor of shape [4] along dim 2"),
+        ("all_to_all not a list", "autograd.all_to_all takes a list of one tensor per rank, got float64[4]"),
+    ],
+)
+def test_a_mistake_on_one_rank_raises_the_same_error_on_every_rank(dist_world, case: str, says: str) -> None:
+    zero, one = dist_world(2).run(one_rank_wrong, case, timeout=10)
+    assert zero == one and zero[0] == "InvalidArgumentError" and f"rank 1 cannot take part: {says}" in zero[1], zero
+    assert zero[2] == 2  # still in step
+
+
+def test_bad_dims_are_distcomms_errors_at_every_world_size() -> None:
+    a = LocalCommunicator().autograd
+    for call in (lambda: a.reduce_scatter(torch.ones(3), dim=1), lambda: a.scatter_to_group(torch.tensor(2.0)),
+                 lambda: a.gather_from_group(torch.ones(2, 2), dim=-3)):  # fmt: skip
+        with pytest.raises(InvalidArgumentError, match="cannot split or join"):
+            call()

@@ -187,3 +187,153 @@ def test_bad_input_in_a_world_of_one_is_the_same_kind_of_error() -> None:
     with pytest.raises(InvalidArgumentError, match="not defined for complex"):
         comm.reduce_scatter([torch.ones(1, dtype=torch.complex64)], "max")
     assert issubclass(InconsistentInputError, InvalidArgumentError)
+
+
+# ------------------------------------------------------------------ a mistake on one rank only
+
+
+def one_rank_wrong(comm, case: str):
+    """Rank 1 alone passes something wrong (or something else); every rank must raise the same error at once."""
+    wrong = comm.rank == 1
+    calls = {
+        "gather dst": lambda: comm.gather(torch.ones(1), dst=3 if wrong else 0),
+        "gather dst differs": lambda: comm.gather(torch.ones(1), dst=comm.rank),
+        "scatter src": lambda: comm.scatter([torch.ones(1)] * 2 if comm.rank == 0 else None, src=5 if wrong else 0),
+        "scatter src differs": lambda: comm.scatter([torch.ones(1)] * 2, src=comm.rank),
+        "reduce dst": lambda: comm.reduce(torch.ones(2), dst=-1 if wrong else 0),
+        "reduce op": lambda: comm.reduce(torch.ones(2), op="bogus" if wrong else "sum"),
+        "reduce op differs": lambda: comm.reduce(torch.ones(2), op="max" if wrong else "sum"),
+        "reduce expanded on dst": lambda: comm.reduce(torch.ones(1).expand(3) if comm.rank == 0 else torch.ones(3)),
+        "broadcast src": lambda: comm.broadcast(torch.ones(2), src=7 if wrong else 0),
+        "broadcast src differs": lambda: comm.broadcast(torch.ones(2), src=comm.rank),
+        "reduce_scatter list op": lambda: comm.reduce_scatter([torch.ones(1), torch.ones(1)], "max" if wrong else "sum"),
+        "reduce_scatter uneven op": lambda: comm.reduce_scatter(torch.ones(3), "max" if wrong else "sum"),
+        "reduce_scatter dicts op": lambda: comm.reduce_scatter([{"a": 1.0}, {"a": 2.0}], "max" if wrong else "sum"),
+        "reduce_scatter_async op": lambda: comm.reduce_scatter_async(torch.ones(5), "min" if wrong else "sum").wait(),
+        "reduce_scatter bad op": lambda: comm.reduce_scatter(torch.ones(3), "bogus" if wrong else "sum"),
+        "reduce_scatter bad dim": lambda: comm.reduce_scatter(torch.ones(3, 3), dim=5 if wrong else 1),
+        "reduce_scatter 0-d": lambda: comm.reduce_scatter(torch.tensor(1.0) if wrong else torch.ones(3)),
+        "reduce_scatter uint64": lambda: comm.reduce_scatter([torch.ones(1, dtype=torch.uint64 if wrong else torch.int64)] * 2),
+    }
+    outcome = caught(calls[case])
+    return outcome, comm.all_reduce(1)  # still in step afterwards
+
+
+ONE_RANK_WRONG = {
+    "gather dst": ("InvalidArgumentError", "rank 1 cannot take part: gather: dst=3 is outside the group"),
+    "gather dst differs": ("InconsistentInputError", "rank 0: gather to 0 tensor; rank 1: gather to 1 tensor"),
+    "scatter src": ("InvalidArgumentError", "rank 1 cannot take part: scatter: src=5 is outside the group"),
+    "scatter src differs": ("InconsistentInputError", "rank 0: scatter from 0 objects; rank 1: scatter from 1 objects"),
+    "reduce dst": ("InvalidArgumentError", "rank 1 cannot take part: reduce: dst=-1 is outside the group"),
+    "reduce op": ("InvalidArgumentError", "rank 1 cannot take part: reduce: unknown reduce op 'bogus'"),
+    "reduce op differs": ("InconsistentInputError", "first difference at (op): rank 0: reduce to 0 sum; rank 1: reduce to 0 max"),
+    "reduce expanded on dst": ("InconsistentInputError", "rank 0 cannot take part: reduce to 0: the tensor is an expanded view"),
+    "broadcast src": ("InvalidArgumentError", "rank 1 cannot take part: broadcast: src=7 is outside the group"),
+    "broadcast src differs": ("InconsistentInputError", "rank 0: broadcast from 0 layout; rank 1: broadcast from 1 layout"),
+    "reduce_scatter list op": ("InconsistentInputError", "rank 0: reduce_scatter sum objects; rank 1: reduce_scatter max objects"),
+    "reduce_scatter uneven op": ("InconsistentInputError", "rank 0: reduce_scatter sum objects; rank 1: reduce_scatter max objects"),
+    "reduce_scatter dicts op": ("InconsistentInputError", "rank 0: reduce_scatter sum layout; rank 1: reduce_scatter max layout"),
+    "reduce_scatter_async op": ("InconsistentInputError", "rank 0: reduce_scatter sum objects; rank 1: reduce_scatter min objects"),
+    "reduce_scatter bad op": ("InvalidArgumentError", "rank 1 cannot take part: reduce_scatter: unknown reduce op 'bogus'"),
+    "reduce_scatter bad dim": ("InvalidArgumentError", "rank 1 cannot take part: reduce_scatter: cannot split a tensor of shape [3, 3] along dim 5"),
+    "reduce_scatter 0-d": ("InvalidArgumentError", "rank 1 cannot take part: reduce_scatter: cannot split a tensor of shape [] along dim 0"),
+    "reduce_scatter uint64": ("InvalidArgumentError", "rank 1: reduce_scatter: uint64 cannot be reduced on every backend"),
+}
+
+
+@pytest.mark.parametrize("case", ONE_RANK_WRONG)
+def test_a_mistake_on_one_rank_raises_the_same_error_on_every_rank_at_once(dist_world, case: str) -> None:
+    zero, one = dist_world(2).run(one_rank_wrong, case, timeout=10)
+    kind, says = ONE_RANK_WRONG[case]
+    assert zero == one, (zero, one)
+    assert zero[0][0] == kind and says in zero[0][1], zero[0]
+    assert zero[1] == 2
+
+
+def lazy_views_everywhere(comm):
+    """Every view torch allows, on rank 0 only, against plain tensors of the same values elsewhere."""
+    def views():
+        conj = torch.tensor([1 + 2j, 3 - 1j, 2j, 1 + 0j]).conj()
+        return {
+            "conj": (conj, conj.resolve_conj()),
+            "neg": (torch._neg_view(torch.tensor([1.0, -2.0, 3.0, 4.0])), torch.tensor([-1.0, 2.0, -3.0, -4.0])),
+            "expanded": (torch.ones(1).expand(4), torch.ones(4)),
+            "strided": (torch.arange(8.0)[::2], torch.tensor([0.0, 2.0, 4.0, 6.0])),
+        }
+
+    results = {}
+    for name, (view, plain) in views().items():
+        mine = view if comm.rank == 0 else plain.clone()
+        halves = list(mine.tensor_split(2))
+        fresh = views()[name][0]  # filled in place by the reduction: a view of its own (an expanded one cannot be)
+        receiver = plain.clone() if name == "expanded" or comm.rank != 0 else fresh
+        reduced = comm.reduce(receiver, dst=0)
+        results[name] = {
+            "gather": [t.tolist() for t in comm.gather(mine, dst=1) or []],
+            "all_gather": [t.tolist() for t in comm.all_gather(mine)],
+            "same_shape": [t.tolist() for t in comm.all_gather(mine, same_shape=True)],
+            "scatter": comm.scatter(halves if comm.rank == 0 else None).tolist(),
+            "all_to_all": [t.tolist() for t in comm.all_to_all(halves)],
+            "reduce_scatter": comm.reduce_scatter(halves).tolist(),
+            "reduce": None if reduced is None else (reduced.tolist(), reduced is receiver),
+            "plain": plain.tolist(),
+        }
+    return results
+
+
+def test_every_view_torch_allows_is_read_as_the_values_it_shows(dist_world) -> None:
+    zero, one = dist_world(2).run(lazy_views_everywhere)
+    for name, got in zero.items():
+        plain = got["plain"]
+        halves = [plain[:2], plain[2:]]
+        assert one[name]["gather"] == [plain, plain] and got["gather"] == []
+        assert got["all_gather"] == one[name]["all_gather"] == [plain, plain] == got["same_shape"]
+        assert [got["scatter"], one[name]["scatter"]] == halves
+        assert got["all_to_all"] == [halves[0], halves[0]] and one[name]["all_to_all"] == [halves[1], halves[1]]
+        assert [got["reduce_scatter"], one[name]["reduce_scatter"]] == [[2 * v for v in h] for h in halves]
+        assert got["reduce"] == ([2 * v for v in plain], True) and one[name]["reduce"] is None, name
+
+
+def entries_of_dicts(comm):
+    entries = [{"a": torch.tensor([1.0 + comm.rank])}, {"a": torch.tensor([2.0])}]
+    mine = comm.reduce_scatter(entries)
+    return mine["a"].tolist(), [e["a"].tolist() for e in entries], mine["a"] is entries[comm.rank]["a"]
+
+
+def test_reduce_scatter_of_dicts_returns_new_values_and_leaves_the_entries_alone(dist_world) -> None:
+    zero, one = dist_world(2).run(entries_of_dicts)
+    assert zero == ([3.0], [[1.0], [2.0]], False) and one == ([4.0], [[2.0], [2.0]], False)
+    local = LocalCommunicator()
+    entries = [{"a": torch.tensor([5.0])}]
+    mine = local.reduce_scatter(entries)
+    assert mine["a"].tolist() == [5.0] and mine["a"] is not entries[0]["a"]
+
+
+def unsigned_entries(comm, dtype: torch.dtype):
+    return comm.reduce_scatter([torch.full((2,), 7 + comm.rank, dtype=dtype)] * comm.world_size, "max").tolist()
+
+
+@pytest.mark.parametrize("dtype", [torch.uint16, torch.uint32])
+def test_unsigned_entries_torch_has_no_arithmetic_for_reduce_at_every_world_size(dist_world, dtype: torch.dtype) -> None:
+    assert dist_world(2).run(unsigned_entries, dtype) == [[8, 8], [8, 8]]
+    assert unsigned_entries(LocalCommunicator(), dtype) == [7, 7]
+
+
+def forged_sizes(comm):
+    """Rank 0 states, in the size agreement, a chunk of 2**40 float32 for rank 1; rank 1 makes an honest all_to_all."""
+    from distcomm import exchanging
+
+    try:
+        if comm.rank == 0:
+            forged = exchanging.Sending("float32", ((1,), (2**40,)))
+            exchanging.agree_on_sizes(comm._channel, forged, "all_to_all")
+        else:
+            comm.all_to_all([torch.ones(1), torch.ones(1)])
+    except Exception as error:  # noqa: BLE001
+        return type(error).__name__, str(error)
+    return "allocated"
+
+
+def test_sizes_a_peer_states_are_bounded_before_anything_is_allocated(dist_world) -> None:
+    zero, one = dist_world(2).run(forged_sizes)
+    assert zero == one and zero[0] == "WireFormatError" and "add up to more than the limit" in zero[1]

@@ -236,6 +236,28 @@ def test_a_dump_follows_no_planted_link_and_only_its_owner_reads_it(tmp_path, mo
     assert FlightRecorder(directory=linked).dump("test") is None  # a directory that is a link is refused
 
 
+def test_a_default_directory_whose_parent_is_a_link_or_anothers_is_refused(tmp_path, monkeypatch, caplog) -> None:
+    """The shared working directory holds a ``distcomm-flight-records`` planted by someone else: a link
+    to their directory, or a directory of theirs. No dump goes there, and the log says why."""
+    monkeypatch.delenv(flight_recorder.DIRECTORY_VARIABLE, raising=False)
+    monkeypatch.setenv("DISTCOMM_JOB", "run-8")
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o777)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    monkeypatch.chdir(shared)
+    (shared / "distcomm-flight-records").symlink_to(theirs)
+    assert FlightRecorder().dump("test") is None and list(theirs.iterdir()) == []
+    assert "is a link or not a directory" in caplog.text
+    if os.geteuid() == 0:  # only root can plant a directory that belongs to another user
+        (shared / "distcomm-flight-records").unlink()
+        planted = shared / "distcomm-flight-records"
+        planted.mkdir(mode=0o777)
+        os.chown(planted, 65534, 65534)
+        assert FlightRecorder().dump("test") is None and list(planted.iterdir()) == []
+        assert "belongs to another user" in caplog.text
+
+
 def test_by_default_each_job_dumps_into_its_own_directory(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv(flight_recorder.DIRECTORY_VARIABLE, raising=False)

@@ -99,3 +99,86 @@ def test_a_peer_that_is_this_rank_is_refused_at_every_world_size() -> None:
     with pytest.raises(InvalidArgumentError, match="src must be|src"):
         comm.irecv(3)
     assert comm.batch_send_recv({}, []) == {}
+
+
+def forged_first_message(nbytes: int, sent_bytes: int, *, cut_first: bool = False) -> list[torch.Tensor]:
+    """A first message as a peer that lies would make it: a tensor header announcing ``nbytes``
+    bytes of float32, followed by only ``sent_bytes`` of them (or, with ``cut_first``, cut short itself)."""
+    import numpy as np
+
+    from distcomm import pairwise
+
+    first = np.zeros(pairwise.FIRST_BYTES, dtype=np.uint8)
+    header = first[: pairwise.PAYLOAD_OFFSET].view("<i8")
+    header[:7] = (pairwise.MAGIC, pairwise.TENSOR, 8, 1, nbytes, 0, nbytes // 4)  # float32 is dtype code 8
+    first[-8:].view("<i8")[0] = pairwise.END
+    messages = [torch.from_numpy(first[: pairwise.FIRST_BYTES // 2] if cut_first else first)]
+    if sent_bytes:
+        messages.append(torch.full((sent_bytes,), 7, dtype=torch.uint8))
+    return messages
+
+
+def lying_peer(comm, case: str):
+    if comm.rank == 0:
+        messages = {
+            "huge": forged_first_message(2**50, 0),
+            "short payload": forged_first_message(8192, 4096),
+            "short first": forged_first_message(16, 0, cut_first=True),
+        }[case]
+        comm._backend.start_pairs([(m, 1) for m in messages], []).wait()
+        return None
+    try:
+        received = comm.recv(0)
+    except WireFormatError as error:
+        return str(error)
+    return f"accepted {received.numel()} elements"
+
+
+@pytest.mark.parametrize(
+    ("case", "says"),
+    [
+        ("huge", "over the codec's limit"),
+        ("short payload", "announced 8192 bytes and sent fewer"),
+        ("short first", "shorter than the 4096 bytes"),
+    ],
+)
+def test_nothing_a_lying_peer_announces_is_allocated_or_returned_as_data(dist_world, case: str, says: str) -> None:
+    assert says in dist_world(2).run(lying_peer, case)[1]
+
+
+def lazy_views(comm):
+    base = torch.tensor([1 + 2j, 3 - 1j])
+    views = [base.conj(), torch._neg_view(torch.tensor([1.0, -2.0])), torch.ones(1).expand(3), torch.arange(6.0).reshape(2, 3).t()]
+    if comm.rank == 0:
+        for view in views:
+            comm.send(view, 1)
+        comm.batch_send_recv({1: views[0]}, recv_from=[])
+        return None
+    received = [comm.recv(0) for _ in views] + [comm.batch_send_recv({}, recv_from=[0])[0]]
+    return [(r.tolist(), v.tolist()) for r, v in zip(received, views + views[:1])]
+
+
+def test_any_view_is_sent_as_the_values_it_shows(dist_world) -> None:
+    for received, shown in dist_world(2).run(lazy_views)[1]:
+        assert received == shown
+
+
+def unsendable(comm, what: str):
+    data = {"dtype": torch.ones(2, dtype=torch.float8_e4m3fn), "object": lambda: None}[what]
+    if comm.rank == 0:
+        try:
+            comm.send(data, 1)
+        except InvalidArgumentError as error:
+            return str(error)
+        return "sent"
+    try:
+        comm.recv(0)
+    except InvalidArgumentError as error:
+        return str(error)
+    return "received"
+
+
+@pytest.mark.parametrize(("what", "says"), [("dtype", "does not support dtype"), ("object", "cannot be pickled")])
+def test_what_a_sender_cannot_send_raises_on_the_receiver_too(dist_world, what: str, says: str) -> None:
+    sender, receiver = dist_world(2).run(unsendable, what)
+    assert says in sender and receiver.startswith("rank 0 could not send its message: ") and says in receiver

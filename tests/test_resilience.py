@@ -80,6 +80,32 @@ def test_a_failure_that_lost_no_rank_is_raised_not_run_again() -> None:
         assert (lost, size, total) == ([], 2, 2)  # both came to the shrink: a communicator of both, still working
 
 
+def one_rank_raises_in_its_step(comm):
+    """Rank 1's step raises a plain error (a bug of its own, every process alive); the others then
+    wait in a collective it never joins."""
+    job = Resilient(comm, {"x": torch.zeros(1)}, settle=0.5)
+
+    def step(comm) -> float:
+        if comm.rank == 1:
+            raise ValueError("a bug on rank 1 only")
+        return comm.all_reduce(1.0)
+
+    try:
+        job.run(step)
+    except Exception as error:  # noqa: BLE001 (what each rank ended with is the result)
+        return type(error).__name__, str(error), job.lost, job.comm.world_size
+    return "returned", "", job.lost, job.comm.world_size
+
+
+def test_a_rank_whose_step_raised_is_alive_and_not_dropped_the_job_raises_on_every_rank() -> None:
+    with World(3, timeout=2.0, call_timeout=60) as world:
+        results = world.run(one_rank_raises_in_its_step)
+    assert results[1] == ("ValueError", "a bug on rank 1 only", [], 3)
+    for kind, message, lost, size in (results[0], results[2]):
+        assert kind == "CollectiveError" and lost == [] and size == 3, (kind, message)
+        assert "rank(s) 1 are alive but their own step raised (rank 1: ValueError: a bug on rank 1 only)" in message
+
+
 def test_without_failures_it_only_runs_the_step() -> None:
     state = {"x": torch.zeros(1)}
     job = Resilient(LocalCommunicator(), state)

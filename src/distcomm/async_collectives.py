@@ -17,7 +17,7 @@ from distcomm.collective_base import CollectiveBase
 from distcomm.conversion import describe, is_plain
 from distcomm.errors import InvalidArgumentError
 from distcomm.handles import CompletedHandle, Handle
-from distcomm.hooks import Call, collective
+from distcomm.hooks import Call, collective, describe_filled
 from distcomm.ops import ReduceOpLike, parse_reduce_op
 from distcomm.reduction_rules import plan_reduction
 from distcomm.signatures import signature_of
@@ -31,7 +31,7 @@ def gather_layout(call: Call) -> str:
 class AsyncCollectives(CollectiveBase):
     """The asynchronous tensor collectives of a communicator."""
 
-    @collective()
+    @collective(describe_filled)
     def all_reduce_async(self, tensor: torch.Tensor, op: ReduceOpLike = "sum") -> Handle:
         """Start an in-place reduction of ``tensor``; the handle's ``wait()`` returns it.
 
@@ -47,7 +47,7 @@ class AsyncCollectives(CollectiveBase):
             return CompletedHandle(reducing.reduce_tensor(self._channel, tensor, reduce_op))
         return self._backend.all_reduce_async(tensor, plan.op)
 
-    @collective()
+    @collective(describe_filled)
     def broadcast_async(self, tensor: torch.Tensor, src: int = 0) -> Handle:
         """Start an in-place broadcast of ``tensor`` from ``src``; ``wait()`` returns it.
 

@@ -39,7 +39,7 @@ from distcomm.errors import InvalidArgumentError
 from distcomm.exchange_collectives import ExchangeCollectives
 from distcomm.flight_recorder import default_recorder
 from distcomm.handles import Handle
-from distcomm.hooks import Call, Hook, collective
+from distcomm.hooks import Call, Hook, collective, describe_filled
 from distcomm.mesh import Mesh, coordinates, parse_mesh
 from distcomm.object_collectives import ObjectCollectives
 from distcomm.objects import OBJECT_SLOT_BYTES
@@ -222,7 +222,7 @@ class Communicator(ObjectCollectives, AsyncCollectives, ExchangeCollectives, Poi
     @overload
     def all_reduce(self, /, data: T, op: ReduceOpLike = "sum") -> T: ...
 
-    @collective()
+    @collective(describe_filled)
     def all_reduce(self, data: Any, op: ReduceOpLike = "sum") -> Any:
         """Reduce ``data`` over all ranks with ``op`` (sum, mean, min, max, product); return the result.
 

@@ -108,11 +108,16 @@ def check_fillable(tensor: torch.Tensor, operation: str, where: str = "") -> Non
         raise InvalidArgumentError(
             f"{operation}: the meta tensor{_at(where)} has no data to communicate; materialize it first"
         )
-    if tensor.numel() > 1 and any(stride == 0 and size > 1 for stride, size in zip(tensor.stride(), tensor.shape)):
+    if is_expanded(tensor):
         raise InvalidArgumentError(
             f"{operation}: the tensor{_at(where)} is an expanded view whose elements share memory "
             "(a stride of 0), so it cannot be filled in place; pass tensor.clone() instead"
         )
+
+
+def is_expanded(tensor: torch.Tensor) -> bool:
+    """Whether some elements of ``tensor`` share memory (a stride of 0 along a dimension longer than one)."""
+    return tensor.numel() > 1 and any(stride == 0 and size > 1 for stride, size in zip(tensor.stride(), tensor.shape))
 
 
 def is_plain(tensor: torch.Tensor) -> bool:

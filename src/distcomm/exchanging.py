@@ -26,6 +26,7 @@ from distcomm.errors import InconsistentInputError, InvalidArgumentError, WireFo
 from distcomm.handles import CompletedHandle, Handle, ThenHandle
 from distcomm.objects import all_gather_objects
 from distcomm.opening import body_room
+from distcomm.serialization import max_payload_bytes
 
 if TYPE_CHECKING:
     from distcomm.channel import Channel
@@ -101,7 +102,25 @@ def agree_on_sizes(channel: Channel, mine: Sending, operation: str) -> list[Send
     if len(dtypes) > 1:
         listing = "; ".join(f"rank {r}: {e.dtype}" for r, e in enumerate(everyone) if e.dtype is not None)
         raise InconsistentInputError(f"{operation}: ranks send different dtypes ({listing}); every rank must send one dtype")
+    _check_incoming(channel, everyone, operation)
     return everyone
+
+
+def _check_incoming(channel: Channel, everyone: list[Sending], operation: str) -> None:
+    """Refuse, on every rank alike (each sees every rank's sizes), sizes that would make some rank
+    allocate more than the codec's bound for what it receives."""
+    limit = max_payload_bytes(channel.object_codec)
+    for receiver in range(channel.world_size):
+        incoming = [
+            math.prod(e.shapes[receiver]) * _BY_NAME[e.dtype].itemsize if e.shapes is not None and e.dtype in _BY_NAME else 0
+            for e in everyone
+        ]
+        if sum(incoming) > limit:
+            senders = ", ".join(f"rank {r}: {n} bytes" for r, n in enumerate(incoming) if n)
+            raise WireFormatError(
+                f"{operation}: the sizes announced for rank {receiver} ({senders}) add up to more than the limit of "
+                f"{limit} bytes a peer may make a rank allocate (the object codec's max_bytes); nothing was allocated"
+            )
 
 
 def _parse(entry: Any, world_size: int, rank: int) -> Sending:

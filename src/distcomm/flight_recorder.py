@@ -129,7 +129,10 @@ class FlightRecorder(Recorder):
         signum = None if dump_signal is None else parse_signal(dump_signal)
         self.entries: collections.deque[RecordedCall] = collections.deque(maxlen=size)
         self._append = self.entries.append
-        self.directory = directory or os.environ.get(DIRECTORY_VARIABLE) or Path.cwd() / DEFAULT_DIRECTORY / job_name()
+        chosen = directory or os.environ.get(DIRECTORY_VARIABLE)
+        self.directory = chosen or Path.cwd() / DEFAULT_DIRECTORY / job_name()
+        self._library_base: Path | None = None if chosen else Path.cwd()
+        """Below this, every level of :attr:`directory` is the library's own (the default place)."""
         self._counters: dict[str, Iterator[int]] = {}
         self._lock = threading.Lock()
         self.watchdog_seconds: float | None = None
@@ -159,6 +162,7 @@ class FlightRecorder(Recorder):
     @directory.setter
     def directory(self, value: str | os.PathLike[str]) -> None:
         self._directory = Path(value)
+        self._library_base = None
 
     def watch(self, seconds: float) -> None:
         """Start a watchdog thread that dumps once for each call in flight longer than ``seconds``."""
@@ -238,7 +242,7 @@ class FlightRecorder(Recorder):
         try:
             rank, world_size = _identity()
             directory = self.directory
-            _check_directory(directory)
+            _check_directory(directory, self._library_base)
             path = directory / f"{job_name()}-rank{rank}.jsonl"
             header = {
                 "kind": "header", "rank": rank, "world_size": world_size, "job": job_name(), "host": socket.gethostname(),
@@ -261,14 +265,32 @@ class FlightRecorder(Recorder):
             return None
 
 
-def _check_directory(directory: Path) -> None:
-    """Create ``directory`` (mode 0700) if needed; refuse one that is a link, is not a directory, or
-    is owned by another user and writable by others (they could swap what we write)."""
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+def _check_directory(directory: Path, library_base: Path | None = None) -> None:
+    """Create ``directory`` (mode 0700) one level at a time where needed. Refuse any level the
+    library creates (every level below ``library_base`` for the default place, else the levels
+    that did not exist) that is a link, is not a directory or belongs to another user; and refuse
+    the directory itself when it is a link, is not a directory, or belongs to another user and
+    others may write to it (they could swap what we write)."""
+    base = library_base
+    if base is None:
+        base = directory
+        while not os.path.lexists(base) and base.parent != base:
+            base = base.parent
+    mine = hasattr(os, "geteuid")
+    current = base
+    for part in directory.relative_to(base).parts if directory != base else ():
+        current = current / part
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(current, 0o700)
+        info = os.lstat(current)
+        if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+            raise OSError(f"{current} is a link or not a directory: refusing to write flight records there")
+        if mine and info.st_uid != os.geteuid():
+            raise OSError(f"{current} belongs to another user: refusing to write flight records there")
     info = os.lstat(directory)
     if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
         raise OSError(f"{directory} is a link or not a directory: refusing to write flight records there")
-    if hasattr(os, "geteuid") and info.st_uid != os.geteuid() and info.st_mode & (stat.S_IWOTH | stat.S_IWGRP):
+    if mine and info.st_uid != os.geteuid() and info.st_mode & (stat.S_IWOTH | stat.S_IWGRP):
         raise OSError(f"{directory} belongs to another user and others may write to it: choose another directory")
 
 

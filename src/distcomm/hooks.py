@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Concatenate, ParamSpec, TypeVar
 
 from distcomm.errors import ClosedCommunicatorError, CollectiveError, InvalidArgumentError, renamed
-from distcomm.signatures import op_name, payload_bytes, signature_of
+from distcomm.signatures import filled_signature, op_name, payload_bytes, signature_of
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -139,6 +139,11 @@ def _describe(call: Call) -> str:
 def describe_data(call: Call) -> str:
     """The default description of a call's data: dtypes and shapes of its tensors, kinds of other leaves."""
     return signature_of(call.data)
+
+
+def describe_filled(call: Call) -> str:
+    """The description of a call that fills its data in place (a lone tensor that cannot be filled says so)."""
+    return filled_signature(call.data)
 
 
 class Hook:

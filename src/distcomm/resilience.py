@@ -53,6 +53,7 @@ class Resilient:
         self.lost: list[int] = []
         """Every rank lost so far, numbered as in the communicator the job started with."""
         self._original = list(range(comm.world_size))
+        self._left = False
 
     @property
     def comm(self) -> Communicator:
@@ -68,8 +69,14 @@ class Resilient:
         shrunk communicator (:attr:`comm`), as is a
         :class:`~distcomm.CollectiveMismatchError` (ranks in different calls: a bug that
         running again would repeat). A rank left out raises
-        :class:`~distcomm.errors.ExcludedRankError`; other errors pass through.
+        :class:`~distcomm.errors.ExcludedRankError`. Any other error of the step passes
+        through, and this rank, alive, says so in the job's store first: ranks whose
+        collectives then time out learn in the shrink that it did not die, and raise a
+        :class:`~distcomm.CollectiveError` naming it instead of going on without it.
         """
+        if self._left:  # the last step raised here and the caller went on: this rank stays
+            self._left = False
+            self._comm._stay()
         while True:
             try:
                 return step(self._comm)
@@ -78,6 +85,9 @@ class Resilient:
             except CollectiveError as error:
                 if not self._recover(error):
                     raise
+            except Exception as error:  # this rank's own failure: it is alive, so it must not be dropped
+                self._left = self._comm._leave(f"{type(error).__name__}: {error}"[:500])
+                raise
 
     def _recover(self, error: CollectiveError) -> bool:
         """Shrink to the survivors; whether a rank was lost (the same answer on every survivor)."""

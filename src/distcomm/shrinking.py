@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from distcomm.collective_base import CollectiveBase
 from distcomm.errors import CollectiveError, ExcludedRankError, InvalidArgumentError
 from distcomm.hooks import collective
-from distcomm.survivors import agree_on_survivors, confirm_formed
+from distcomm.survivors import agree_on_survivors, confirm_formed, leave, stay
 from distcomm.timeouts import as_timeout
 
 if TYPE_CHECKING:
@@ -89,6 +89,13 @@ class Shrinking(CollectiveBase):
                     note=str(self._backend.group_count()),
                 )  # fmt: skip
                 survivors, notes = list(membership.survivors), list(membership.notes)
+                if membership.failed:  # alive, so not to be dropped: the job stops on every rank
+                    listing = "; ".join(f"rank {r}: {why}" for r, why in membership.failed)
+                    raise CollectiveError(
+                        "shrink", self.rank,
+                        f"rank(s) {', '.join(str(r) for r, _ in membership.failed)} are alive but their own step raised "
+                        f"({listing}); they are not dropped: the job stops on every rank",
+                    )  # fmt: skip
             try:
                 backend = self._backend.survivors(survivors, notes, timeout)
             except (CollectiveError, RuntimeError) as error:  # a survivor died meanwhile: agree again without it
@@ -111,3 +118,24 @@ class Shrinking(CollectiveBase):
             self._state.closed = True  # the broken group is never used again; its resources stay with it
             return child
         raise CollectiveError("shrink", self.rank, f"no group of survivors formed in {MAX_GENERATIONS} attempts: {problem}")
+
+    def _leave(self, reason: str) -> bool:
+        """Say in the job's store that this rank is alive but leaves with ``reason`` (its own step
+        raised), so that ranks which shrink meanwhile stop instead of dropping it; whether it was said."""
+        store = self._backend.store
+        if store is None or self.world_size == 1:
+            return False
+        try:
+            leave(store, f"distcomm/shrink/{self.group_name}", self._state.generations, self.rank, reason)
+        except (RuntimeError, OSError, TimeoutError) as error:
+            logger.warning("rank %d could not tell the others it leaves (%s)", self.rank, error)
+            return False
+        return True
+
+    def _stay(self) -> None:
+        """Take back :meth:`_leave`: this rank went on after all."""
+        store = self._backend.store
+        try:
+            stay(store, f"distcomm/shrink/{self.group_name}", self._state.generations, self.rank)
+        except (RuntimeError, OSError, TimeoutError) as error:
+            logger.warning("rank %d could not take back that it left (%s)", self.rank, error)

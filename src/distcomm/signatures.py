@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from distcomm.conversion import describe, dtype_name
+from distcomm.conversion import describe, dtype_name, is_expanded
 from distcomm.mismatch import digest64
 from distcomm.nested import flatten
 from distcomm.ops import ReduceOpLike, parse_reduce_op
@@ -27,6 +27,15 @@ def signature_of(data: Any, *, shapes: bool = True) -> str:
     inner = ", ".join(text for _, text in entries[:8])
     more = f", ... {len(entries)} leaves" if len(entries) > 8 else ""
     return f"{type(data).__name__}({inner}{more}) #{digest64(repr(entries).encode()) & _DIGEST_MASK:012x}"
+
+
+def filled_signature(data: Any) -> str:
+    """:func:`signature_of` for a call that fills ``data`` in place: a lone tensor that cannot be
+    filled (an expanded view, a meta tensor) says so, so that checking names the rank that passed it."""
+    text = signature_of(data)
+    if isinstance(data, torch.Tensor) and (data.is_meta or is_expanded(data)):
+        return f"{text} (expanded or meta: cannot be filled)"
+    return text
 
 
 def tensor_layout(data: Any) -> str:

@@ -13,7 +13,9 @@ each attempt (a generation):
    rank to notice proposes the members it sees, with one atomic ``compare_set`` of
    ``members``: only the first proposal is ever written, and every rank reads that one;
 3. a rank that is not in ``members`` (it arrived late, or was stopped and woke up) gets
-   :class:`~distcomm.errors.ExcludedRankError`: never a membership of its own.
+   :class:`~distcomm.errors.ExcludedRankError`: never a membership of its own; a rank that is
+   alive but left the job because its own step raised (:func:`leave`) is counted as
+   arrived-and-failed, so the survivors learn it is not dead and stop instead of dropping it;
 4. once a member has formed the survivors' group it says so (:func:`confirm_formed`); the
    group is used only when every member did, else all of them agree again on the next
    generation.
@@ -47,6 +49,8 @@ class Membership:
     generation: int
     survivors: tuple[int, ...]
     notes: tuple[str, ...]
+    failed: tuple[tuple[int, str], ...] = ()
+    """Ranks that are alive but left the job (their step raised), with what they raised."""
 
     def note_of(self, rank: int) -> str:
         return self.notes[self.survivors.index(rank)]
@@ -108,6 +112,19 @@ def confirm_formed(store: Any, key: str, generation: int, members: int, timeout:
     return count >= members
 
 
+def leave(store: Any, key: str, generation: int, rank: int, reason: str) -> None:
+    """Say in the store that ``rank`` is alive but leaves the job with ``reason`` (its own step
+    raised): survivors of ``generation`` count it as arrived and failed, never as dead."""
+    store.set(f"{key}/{generation}/failed/{rank}", reason)
+    store.add(f"{key}/{generation}/count", 1)
+
+
+def stay(store: Any, key: str, generation: int, rank: int) -> None:
+    """Take back :func:`leave`: ``rank`` went on after all (its caller handled the error)."""
+    if store.delete_key(f"{key}/{generation}/failed/{rank}"):
+        store.add(f"{key}/{generation}/count", -1)
+
+
 def arrive(store: Any, key: str, generation: int, rank: int, note: str = "") -> int:
     """Say in the store that ``rank`` is alive for ``generation``; how many ranks said so by now."""
     prefix = f"{key}/{generation}/"
@@ -119,7 +136,9 @@ def _propose(store: Any, prefix: str, world_size: int) -> str:
     """The members this rank sees now, with their notes, as one string to compare_set."""
     present = [r for r in range(world_size) if store.check([f"{prefix}arrived/{r}"])]
     notes = [store.get(f"{prefix}arrived/{r}").decode() for r in present]
-    return json.dumps({"survivors": present, "notes": notes})
+    failed = [r for r in range(world_size) if r not in present and store.check([f"{prefix}failed/{r}"])]
+    reasons = [store.get(f"{prefix}failed/{r}").decode(errors="replace") for r in failed]
+    return json.dumps({"survivors": present, "notes": notes, "failed": [[r, why] for r, why in zip(failed, reasons)]})
 
 
 def _parse(value: bytes | str, generation: int) -> Membership:
@@ -127,8 +146,9 @@ def _parse(value: bytes | str, generation: int) -> Membership:
         data = json.loads(value)
         survivors = tuple(int(r) for r in data["survivors"])
         notes = tuple(str(n) for n in data["notes"])
-    except (ValueError, KeyError, TypeError) as error:
+        failed = tuple((int(r), str(why)) for r, why in data.get("failed", []))
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise WireFormatError(f"the survivors' membership in the store is malformed: {value!r:.80}") from error
     if len(notes) != len(survivors) or list(survivors) != sorted(set(survivors)):
         raise WireFormatError(f"the survivors' membership in the store is malformed: {value!r:.80}")
-    return Membership(generation, survivors, notes)
+    return Membership(generation, survivors, notes, failed)
