@@ -275,6 +275,7 @@ def lazy_views_everywhere(comm):
             "scatter": comm.scatter(halves if comm.rank == 0 else None).tolist(),
             "all_to_all": [t.tolist() for t in comm.all_to_all(halves)],
             "reduce_scatter": comm.reduce_scatter(halves).tolist(),
+            "lone reduce_scatter": comm.reduce_scatter(mine).tolist(),  # splits evenly: the lone-tensor path
             "reduce": None if reduced is None else (reduced.tolist(), reduced is receiver),
             "plain": plain.tolist(),
         }
@@ -291,6 +292,7 @@ def test_every_view_torch_allows_is_read_as_the_values_it_shows(dist_world) -> N
         assert [got["scatter"], one[name]["scatter"]] == halves
         assert got["all_to_all"] == [halves[0], halves[0]] and one[name]["all_to_all"] == [halves[1], halves[1]]
         assert [got["reduce_scatter"], one[name]["reduce_scatter"]] == [[2 * v for v in h] for h in halves]
+        assert [got["lone reduce_scatter"], one[name]["lone reduce_scatter"]] == [[2 * v for v in h] for h in halves]
         assert got["reduce"] == ([2 * v for v in plain], True) and one[name]["reduce"] is None, name
 
 

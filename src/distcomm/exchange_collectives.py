@@ -20,15 +20,14 @@ import torch
 
 from distcomm import exchanging, gathering, objects, reducing
 from distcomm.collective_base import CollectiveBase
-from distcomm.conversion import is_plain
+from distcomm.conversion import readable
 from distcomm.errors import InconsistentInputError, InvalidArgumentError
 from distcomm.exchanging import OBJECTS, Sending
 from distcomm.handles import CompletedHandle, Handle, ThenHandle
 from distcomm.hooks import Call, collective
 from distcomm.nested import map_leaves
 from distcomm.ops import ReduceOp, ReduceOpLike
-from distcomm.reducing import reduce_rows
-from distcomm.reduction_rules import NOT_ALONE, plan_reduction, reduce_if_alone
+from distcomm.reduction_rules import NOT_ALONE, plan_reduction, reduce_if_alone, reduce_rows
 from distcomm.signatures import signature_of
 
 
@@ -137,9 +136,9 @@ class ExchangeCollectives(CollectiveBase):
         order, so every rank computes the same bits; other entries reduce as ``all_reduce``
         reduces them. Ranks first agree on the entries' layout and ``op``, and a difference or
         a bad argument on any rank raises on every rank; except on the lone-tensor path: a
-        contiguous tensor whose first dimension splits evenly, reduced in its own dtype, goes to
-        the backend as it is, like ``all_reduce(tensor)``, and a difference there (another op,
-        shape, dtype or ``dim``) is caught by :class:`~distcomm.CheckedCommunicator` only.
+        tensor whose first dimension splits evenly, reduced in its own dtype, goes to the backend
+        as it is, like ``all_reduce(tensor)``, and a difference there (another op, shape, dtype or
+        ``dim``) is caught by :class:`~distcomm.CheckedCommunicator` only.
         """
         return self._reduce_scatter(chunks, op, dim, asynchronous=False).wait()
 
@@ -147,8 +146,8 @@ class ExchangeCollectives(CollectiveBase):
     def reduce_scatter_async(self, chunks: Any, op: ReduceOpLike = "sum", *, dim: int = 0) -> Handle:
         """Start :meth:`reduce_scatter`; the handle's ``wait()`` returns this rank's entry.
 
-        A single contiguous tensor whose first dimension splits evenly, reduced in its own
-        dtype, is reduced in the background; anything else is done at once
+        A single tensor whose first dimension splits evenly, reduced in its own dtype, is
+        reduced in the background; anything else is done at once
         (``handle.asynchronous`` is ``False``).
         """
         return self._reduce_scatter(chunks, op, dim, asynchronous=True)
@@ -172,10 +171,12 @@ class ExchangeCollectives(CollectiveBase):
         return CompletedHandle(self._reduce_scatter_tensors(list(chunks), reduce_op, operation))
 
     def _reduce_scatter_lone(self, tensor: torch.Tensor, op: ReduceOp, dim: int, asynchronous: bool) -> Handle | None:
-        """The hot path, like a lone tensor's all_reduce: a contiguous tensor whose first dimension
-        splits evenly, reduced in its own dtype, goes to the backend as it is, with no agreement
-        (ranks that pass different shapes or dtypes here are caught by CheckedCommunicator)."""
-        if dim not in (0, -tensor.dim()) or tensor.shape[0] % self.world_size or not is_plain(tensor):
+        """The hot path, like a lone tensor's all_reduce: a tensor whose first dimension splits evenly,
+        reduced in its own dtype, goes to the backend (as it is, or its values as a plain copy when it
+        is a view of other strides or a lazy one) with no agreement: which path a rank takes depends
+        only on what must match across ranks anyway (ranks that pass different shapes, dtypes, ops or
+        dims here are caught by CheckedCommunicator)."""
+        if dim not in (0, -tensor.dim()) or tensor.shape[0] % self.world_size:
             return None
         if not self._channel.accepts(tensor.device) or tensor.numel() == 0:
             return None
@@ -185,11 +186,12 @@ class ExchangeCollectives(CollectiveBase):
             return None  # refused: the agreed path says so on every rank
         if plan.transport_dtype != tensor.dtype or plan.mean_dtype not in (None, tensor.dtype):
             return None
+        source = readable(tensor, "reduce_scatter").view(-1)
         output = torch.empty((tensor.shape[0] // self.world_size, *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
         if not asynchronous:
-            self._backend.reduce_scatter(output.view(-1), tensor.detach().view(-1), plan.op)
+            self._backend.reduce_scatter(output.view(-1), source, plan.op)
             return CompletedHandle(output.div_(self.world_size) if plan.mean_dtype is not None else output)
-        started = self._backend.reduce_scatter_async(output.view(-1), tensor.detach().view(-1), plan.op)
+        started = self._backend.reduce_scatter_async(output.view(-1), source, plan.op)
         return ThenHandle(started, lambda _: output.div_(self.world_size) if plan.mean_dtype is not None else output)
 
     def _reduce_scatter_tensors(self, chunks: list[torch.Tensor], op: ReduceOp, operation: str) -> torch.Tensor:

@@ -32,6 +32,7 @@ from distcomm.reduction_rules import (
     needs_exact,
     promote,
     reduce_exactly,
+    reduce_rows,
 )
 
 if TYPE_CHECKING:
@@ -146,32 +147,6 @@ def reduce_tensor_dict(channel: Channel, data: dict[Any, Any], op: ReduceOp, ope
             return dict(data)
     reduced = dict(zip(keys, views))
     return reduced if channel.world_size == 1 else {key: reduced[key] for key in data}
-
-
-_ARITHMETIC = {torch.uint16: torch.int32, torch.uint32: torch.int64}
-"""Dtypes torch has no arithmetic for on every device, and the wider dtype their rows are reduced in
-(the result wraps back as the backends' own reductions of them do)."""
-
-
-def reduce_rows(rows: torch.Tensor, op: ReduceOp, out: torch.Tensor) -> None:
-    """Reduce every rank's row into ``out``, element by element in rank order, so that every
-    rank computes exactly the same bits."""
-    wider = _ARITHMETIC.get(rows.dtype)
-    if wider is not None:
-        result = torch.empty(out.shape, dtype=wider, device=out.device)
-        reduce_rows(rows.to(wider), op, result)
-        out.copy_(result)
-        return
-    out.copy_(rows[0])
-    for row in rows[1:]:
-        if op is ReduceOp.SUM:
-            out.add_(row)
-        elif op is ReduceOp.PRODUCT:
-            out.mul_(row)
-        elif op is ReduceOp.MIN:
-            torch.minimum(out, row, out=out)
-        else:
-            torch.maximum(out, row, out=out)
 
 
 _NO_NUMBERS = digest64(b"")
@@ -401,7 +376,7 @@ def _write_back(
         if plain:
             torch._foreach_copy_([leaf for leaf, _ in plain], [view for _, view in plain])
         for _, leaf, view in tensors:
-            if leaf.is_conj() or leaf.is_neg():  # filled through the view (one copy each: foreach refuses them)
+            if leaf.is_conj() or leaf.is_neg():  # a lazy view is filled through itself (foreach refuses it)
                 leaf.copy_(view)
     for i, leaf, view in tensors:
         results[i] = view if detach else leaf

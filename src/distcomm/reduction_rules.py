@@ -7,7 +7,9 @@ a world of many give the same answer:
   divided as floats, and bools follow torch's and NumPy's logic (sum is "any");
 * Python numbers that differ in kind across ranks combine as Python would: an ``int`` on
   one rank and a ``float`` on another give a ``float`` everywhere;
-* Python ints whose result could leave int64 are reduced exactly, as Python ints.
+* Python ints whose result could leave int64 are reduced exactly, as Python ints;
+* rows reduced locally (data that rode with an agreement) are reduced in rank order, so every
+  rank computes the same bits (:func:`reduce_rows`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ PYTHON_PROTOTYPES: dict[type, torch.Tensor] = {kind: torch.zeros((), dtype=dtype
 PYTHON_KINDS: tuple[type, ...] = (bool, int, float, complex)
 """Python's numeric tower, narrowest first: across ranks, the widest kind wins."""
 KIND_CODES = {kind: code for code, kind in enumerate(PYTHON_KINDS)}
+
+ARITHMETIC_DTYPES = {torch.uint16: torch.int32, torch.uint32: torch.int64}
+"""Dtypes torch has no arithmetic for on every device, and the wider dtype rows of them are reduced
+in (the result wraps back as the backends' own reductions of them do)."""
 
 _UNSUPPORTED_DTYPES = {torch.uint64: "int64"}
 """Dtypes no backend can reduce everywhere; refused at every world size, with what to use."""
@@ -180,3 +186,24 @@ def cached_plan(template: Any, tensor: torch.Tensor, op: ReduceOp, operation: st
     if plan is None:
         plan = _PLANS[key] = plan_reduction(template, tensor, op, operation)  # raises for what it refuses
     return plan
+
+
+def reduce_rows(rows: torch.Tensor, op: ReduceOp, out: torch.Tensor) -> None:
+    """Reduce every rank's row into ``out``, element by element in rank order, so that every
+    rank computes exactly the same bits."""
+    wider = ARITHMETIC_DTYPES.get(rows.dtype)
+    if wider is not None:
+        result = torch.empty(out.shape, dtype=wider, device=out.device)
+        reduce_rows(rows.to(wider), op, result)
+        out.copy_(result)
+        return
+    out.copy_(rows[0])
+    for row in rows[1:]:
+        if op is ReduceOp.SUM:
+            out.add_(row)
+        elif op is ReduceOp.PRODUCT:
+            out.mul_(row)
+        elif op is ReduceOp.MIN:
+            torch.minimum(out, row, out=out)
+        else:
+            torch.maximum(out, row, out=out)
