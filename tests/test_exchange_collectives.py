@@ -213,6 +213,8 @@ def one_rank_wrong(comm, case: str):
         "reduce_scatter bad op": lambda: comm.reduce_scatter(torch.ones(3), "bogus" if wrong else "sum"),
         "reduce_scatter bad dim": lambda: comm.reduce_scatter(torch.ones(3, 3), dim=5 if wrong else 1),
         "reduce_scatter 0-d": lambda: comm.reduce_scatter(torch.tensor(1.0) if wrong else torch.ones(3)),
+        "broadcast expanded": lambda: comm.broadcast(torch.ones(1).expand(3) if wrong else torch.ones(3)),
+        "all_gather meta": lambda: comm.all_gather(torch.empty(2, device="meta") if wrong else torch.ones(2)),
         "reduce_scatter uint64": lambda: comm.reduce_scatter([torch.ones(1, dtype=torch.uint64 if wrong else torch.int64)] * 2),
     }
     outcome = caught(calls[case])
@@ -237,6 +239,8 @@ ONE_RANK_WRONG = {
     "reduce_scatter bad op": ("InvalidArgumentError", "rank 1 cannot take part: reduce_scatter: unknown reduce op 'bogus'"),
     "reduce_scatter bad dim": ("InvalidArgumentError", "rank 1 cannot take part: reduce_scatter: cannot split a tensor of shape [3, 3] along dim 5"),
     "reduce_scatter 0-d": ("InvalidArgumentError", "rank 1 cannot take part: reduce_scatter: cannot split a tensor of shape [] along dim 0"),
+    "broadcast expanded": ("InconsistentInputError", "rank 1 cannot take part: broadcast: the tensor is an expanded view"),
+    "all_gather meta": ("InvalidArgumentError", "rank 1 cannot take part: all_gather: the meta tensor has no data"),
     "reduce_scatter uint64": ("InvalidArgumentError", "rank 1: reduce_scatter: uint64 cannot be reduced on every backend"),
 }
 

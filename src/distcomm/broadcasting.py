@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from distcomm.agreement import Claim, agree
-from distcomm.conversion import describe
+from distcomm.conversion import check_fillable, describe
+from distcomm.errors import InvalidArgumentError
 from distcomm.nested import flatten, unflatten
 from distcomm.objects import broadcast_object
 
@@ -26,8 +27,16 @@ def broadcast_data(channel: Channel, data: Any, src: int) -> Any:
     """``src``'s ``data`` on every rank, tensors filled in place (see :meth:`Communicator.broadcast`)."""
     leaves, paths, spec = flatten(data)
     tensors = sorted((path, i) for i, (path, leaf) in enumerate(zip(paths, leaves)) if isinstance(leaf, torch.Tensor))
+    problem = None
+    for path, i in tensors:  # what cannot be filled is refused on every rank, in the agreement
+        try:
+            check_fillable(leaves[i], "broadcast", path)
+        except InvalidArgumentError as error:
+            problem = problem or str(error)
     if channel.world_size > 1:
-        agree(channel, f"broadcast from {src}", Claim(tuple((path, describe(leaves[i])) for path, i in tensors)))
+        agree(channel, f"broadcast from {src}", Claim(tuple((path, describe(leaves[i])) for path, i in tensors), problem=problem))
+    elif problem is not None:
+        raise InvalidArgumentError(problem)
     if not tensors:
         return broadcast_object(channel, data, src, "broadcast")
     if isinstance(data, torch.Tensor):

@@ -23,7 +23,7 @@ from distcomm.handles import CompletedHandle, Handle, ThenHandle
 from distcomm.mismatch import by_rank, explain
 from distcomm.nested import flatten, is_container, unflatten
 from distcomm.objects import all_gather_objects, exchange
-from distcomm.opening import Opening, body_room, open_call
+from distcomm.opening import Opening, body_room, open_call, refuse
 from distcomm.serialization import max_payload_bytes
 
 if TYPE_CHECKING:
@@ -110,7 +110,10 @@ def gather_tensor(channel: Channel, tensor: torch.Tensor, *, asynchronous: bool,
     the headers then the data, which moves asynchronously when asked and shapes are equal.
     The handle's result is a list of new tensors on ``tensor``'s device."""
     backend = channel.backend
-    carrier = channel.sendable(tensor, operation)  # a gather is not differentiable: never the graph
+    try:
+        carrier = channel.sendable(tensor, operation)  # a gather is not differentiable: never the graph
+    except InvalidArgumentError as error:  # a meta tensor: every rank raises it
+        refuse(channel, operation, str(error))
     inline, shapes = exchange_headers(channel, carrier, operation)
     home = tensor.device
     if inline is not None:
