@@ -38,6 +38,8 @@ def grid(comm):
     if sub is not None:
         m = sub.mesh([3], ["ring"])
         inner = (m.device_mesh is None, m["ring"].all_gather(comm.rank), m.coordinate("ring"))
+    timeouts = {gp.timeout, dp.timeout, *(() if sub is None else (m["ring"].timeout,))}
+    assert timeouts == {comm.timeout}, timeouts  # every dimension keeps the world's timeout, never torch's 30 minutes
     return members, reduced.item(), mesh.coordinates, type(mesh.device_mesh).__name__, mesh.device_mesh.mesh.tolist(), inner
 
 

@@ -262,7 +262,13 @@ class TorchDistBackend(Backend):
         from torch.distributed.device_mesh import init_device_mesh
 
         device_type = "cuda" if self._cuda else "cpu"
-        device_mesh = call_torch("mesh", self.rank, init_device_mesh, device_type, shape, mesh_dim_names=names)
+        # The dimensions' groups keep this group's timeout (torch would give them its 30-minute default).
+        options = getattr(getattr(torch._C._distributed_c10d, "Backend", None), "Options", None)
+        timeout = self.timeout
+        override = None if timeout is None or options is None else {name: options(self.name, timeout) for name in names}
+        device_mesh = call_torch(
+            "mesh", self.rank, init_device_mesh, device_type, shape, mesh_dim_names=names, backend_override=override
+        )
         return device_mesh, [TorchDistBackend(device_mesh.get_group(name), local_rank=self.local_rank) for name in names]
 
     def close(self) -> None:
