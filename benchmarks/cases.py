@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 from distcomm import Communicator, distutils
-from distcomm.bench import bench_case, gather_into_tensor, interleaved
+from distcomm.cli.bench import bench_case, gather_into_tensor, interleaved
 
 __all__ = ["bench_case"]  # goals.py runs it directly, for the hot-path goals
 
@@ -136,7 +136,7 @@ def hot_path(calls: int) -> dict[str, float]:
 
 def setup_cleanup(rounds: int) -> dict[str, float]:
     """setup()+cleanup() of one rank against raw init_process_group+destroy_process_group."""
-    from distcomm.launch import find_free_port
+    from distcomm.launch.launcher import find_free_port
 
     for name in ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE"):
         os.environ.pop(name, None)

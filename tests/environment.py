@@ -5,7 +5,7 @@ import os
 from collections.abc import Iterator
 
 from distcomm import Communicator, get_communicator, set_communicator
-from distcomm.active import forget_default_group
+from distcomm.launch.active import forget_default_group
 
 
 @contextlib.contextmanager

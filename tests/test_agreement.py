@@ -25,7 +25,7 @@ from distcomm import (
     distutils,
     use_communicator,
 )
-from distcomm.mismatch import by_rank, explain
+from distcomm.wire.mismatch import by_rank, explain
 
 # ------------------------------------------------------------------ the cases
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from distcomm.backend_choice import BACKENDS, backend_available, default_backend
+from distcomm.environment.backend_choice import BACKENDS, backend_available, default_backend
 
 
 def test_the_cpu_or_a_machine_without_cuda_takes_gloo() -> None:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from distcomm import InvalidArgumentError
-from distcomm.bench import calls_for, format_size, parse_size
+from distcomm.cli.bench import calls_for, format_size, parse_size
 
 
 @pytest.mark.parametrize(("text", "size"), [("4", 4), ("64K", 65536), ("1M", 2**20), ("1MiB", 2**20), ("2 gb", 2 * 2**30)])
@@ -46,7 +46,7 @@ def test_a_real_run_prints_a_table_and_progress() -> None:
     ],
 )
 def test_bad_options_are_usage_errors(argv, message, capsys) -> None:
-    from distcomm.bench import main
+    from distcomm.cli.bench import main
 
     with pytest.raises(SystemExit) as raised:
         main(argv)
@@ -60,7 +60,7 @@ def test_bench_emits_no_torch_deprecation_warning() -> None:
 
     script = (
         "import warnings; warnings.simplefilter('error', FutureWarning)\n"
-        "from distcomm.bench import main\n"
+        "from distcomm.cli.bench import main\n"
         "raise SystemExit(main(['--ranks', '1', '--ops', 'all_gather_same,all_gather,dict_all_reduce', '--sizes', '4', '--calls', '3']))\n"
     )
     result = subprocess.run([sys.executable, "-W", "error::FutureWarning", "-c", script], capture_output=True, text=True, timeout=300)

@@ -23,8 +23,8 @@ from distcomm import (
     distutils,
     register_safe_class,
 )
+from distcomm.backends.torch_dist import TorchDistBackend
 from distcomm.testing import World
-from distcomm.torch_backend import TorchDistBackend
 
 
 class CountingBackend(TorchDistBackend):

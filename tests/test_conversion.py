@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from distcomm import InvalidArgumentError
-from distcomm.conversion import describe, from_tensor, to_tensor
+from distcomm.values.conversion import describe, from_tensor, to_tensor
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ import logging
 import pytest
 import torch
 
-from distcomm import devices
+from distcomm.environment import devices
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from distcomm.dtypes import DTYPE_CODES, DTYPES, DTYPES_BY_NAME, fits_int64
+from distcomm.values.dtypes import DTYPE_CODES, DTYPES, DTYPES_BY_NAME, fits_int64
 
 
 def test_int64_bounds() -> None:

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from distcomm import flight_recorder
-from distcomm.dump_signal import parse_signal
+from distcomm.instrument import flight_recorder
+from distcomm.instrument.dump_signal import parse_signal
 
 
 def test_signals_are_named_as_people_write_them() -> None:

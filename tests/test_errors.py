@@ -12,7 +12,7 @@ from distcomm import (
     InconsistentInputError,
     InvalidArgumentError,
 )
-from distcomm.local import LocalBackend
+from distcomm.backends.local import LocalBackend
 
 
 def test_hierarchy_lets_old_code_keep_catching() -> None:

@@ -17,12 +17,12 @@ from distcomm import (
     Hook,
     LocalCommunicator,
     distutils,
-    flight_recorder,
     use_communicator,
 )
-from distcomm.hooks import Call
+from distcomm.cli.trace import analyse, load, render
+from distcomm.instrument import flight_recorder
+from distcomm.instrument.hooks import Call
 from distcomm.testing import World
-from distcomm.trace import analyse, load, render
 
 TIMEOUT = 3.0
 HERE = Path(__file__).name

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from distcomm import CollectiveError
-from distcomm.handles import CompletedHandle, ThenHandle, WorkHandle
+from distcomm.backends.handles import CompletedHandle, ThenHandle, WorkHandle
 
 
 class _Work:

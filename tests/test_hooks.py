@@ -22,7 +22,7 @@ from distcomm import (
     ProfiledCommunicator,
     ProfileHook,
 )
-from distcomm.hooks import COLLECTIVES, Call
+from distcomm.instrument.hooks import COLLECTIVES, Call
 
 
 class Recorder(Hook):
@@ -204,7 +204,7 @@ def test_checked_and_profiled_are_views_that_leave_the_inner_communicator_alone(
 
 
 def test_communicator_is_abstract_and_a_subclass_provides_its_backend() -> None:
-    from distcomm.local import LocalBackend
+    from distcomm.backends.local import LocalBackend
 
     assert inspect.isabstract(Communicator) and Communicator.__abstractmethods__ == frozenset({"_open_backend"})
     with pytest.raises(TypeError, match="abstract"):
@@ -214,7 +214,7 @@ def test_communicator_is_abstract_and_a_subclass_provides_its_backend() -> None:
     assert comm.all_reduce([1, 2.5], "mean") == [1.0, 2.5] and comm.backend == "local"
     with pytest.raises(InvalidArgumentError, match="runs on a distcomm Backend"):
         BackendCommunicator("gloo")  # type: ignore[arg-type]
-    with pytest.raises(InvalidArgumentError, match="takes a distcomm.hooks.Hook"):
+    with pytest.raises(InvalidArgumentError, match="takes a distcomm.instrument.hooks.Hook"):
         comm.register_hook(print)  # type: ignore[arg-type]
 
 

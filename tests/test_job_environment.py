@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from distcomm import ConfigurationError
-from distcomm.job_environment import (
+from distcomm.environment.job import (
     MissingEnvironmentError,
     environment_flag,
     identity_from_environment,

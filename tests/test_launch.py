@@ -22,7 +22,7 @@ import torch.distributed as dist
 from launchers import base_environment, fake_scontrol, netns_supported, reports, start_rank, two_hosts
 
 from distcomm import CollectiveError, ConfigurationError, TorchDistCommunicator, distutils, plan_launch
-from distcomm.launch import MissingEnvironmentError, detect_launcher, read_lsf_hostfile, slurm_hostnames
+from distcomm.launch.launcher import MissingEnvironmentError, detect_launcher, read_lsf_hostfile, slurm_hostnames
 
 NETNS = netns_supported()
 needs_netns = pytest.mark.skipif(not NETNS, reason="needs root and 'ip netns' to make private network namespaces")
@@ -141,7 +141,7 @@ def isolated(env: dict[str, str], port_variable: bool = True) -> tuple[str | Non
     """Where ranks run: a private namespace (fixed ports as specified), else the host with a moved port."""
     if NETNS:
         return None, {**env, "GLOO_SOCKET_IFNAME": "lo"}
-    from distcomm.launch import find_free_port
+    from distcomm.launch.launcher import find_free_port
 
     return None, {**env, "DISTCOMM_MASTER_PORT": str(find_free_port())} if port_variable else env
 

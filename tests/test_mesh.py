@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from distcomm import InconsistentInputError, InvalidArgumentError, LocalCommunicator
-from distcomm.mesh import coordinates, groups_along, parse_mesh
+from distcomm.values.mesh import coordinates, groups_along, parse_mesh
 
 
 def test_layouts_are_row_major_and_minus_one_is_the_rest() -> None:

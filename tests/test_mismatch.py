@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from distcomm.mismatch import by_rank, digest64, explain, show
+from distcomm.wire.mismatch import by_rank, digest64, explain, show
 
 
 def test_the_first_difference_is_named_with_the_ranks() -> None:

@@ -1,6 +1,6 @@
 from collections import OrderedDict, defaultdict, namedtuple
 
-from distcomm.nested import flatten, map_leaves, unflatten
+from distcomm.values.nested import flatten, map_leaves, unflatten
 
 Point = namedtuple("Point", "x y")
 

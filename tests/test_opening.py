@@ -1,7 +1,7 @@
 """Every collective meets every other: ranks in different calls get the same clear error.
 
 Each case below is one public call whose first step is the opening slot
-(:mod:`distcomm.opening`). Ranks are put in different cases, every ordered pair of
+(:mod:`distcomm.wire.call_check`). Ranks are put in different cases, every ordered pair of
 them, on 2 and 4 real Gloo ranks, plain and under ``CheckedCommunicator``: every rank
 must raise the same error with the same message, and then the ranks must still be in
 step (a plain all_reduce after the failures gives the right answer).
@@ -20,7 +20,7 @@ import torch
 
 from distcomm import CheckedCommunicator, CollectiveMismatchError, Communicator, InconsistentInputError
 from distcomm.errors import WireFormatError
-from distcomm.opening import MAGIC, PREFIX_BYTES, TAG_BYTES, body_room, read_prefixes, slot_bytes, tag_of
+from distcomm.wire.call_check import MAGIC, PREFIX_BYTES, TAG_BYTES, body_room, read_prefixes, slot_bytes, tag_of
 
 CASES: dict[str, Callable[[Communicator], Any]] = {
     "barrier": lambda c: c.barrier(),

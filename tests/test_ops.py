@@ -2,7 +2,7 @@ import pytest
 import torch.distributed as dist
 
 from distcomm import InvalidArgumentError, ReduceOp
-from distcomm.ops import parse_reduce_op
+from distcomm.values.ops import parse_reduce_op
 
 
 @pytest.mark.parametrize(

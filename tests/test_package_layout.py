@@ -1,4 +1,5 @@
-"""The package's layout: no import cycle, counting imports inside functions and under TYPE_CHECKING."""
+"""The package's layout: layers that import only the layers below them, and no import cycle, counting
+imports inside functions and under TYPE_CHECKING."""
 
 from __future__ import annotations
 
@@ -64,16 +65,48 @@ def test_no_module_imports_itself_back() -> None:
     assert cycles(import_graph()) == []
 
 
-def test_the_steps_of_collectives_never_import_the_communicator() -> None:
-    graph = import_graph()
-    steps = ["agreement", "broadcasting", "gathering", "objects", "opening", "reducing", "channel", "hooks"]
-    assert {step: "distcomm.communicator" in graph[f"distcomm.{step}"] for step in steps} == dict.fromkeys(steps, False)
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("distcomm.errors",),
+    ("distcomm.values",),
+    ("distcomm.environment",),
+    ("distcomm.backends",),
+    ("distcomm.wire",),
+    ("distcomm.instrument",),
+    ("distcomm.communicator", "distcomm.communicator_view", "distcomm.torch_dist", "distcomm.local",
+     "distcomm.autograd", "distcomm.resilience",
+     "distcomm.collective_base", "distcomm.object_collectives", "distcomm.async_collectives",
+     "distcomm.exchange_collectives", "distcomm.point_to_point", "distcomm.shrinking"),
+    ("distcomm.debug",),
+    ("distcomm.launch",),
+    ("distcomm", "distcomm._moved", "distcomm.distutils", "distcomm.helpers"),
+    ("distcomm.__main__", "distcomm.cli", "distcomm.fairchem", "distcomm.testing"),
+)  # fmt: skip
+"""The package's layers, lowest first: a module imports only from its own layer and those below."""
+
+
+def layer_of(module: str) -> int:
+    """The index in :data:`LAYERS` of the longest prefix that names ``module`` or a package holding it."""
+    best, found = -1, None
+    for index, members in enumerate(LAYERS):
+        for member in members:
+            if (module == member or module.startswith(member + ".")) and len(member) > best:
+                best, found = len(member), index
+    if found is None:
+        raise AssertionError(f"{module} belongs to no layer: add it to LAYERS")
+    return found
+
+
+def test_each_layer_imports_only_the_layers_below_it() -> None:
+    upward = sorted(
+        (module, target) for module, targets in import_graph().items() for target in targets if layer_of(target) > layer_of(module)
+    )
+    assert upward == []
 
 
 def test_the_guard_sees_a_cycle() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
-def test_no_module_is_over_400_lines() -> None:
-    long = {path.name: n for path in PACKAGE.rglob("*.py") if (n := len(path.read_text().splitlines())) > 400}
-    assert long == {}
+def test_the_layers_guard_sees_an_import_from_above() -> None:
+    assert layer_of("distcomm.wire.reduce") < layer_of("distcomm.communicator") < layer_of("distcomm.launch.active")
+    assert layer_of("distcomm") > layer_of("distcomm.debug.checked")  # the longest prefix decides

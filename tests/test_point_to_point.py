@@ -106,7 +106,7 @@ def forged_first_message(nbytes: int, sent_bytes: int, *, cut_first: bool = Fals
     bytes of float32, followed by only ``sent_bytes`` of them (or, with ``cut_first``, cut short itself)."""
     import numpy as np
 
-    from distcomm import pairwise
+    from distcomm.wire import point_to_point as pairwise
 
     first = np.zeros(pairwise.FIRST_BYTES, dtype=np.uint8)
     header = first[: pairwise.PAYLOAD_OFFSET].view("<i8")

@@ -9,7 +9,7 @@ import torch
 from environment import active_with_flag
 
 from distcomm import LocalCommunicator, ProfiledCommunicator
-from distcomm.profiled import algorithm_bytes, bus_factor
+from distcomm.debug.profiled import algorithm_bytes, bus_factor
 
 
 def test_summary_per_operation_and_size() -> None:

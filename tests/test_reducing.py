@@ -113,7 +113,7 @@ def test_small_dicts_reduced_with_their_agreement_give_every_op(dist_world, worl
 
 
 def collectives_of_a_small_dict(comm):
-    from distcomm.torch_backend import TorchDistBackend
+    from distcomm.backends.torch_dist import TorchDistBackend
 
     calls = []
 

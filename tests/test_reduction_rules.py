@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from distcomm import InvalidArgumentError, LocalCommunicator
-from distcomm.ops import ReduceOp
-from distcomm.reduction_rules import int_bits, needs_exact, reduce_exactly
+from distcomm.values.ops import ReduceOp
+from distcomm.values.reduction_rules import int_bits, needs_exact, reduce_exactly
 
 
 def test_int_bits_says_when_an_int_fits_in_int64() -> None:
@@ -77,8 +77,8 @@ def test_expanded_tensors_are_refused_where_filled_and_meta_tensors_everywhere(d
 
 def test_the_world_of_one_rule_gives_what_the_general_path_gives() -> None:
     from distcomm import LocalCommunicator
-    from distcomm.ops import ReduceOp
-    from distcomm.reduction_rules import NOT_ALONE, reduce_if_alone
+    from distcomm.values.ops import ReduceOp
+    from distcomm.values.reduction_rules import NOT_ALONE, reduce_if_alone
 
     assert reduce_if_alone(3, ReduceOp.SUM, 2) is NOT_ALONE and reduce_if_alone([1], ReduceOp.SUM, 1) is NOT_ALONE
     assert reduce_if_alone(2**70, ReduceOp.SUM, 1) is NOT_ALONE  # beyond int64: the exact general path

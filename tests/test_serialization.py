@@ -12,7 +12,7 @@ import torch
 from wire import forged_slot
 
 from distcomm import PickleCodec, RestrictedCodec, UnsafeObjectError
-from distcomm.opening import body_room
+from distcomm.wire.call_check import body_room
 
 
 class _Calls:

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from distcomm import ClosedCommunicatorError, CollectiveError, ExcludedRankError, LocalCommunicator
-from distcomm.survivors import arrive
 from distcomm.testing import RankDiedError, World
+from distcomm.wire.survivors import arrive
 
 TIMEOUT = 2.0
 

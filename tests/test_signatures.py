@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from distcomm.signatures import op_name, payload_bytes, signature_of, tensor_layout
+from distcomm.instrument.fingerprints import op_name, payload_bytes, signature_of, tensor_layout
 
 
 def test_signatures_name_dtypes_shapes_and_kinds() -> None:

@@ -13,7 +13,7 @@ import torch.distributed as dist
 
 from distcomm import CollectiveError, ExcludedRankError
 from distcomm.errors import WireFormatError
-from distcomm.survivors import agree_on_survivors, arrive, confirm_formed
+from distcomm.wire.survivors import agree_on_survivors, arrive, confirm_formed
 
 
 def agree_in_threads(store, ranks, world_size, window, delays=None):

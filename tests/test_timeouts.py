@@ -7,7 +7,7 @@ import datetime
 import pytest
 
 from distcomm import InvalidArgumentError
-from distcomm.timeouts import DEFAULT_TIMEOUT, as_timeout
+from distcomm.values.timeouts import DEFAULT_TIMEOUT, as_timeout
 
 
 def test_seconds_and_timedeltas_become_timedeltas() -> None:

@@ -18,12 +18,12 @@ import torch
 from wire import forged_slot
 
 from distcomm import InconsistentInputError, RestrictedCodec
-from distcomm.agreement import _read_headers
 from distcomm.errors import DistCommError, ObjectDecodeError, WireFormatError
-from distcomm.gathering import HEADER_WORDS, _read_header
-from distcomm.objects import read_body
-from distcomm.opening import PREFIX_BYTES, Opening, body_room, read_prefixes, slot_bytes, tag_of
-from distcomm.serialization import PickleCodec
+from distcomm.wire.call_check import PREFIX_BYTES, Opening, body_room, read_prefixes, slot_bytes, tag_of
+from distcomm.wire.codec import PickleCodec
+from distcomm.wire.gather import HEADER_WORDS, _read_header
+from distcomm.wire.layout_agreement import _read_headers
+from distcomm.wire.objects import read_body
 
 EXTREMES = [0, 1, -1, 2, 15, 16, 17, 63, 64, 4096, 2**31, 2**40, 2**50, 2**62, -(2**63), 2**63 - 1]
 
@@ -157,24 +157,24 @@ def test_a_forged_peer_gets_the_honest_rank_a_distcomm_error(dist_world, case: s
 
 def _error_class(name: str) -> type:
     import distcomm.errors
-    import distcomm.serialization
+    import distcomm.wire.codec
 
-    return getattr(distcomm.errors, name, None) or getattr(distcomm.serialization, name)
+    return getattr(distcomm.errors, name, None) or getattr(distcomm.wire.codec, name)
 
 
 def an_int_where_kinds_belong(comm) -> Any:
     """The layouts match but number kinds differ, so ranks trade kinds; rank 1 sends an int instead."""
-    import distcomm.reducing
+    import distcomm.wire.reduce
 
     if comm.rank == 1:
-        real = distcomm.reducing.all_gather_objects
-        distcomm.reducing.all_gather_objects = lambda c, kinds, operation: real(c, 12345, operation)
+        real = distcomm.wire.reduce.all_gather_objects
+        distcomm.wire.reduce.all_gather_objects = lambda c, kinds, operation: real(c, 12345, operation)
         try:
             comm.all_reduce({"a": 1.0})
         except DistCommError:
             pass
         finally:
-            distcomm.reducing.all_gather_objects = real
+            distcomm.wire.reduce.all_gather_objects = real
         return "forged"
     try:
         return ("returned", comm.all_reduce({"a": 1}))

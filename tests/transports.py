@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from distcomm import Communicator
-from distcomm.backend import Backend
+from distcomm.backends.backend import Backend
 
 
 class BackendCommunicator(Communicator):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from distcomm.opening import MAGIC, TAG_BYTES, slot_bytes
+from distcomm.wire.call_check import MAGIC, TAG_BYTES, slot_bytes
 
 
 def forged_slot(world_size: int, tag: str, body: bytes, *, magic: bytes = MAGIC, announced: int | None = None) -> torch.Tensor:

@@ -5,11 +5,13 @@ over torch.distributed in production, a :class:`LocalCommunicator` in single-pro
 tests. Every result's kind depends on the input, never on the world size.
 """
 
-from distcomm.active import get_communicator, set_communicator, use_communicator
-from distcomm.backend import Backend
-from distcomm.checked import CheckedCommunicator, CheckHook
+from distcomm import _moved
+from distcomm.backends.backend import Backend
+from distcomm.backends.handles import Handle
 from distcomm.communicator import Communicator
-from distcomm.config import DistributedConfig
+from distcomm.debug.checked import CheckedCommunicator, CheckHook
+from distcomm.debug.profiled import ProfiledCommunicator, ProfileHook
+from distcomm.environment.config import DistributedConfig
 from distcomm.errors import (
     ClosedCommunicatorError,
     CollectiveError,
@@ -20,20 +22,30 @@ from distcomm.errors import (
     InconsistentInputError,
     InvalidArgumentError,
     ObjectDecodeError,
+    TraceError,
+    UnsafeObjectError,
 )
-from distcomm.flight_recorder import FlightRecorder
-from distcomm.handles import Handle
 from distcomm.helpers import all_ranks, any_rank, main_process_first, rank_zero_only, split_between_ranks
-from distcomm.hooks import Call, Hook, HookHandle
-from distcomm.launch import LaunchPlan, cleanup, plan_launch, setup
+from distcomm.instrument.flight_recorder import FlightRecorder
+from distcomm.instrument.hooks import Call, Hook, HookHandle
+from distcomm.launch.active import get_communicator, set_communicator, use_communicator
+from distcomm.launch.launcher import LaunchPlan, cleanup, plan_launch, setup
 from distcomm.local import LocalCommunicator
-from distcomm.ops import ReduceOp
-from distcomm.profiled import ProfiledCommunicator, ProfileHook
 from distcomm.resilience import Resilient
-from distcomm.serialization import PickleCodec, RestrictedCodec, UnsafeObjectError, register_safe_class
 from distcomm.torch_dist import TorchDistCommunicator
+from distcomm.values.ops import ReduceOp
+from distcomm.wire.codec import PickleCodec, RestrictedCodec, register_safe_class
+
+_moved.install()
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    """``distcomm.checked`` and the other modules that moved, by their old names, for one release."""
+    if f"distcomm.{name}" in _moved.MOVED:
+        return _moved.moved_module(f"distcomm.{name}")
+    raise AttributeError(f"module 'distcomm' has no attribute {name!r}")
 
 __all__ = [
     "Backend",
@@ -58,6 +70,7 @@ __all__ = [
     "LocalCommunicator",
     "ObjectDecodeError",
     "ReduceOp",
+    "TraceError",
     "Resilient",
     "PickleCodec",
     "ProfileHook",

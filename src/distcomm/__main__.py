@@ -19,17 +19,17 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("trace", help="read the ranks' flight records and say who is stuck where (trace --help)", add_help=False)
     args, rest = parser.parse_known_args(argv)
     if args.command == "bench":
-        from distcomm.bench import main as bench
+        from distcomm.cli.bench import main as bench
 
         return bench(rest)
     if args.command == "trace":
-        from distcomm.trace import main as trace
+        from distcomm.cli.trace import main as trace
 
         return trace(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "info":
-        from distcomm.info import collect, render
+        from distcomm.cli.info import collect, render
 
         report = collect()
         print(json.dumps(report, indent=2) if args.json else render(report))

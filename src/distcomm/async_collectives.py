@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import torch
 
-from distcomm import broadcasting, gathering, reducing
+from distcomm.backends.handles import CompletedHandle, Handle
 from distcomm.collective_base import CollectiveBase
-from distcomm.conversion import describe, is_plain
 from distcomm.errors import InvalidArgumentError
-from distcomm.handles import CompletedHandle, Handle
-from distcomm.hooks import Call, collective, describe_filled
-from distcomm.ops import ReduceOpLike, parse_reduce_op
-from distcomm.reduction_rules import plan_reduction
-from distcomm.signatures import signature_of
+from distcomm.instrument.fingerprints import signature_of
+from distcomm.instrument.hooks import Call, collective, describe_filled
+from distcomm.values.conversion import describe, is_plain
+from distcomm.values.ops import ReduceOpLike, parse_reduce_op
+from distcomm.values.reduction_rules import plan_reduction
+from distcomm.wire import broadcast as broadcasting
+from distcomm.wire import gather as gathering
+from distcomm.wire import reduce as reducing
 
 
 def gather_layout(call: Call) -> str:

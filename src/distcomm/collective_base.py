@@ -16,18 +16,19 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import torch
 
-from distcomm import opening, reducing
-from distcomm.conversion import check_rank
 from distcomm.errors import InvalidArgumentError
-from distcomm.hooks import HookRegistry
-from distcomm.ops import ReduceOp, ReduceOpLike, parse_reduce_op
-from distcomm.reduction_rules import NOT_ALONE, reduce_if_alone
+from distcomm.instrument.hooks import HookRegistry
+from distcomm.values.conversion import check_rank
+from distcomm.values.ops import ReduceOp, ReduceOpLike, parse_reduce_op
+from distcomm.values.reduction_rules import NOT_ALONE, reduce_if_alone
+from distcomm.wire import call_check as opening
+from distcomm.wire import reduce as reducing
 
 V = TypeVar("V")
 
 if TYPE_CHECKING:
-    from distcomm.backend import Backend
-    from distcomm.channel import Channel
+    from distcomm.backends.backend import Backend
+    from distcomm.wire.context import Channel
 
 
 class CollectiveBase(HookRegistry):
@@ -43,7 +44,7 @@ class CollectiveBase(HookRegistry):
 
     def _refuse(self, operation: str, error: InvalidArgumentError) -> NoReturn:
         """Raise ``error`` (this rank's own bad argument) on every rank: this rank takes part in the
-        call's opening with it instead of the call (see :func:`distcomm.opening.refuse`). Only for
+        call's opening with it instead of the call (see :func:`distcomm.wire.call_check.refuse`). Only for
         calls whose every form starts with an opening."""
         opening.refuse(self._channel, operation, str(error))
 

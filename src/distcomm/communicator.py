@@ -2,10 +2,10 @@
 
 Every public method is given its meaning here, once, for every kind of input (tensors,
 Python numbers, NumPy arrays, nested dicts/lists/tuples of those) and every
-:class:`~distcomm.backend.Backend`. The work itself lives in modules named for it
-(:mod:`~distcomm.reducing`, :mod:`~distcomm.broadcasting`, :mod:`~distcomm.gathering`,
-:mod:`~distcomm.objects`); this class checks arguments, passes each call through the
-hooks (:mod:`distcomm.hooks`) and hands it on. Because the logic is shared, a
+:class:`~distcomm.backends.backend.Backend`. The work itself lives in modules named for it
+(:mod:`~distcomm.wire.reduce`, :mod:`~distcomm.wire.broadcast`, :mod:`~distcomm.wire.gather`,
+:mod:`~distcomm.wire.objects`); this class checks arguments, passes each call through the
+hooks (:mod:`distcomm.instrument.hooks`) and hands it on. Because the logic is shared, a
 :class:`~distcomm.LocalCommunicator` gives back exactly what a
 :class:`~distcomm.TorchDistCommunicator` gives back, at any world size.
 
@@ -28,28 +28,30 @@ from typing import Any, TypeVar, cast, overload
 
 import torch
 
-from distcomm import broadcasting, gathering, reducing
-from distcomm.agreement import Claim, agree
 from distcomm.async_collectives import AsyncCollectives, gather_layout
-from distcomm.backend import Backend
-from distcomm.channel import Channel, SharedState
-from distcomm.conversion import describe
-from distcomm.differentiable import Differentiable
+from distcomm.autograd import Differentiable
+from distcomm.backends.backend import Backend
+from distcomm.backends.handles import Handle
 from distcomm.errors import InvalidArgumentError
 from distcomm.exchange_collectives import ExchangeCollectives
-from distcomm.flight_recorder import default_recorder
-from distcomm.handles import Handle
-from distcomm.hooks import Call, Hook, collective, describe_filled
-from distcomm.mesh import Mesh, coordinates, parse_mesh
+from distcomm.instrument.fingerprints import tensor_layout
+from distcomm.instrument.flight_recorder import default_recorder
+from distcomm.instrument.hooks import Call, Hook, collective, describe_filled
 from distcomm.object_collectives import ObjectCollectives
-from distcomm.objects import OBJECT_SLOT_BYTES
-from distcomm.opening import open_call
-from distcomm.ops import ReduceOpLike, parse_reduce_op
 from distcomm.point_to_point import PointToPoint
-from distcomm.serialization import ObjectCodec
 from distcomm.shrinking import Shrinking
-from distcomm.signatures import tensor_layout
-from distcomm.timeouts import as_timeout
+from distcomm.values.conversion import describe
+from distcomm.values.mesh import Mesh, coordinates, parse_mesh
+from distcomm.values.ops import ReduceOpLike, parse_reduce_op
+from distcomm.values.timeouts import as_timeout
+from distcomm.wire import broadcast as broadcasting
+from distcomm.wire import gather as gathering
+from distcomm.wire import reduce as reducing
+from distcomm.wire.call_check import open_call
+from distcomm.wire.codec import ObjectCodec
+from distcomm.wire.context import Channel, SharedState
+from distcomm.wire.layout_agreement import Claim, agree
+from distcomm.wire.objects import OBJECT_SLOT_BYTES
 
 T = TypeVar("T")
 V = TypeVar("V")
@@ -73,13 +75,13 @@ def _ranks(call: Call) -> str:
 
 
 class Communicator(ObjectCollectives, AsyncCollectives, ExchangeCollectives, PointToPoint, Shrinking, abc.ABC):
-    """One object to talk to the other ranks of a job, over a :class:`~distcomm.backend.Backend`.
+    """One object to talk to the other ranks of a job, over a :class:`~distcomm.backends.backend.Backend`.
 
     An abstract base class: most code gets one from
     :class:`~distcomm.TorchDistCommunicator`, :class:`~distcomm.LocalCommunicator` or
     :func:`~distcomm.setup`. What a subclass provides is its backend,
     :meth:`_open_backend`; everything else is defined here, once. A new transport is a
-    :class:`~distcomm.backend.Backend` and a subclass that opens it::
+    :class:`~distcomm.backends.backend.Backend` and a subclass that opens it::
 
         class MyCommunicator(Communicator):
             def _open_backend(self) -> Backend:
@@ -152,7 +154,7 @@ class Communicator(ObjectCollectives, AsyncCollectives, ExchangeCollectives, Poi
 
     @property
     def autograd(self) -> Differentiable:
-        """The differentiable collectives over this communicator (see :mod:`distcomm.differentiable`)."""
+        """The differentiable collectives over this communicator (see :mod:`distcomm.autograd`)."""
         return Differentiable(self)
 
     @property
@@ -167,7 +169,7 @@ class Communicator(ObjectCollectives, AsyncCollectives, ExchangeCollectives, Poi
 
     @property
     def object_codec(self) -> ObjectCodec:
-        """How object collectives serialize: plain pickle, or a :class:`~distcomm.serialization.RestrictedCodec`."""
+        """How object collectives serialize: plain pickle, or a :class:`~distcomm.wire.codec.RestrictedCodec`."""
         return self._channel.object_codec
 
     @object_codec.setter
@@ -309,7 +311,7 @@ class Communicator(ObjectCollectives, AsyncCollectives, ExchangeCollectives, Poi
         shape and names), row-major as ``torch.arange(world_size).reshape(shape)``; one size may
         be ``-1``, the rest. Call it on every rank: ranks first agree on the dimensions.
         ``mesh["gp"]`` is this rank's communicator along ``gp``, with this one's hooks and codec;
-        see :mod:`distcomm.mesh`.
+        see :mod:`distcomm.values.mesh`.
         """
         empty: tuple[tuple[str, ...], tuple[int, ...]] = ((), ())
         axis_names, shape = self._agreed("mesh", "dims", lambda: parse_mesh(dims, names, self.world_size), empty)

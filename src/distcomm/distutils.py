@@ -1,6 +1,6 @@
 """The documented module-level function API, kept working for legacy callers.
 
-Every function forwards to the active communicator (see :mod:`distcomm.active`), so
+Every function forwards to the active communicator (see :mod:`distcomm.launch.active`), so
 legacy code and code that injects a :class:`~distcomm.Communicator` see the same
 world. Names, parameters and defaults are exactly those of the documented API.
 
@@ -17,16 +17,17 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from distcomm import devices, launch
-from distcomm.active import get_communicator, instrument
+from distcomm.backends.handles import Handle
 from distcomm.communicator import Communicator
-from distcomm.conversion import describe, parse_device
-from distcomm.dtypes import fits_int64
+from distcomm.environment import devices
 from distcomm.errors import InvalidArgumentError
-from distcomm.handles import Handle
-from distcomm.ops import ReduceOp
-from distcomm.reduction_rules import NOT_ALONE, reduce_if_alone
+from distcomm.launch import launcher as launch
+from distcomm.launch.active import get_communicator, instrument
 from distcomm.torch_dist import TorchDistCommunicator
+from distcomm.values.conversion import describe, parse_device
+from distcomm.values.dtypes import fits_int64
+from distcomm.values.ops import ReduceOp
+from distcomm.values.reduction_rules import NOT_ALONE, reduce_if_alone
 
 T = TypeVar("T")
 DISTRIBUTED_PORT = launch.DISTRIBUTED_PORT

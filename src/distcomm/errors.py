@@ -16,7 +16,7 @@ after data moved, when a receiver refuses to rebuild a peer's payload.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -113,3 +113,35 @@ def renamed(error: CollectiveError, operation: str, rank: int) -> CollectiveErro
     result.step, result.reason = step, reason
     result.__cause__ = error
     return result
+
+
+class TraceError(DistCommError):
+    """Flight records that cannot give a verdict as asked (none, or several runs and none chosen)."""
+
+
+class UnsafeObjectError(ObjectDecodeError):
+    """A received payload asked to rebuild something outside the restricted codec's allowlist,
+    or announced more than its limits allow; raised on the receiving ranks."""
+
+
+class RankTimeoutError(DistCommError, TimeoutError):
+    """A rank did not finish a call in time and was killed."""
+
+
+class RankDiedError(DistCommError, RuntimeError):
+    """A rank process exited in the middle of a call."""
+
+
+class RankFailure(DistCommError):
+    """One or more ranks of a multi-rank run raised, hung or died; ``outcomes`` has every rank's
+    :class:`~distcomm.testing.RankOutcome` (its ``rank``, ``value``, ``error`` and ``traceback``)."""
+
+    def __init__(self, outcomes: Sequence[Any]) -> None:
+        self.outcomes = outcomes
+        failed = [o for o in outcomes if not o.ok]
+        lines = [f"{len(failed)} of {len(outcomes)} ranks failed:"]
+        for outcome in failed:
+            lines.append(f"--- rank {outcome.rank}: {type(outcome.error).__name__}: {outcome.error}")
+            if outcome.traceback:
+                lines.append(outcome.traceback.rstrip())
+        super().__init__("\n".join(lines))

@@ -6,7 +6,7 @@ every rank.
 
 Tensors travel as tensors (sizes are exchanged by distcomm, never given); chunks that are
 not tensors (numbers, arrays, any picklable value) travel pickled. The steps are in
-:mod:`~distcomm.exchanging`.
+:mod:`~distcomm.wire.all_to_all`.
 
 Tested by tests/test_exchange_collectives.py.
 """
@@ -18,17 +18,20 @@ from typing import Any
 
 import torch
 
-from distcomm import exchanging, gathering, objects, reducing
+from distcomm.backends.handles import CompletedHandle, Handle, ThenHandle
 from distcomm.collective_base import CollectiveBase
-from distcomm.conversion import readable
 from distcomm.errors import InconsistentInputError, InvalidArgumentError
-from distcomm.exchanging import OBJECTS, Sending
-from distcomm.handles import CompletedHandle, Handle, ThenHandle
-from distcomm.hooks import Call, collective
-from distcomm.nested import map_leaves
-from distcomm.ops import ReduceOp, ReduceOpLike
-from distcomm.reduction_rules import NOT_ALONE, plan_reduction, reduce_if_alone, reduce_rows
-from distcomm.signatures import signature_of
+from distcomm.instrument.fingerprints import signature_of
+from distcomm.instrument.hooks import Call, collective
+from distcomm.values.conversion import readable
+from distcomm.values.nested import map_leaves
+from distcomm.values.ops import ReduceOp, ReduceOpLike
+from distcomm.values.reduction_rules import NOT_ALONE, plan_reduction, reduce_if_alone, reduce_rows
+from distcomm.wire import all_to_all as exchanging
+from distcomm.wire import gather as gathering
+from distcomm.wire import objects
+from distcomm.wire import reduce as reducing
+from distcomm.wire.all_to_all import OBJECTS, Sending
 
 
 def any_shapes(call: Call) -> str:

@@ -10,10 +10,10 @@ import functools
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ParamSpec, TypeVar
 
-from distcomm.active import get_communicator
 from distcomm.communicator import Communicator
-from distcomm.conversion import describe
 from distcomm.errors import InvalidArgumentError
+from distcomm.launch.active import get_communicator
+from distcomm.values.conversion import describe
 
 P = ParamSpec("P")
 R = TypeVar("R")

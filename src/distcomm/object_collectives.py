@@ -2,7 +2,7 @@
 
 ``<collective>_object`` moves one object per rank; ``broadcast_object_list`` fills a list
 in place. They are methods of every :class:`~distcomm.Communicator` (this class is its
-base); the wire format is in :mod:`distcomm.objects`.
+base); the wire format is in :mod:`distcomm.wire.objects`.
 
 Tested with the object collectives: tests/test_collectives.py, tests/test_serialization.py,
 tests/test_opening.py.
@@ -16,12 +16,12 @@ from typing import Any, TypeVar, cast
 
 import torch
 
-from distcomm import objects as wire
-from distcomm.agreement import Claim, agree
 from distcomm.collective_base import CollectiveBase
-from distcomm.conversion import check_rank, describe
 from distcomm.errors import InvalidArgumentError
-from distcomm.hooks import collective
+from distcomm.instrument.hooks import collective
+from distcomm.values.conversion import check_rank, describe
+from distcomm.wire import objects as wire
+from distcomm.wire.layout_agreement import Claim, agree
 
 T = TypeVar("T")
 DeviceLike = torch.device | str | None

@@ -3,7 +3,7 @@ rings and halos. They are methods of every :class:`~distcomm.Communicator` (this
 one of its bases).
 
 A receiver needs no shape or dtype: a small header travels first (see
-:mod:`~distcomm.pairwise`). Tensors arrive as new tensors on the communicator's device;
+:mod:`~distcomm.wire.point_to_point`). Tensors arrive as new tensors on the communicator's device;
 anything else is pickled with the communicator's object codec. A peer that is this rank is
 refused at every world size, so a world of one raises what a cluster raises.
 
@@ -15,11 +15,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from distcomm import pairwise
+from distcomm.backends.handles import Handle, JoinedHandle
 from distcomm.collective_base import CollectiveBase
 from distcomm.errors import InvalidArgumentError
-from distcomm.handles import Handle, JoinedHandle
-from distcomm.hooks import collective
+from distcomm.instrument.hooks import collective
+from distcomm.wire import point_to_point as pairwise
 
 
 class PointToPoint(CollectiveBase):

@@ -2,7 +2,7 @@
 their own, so a job goes on with fewer ranks instead of ending.
 
 The survivors agree on who they are through the job's key-value store
-(:mod:`distcomm.survivors`), never through the broken group, then make a group of their
+(:mod:`distcomm.wire.survivors`), never through the broken group, then make a group of their
 own on a new name: on every backend that can make groups without the broken one (Gloo,
 NCCL and MPI through torch's group-local synchronization). Ranks are renumbered densely in
 the old order. When a survivor dies during the agreement, the group cannot form; the rest
@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 from distcomm.collective_base import CollectiveBase
 from distcomm.errors import CollectiveError, ExcludedRankError, InvalidArgumentError
-from distcomm.hooks import collective
-from distcomm.survivors import agree_on_survivors, confirm_formed, leave, stay
-from distcomm.timeouts import as_timeout
+from distcomm.instrument.hooks import collective
+from distcomm.values.timeouts import as_timeout
+from distcomm.wire.survivors import agree_on_survivors, confirm_formed, leave, stay
 
 if TYPE_CHECKING:
-    from distcomm.backend import Backend
-    from distcomm.channel import SharedState
+    from distcomm.backends.backend import Backend
+    from distcomm.wire.context import SharedState
 
 logger = logging.getLogger(__name__)
 

@@ -11,14 +11,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from distcomm.backend import Backend
-from distcomm.backend_choice import BACKENDS, backend_available, default_backend
+from distcomm.backends.backend import Backend
+from distcomm.backends.torch_dist import TorchDistBackend
 from distcomm.communicator import Communicator
-from distcomm.devices import nccl_device
+from distcomm.environment.backend_choice import BACKENDS, backend_available, default_backend
+from distcomm.environment.devices import nccl_device
+from distcomm.environment.job import identity_from_environment, local_rank_from_environment
 from distcomm.errors import ConfigurationError, DistCommError, InvalidArgumentError, call_torch
-from distcomm.job_environment import identity_from_environment, local_rank_from_environment
-from distcomm.timeouts import DEFAULT_TIMEOUT, as_timeout
-from distcomm.torch_backend import TorchDistBackend
+from distcomm.values.timeouts import DEFAULT_TIMEOUT, as_timeout
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,6 @@ import importlib.util
 import os
 from collections.abc import Mapping
 
-from distcomm import devices, launch
 from distcomm.distutils import (
     DISTRIBUTED_PORT,
     T,
@@ -38,7 +37,9 @@ from distcomm.distutils import (
     synchronize,
 )
 from distcomm.distutils import cleanup as _cleanup
+from distcomm.environment import devices
 from distcomm.errors import ConfigurationError
+from distcomm.launch import launcher as launch
 
 CURRENT_DEVICE_TYPE_STR = devices.CURRENT_DEVICE_TYPE_STR
 

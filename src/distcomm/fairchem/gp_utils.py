@@ -4,7 +4,7 @@ and behaviour, so code written for it runs on distcomm.
 The data-parallel × graph-parallel grid is a :meth:`~distcomm.Communicator.mesh` of the active
 communicator, ``{"dp": world_size // gp_size, "gp": gp_size}``, row-major as fairchem lays it
 out (graph-parallel groups are runs of consecutive ranks); the region functions are the
-communicator's differentiable collectives (:mod:`distcomm.differentiable`) over its ``gp``
+communicator's differentiable collectives (:mod:`distcomm.autograd`) over its ``gp``
 dimension. Sizes along the split dimension may differ per rank: every part's size is
 exchanged, never assumed. On a world of one every group has one rank and every function is
 the identity with the identity's gradient.
@@ -20,11 +20,11 @@ from typing import Any
 
 import torch
 
-from distcomm.active import get_communicator
+from distcomm.autograd import part_sizes
 from distcomm.communicator import Communicator
-from distcomm.differentiable import part_sizes
 from distcomm.errors import ConfigurationError, InvalidArgumentError
-from distcomm.mesh import Mesh
+from distcomm.launch.active import get_communicator
+from distcomm.values.mesh import Mesh
 
 logger = logging.getLogger(__name__)
 

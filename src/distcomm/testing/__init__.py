@@ -5,6 +5,7 @@
 ...     world.run(my_module.check_sum)   # my_module.check_sum(comm) runs on ranks 0 and 1
 """
 
-from distcomm.testing.world import RankDiedError, RankFailure, RankOutcome, RankTimeoutError, World, WorldPool
+from distcomm.errors import RankDiedError, RankFailure, RankTimeoutError
+from distcomm.testing.world import RankOutcome, World, WorldPool
 
 __all__ = ["RankDiedError", "RankFailure", "RankOutcome", "RankTimeoutError", "World", "WorldPool"]

@@ -33,19 +33,11 @@ from typing import Any, cast
 
 import attrs
 
-from distcomm.errors import DistCommError, InvalidArgumentError
+from distcomm.errors import InvalidArgumentError, RankDiedError, RankFailure, RankTimeoutError
 
 logger = logging.getLogger(__name__)
 
 _READY = "ready"
-
-
-class RankTimeoutError(DistCommError, TimeoutError):
-    """A rank did not finish a call in time and was killed."""
-
-
-class RankDiedError(DistCommError, RuntimeError):
-    """A rank process exited in the middle of a call."""
 
 
 @attrs.frozen
@@ -68,20 +60,6 @@ class RankOutcome:
         return self.value
 
 
-class RankFailure(DistCommError):
-    """One or more ranks of a :meth:`World.run` call raised; ``outcomes`` has them all."""
-
-    def __init__(self, outcomes: list[RankOutcome]) -> None:
-        self.outcomes = outcomes
-        failed = [o for o in outcomes if not o.ok]
-        lines = [f"{len(failed)} of {len(outcomes)} ranks failed:"]
-        for outcome in failed:
-            lines.append(f"--- rank {outcome.rank}: {type(outcome.error).__name__}: {outcome.error}")
-            if outcome.traceback:
-                lines.append(outcome.traceback.rstrip())
-        super().__init__("\n".join(lines))
-
-
 def _serve(rank: int, world_size: int, backend: str, init_method: str, timeout: float, workdir: str, conn: Connection) -> None:
     """The body of one rank process: join the group, then run calls until told to stop."""
     os.environ.update(
@@ -93,7 +71,7 @@ def _serve(rank: int, world_size: int, backend: str, init_method: str, timeout: 
     faulthandler.register(signal.SIGUSR2, file=stack_file, all_threads=True)  # SIGUSR1 dumps the flight record
     import torch
 
-    from distcomm.active import instrument, set_communicator
+    from distcomm.launch.active import instrument, set_communicator
     from distcomm.torch_dist import TorchDistCommunicator
 
     torch.set_num_threads(1)

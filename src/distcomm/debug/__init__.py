@@ -1,0 +1,1 @@
+"""Debugging communicators: CheckedCommunicator and ProfiledCommunicator, views of any communicator with hooks."""

@@ -1,0 +1,338 @@
+"""Hooks: how checking, profiling and recording see every collective of a communicator.
+
+Every public collective of :class:`~distcomm.Communicator` is declared with the
+:func:`collective` decorator, so it passes through the communicator's hooks by
+construction: a method added later cannot forget them. A hook's :meth:`Hook.before`
+runs before the call and :meth:`Hook.after` after it (also when it failed), in order
+of :attr:`Hook.order`: the flight recorder first (it sees every call start and end),
+checks next, timers closest to the call, so a profile does not include a checker's
+round trips. With no hook attached a call pays one attribute test.
+
+Attach a hook with :meth:`HookRegistry.register_hook` (the returned :class:`HookHandle`
+removes it), or make a view that adds hooks with ``comm.with_hooks(...)``. A view shares
+the hooks of the communicator it was made from, live: one registered there later is
+seen through the view too.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import threading
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, Concatenate, ParamSpec, TypeVar
+
+from distcomm.errors import ClosedCommunicatorError, CollectiveError, InvalidArgumentError, renamed
+from distcomm.instrument.fingerprints import filled_signature, op_name, payload_bytes, signature_of
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from distcomm.wire.context import SharedState
+
+P = ParamSpec("P")
+R = TypeVar("R")
+Self = TypeVar("Self", bound="HookRegistry")
+
+
+class CollectiveSpec:
+    """What the hooks know of a collective from its declaration: its name and parameters,
+    and how to describe a call of it (see :attr:`Call.details`)."""
+
+    __slots__ = ("operation", "signature", "positions", "defaults", "data_name", "detail_name", "describe_data", "local", "every_rank")
+
+    def __init__(
+        self, method: Callable[..., Any], describe_data: Callable[[Call], str] | None, local: tuple[str, ...], every_rank: bool = True
+    ) -> None:
+        self.operation = method.__name__
+        self.signature = inspect.signature(method)
+        names = list(self.signature.parameters)[1:]  # without self
+        self.positions = {name: index for index, name in enumerate(names)}
+        self.defaults = {
+            name: p.default for name, p in self.signature.parameters.items() if p.default is not inspect.Parameter.empty
+        }
+        self.data_name = names[0] if names else ""
+        """The first parameter: the data the call moves (what the flight recorder notes)."""
+        positional = [n for n in names if self.signature.parameters[n].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+        self.detail_name = positional[1] if len(positional) > 1 else ""
+        """The second positional parameter (``op``, ``src``, ``dst``): what the flight recorder notes besides the data."""
+        self.describe_data = describe_data
+        self.local = local
+        """Parameters that are this rank's own business (a device, an output buffer): not described."""
+        self.every_rank = every_rank
+        """Whether every rank of the group takes part (not so in a send, a receive or a shrink)."""
+
+
+class Call:
+    """One collective call as hooks see it: the operation, its arguments (bound lazily from the
+    method's signature, defaults included), and summaries computed on demand: ``details`` for
+    checking, ``payload_bytes`` for profiling."""
+
+    __slots__ = ("comm", "spec", "operation", "args", "kwargs", "result", "record", "_details")
+
+    def __init__(self, comm: HookRegistry, spec: CollectiveSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.comm = comm
+        self.spec = spec
+        self.operation = spec.operation
+        self.args = args
+        self.kwargs = kwargs
+        self.result: Any = None
+        """What the call returned (set before :meth:`Hook.after` runs, when it succeeded)."""
+        self.record: Any = None
+        """Where a recorder keeps its entry for this call between :meth:`Hook.before` and :meth:`Hook.after`."""
+        self._details: str | None = None
+
+    def argument(self, name: str) -> Any:
+        """The value of parameter ``name`` in this call (its default when not passed)."""
+        position = self.spec.positions[name]
+        if position < len(self.args):
+            return self.args[position]
+        return self.kwargs.get(name, self.spec.defaults.get(name))
+
+    @property
+    def arguments(self) -> dict[str, Any]:
+        """Every parameter by name, defaults included (bound from the method's signature)."""
+        return {name: self.argument(name) for name in self.spec.positions}
+
+    @property
+    def data(self) -> Any:
+        """The call's first argument: the data it moves (``None`` for a barrier)."""
+        return self.argument(self.spec.data_name) if self.spec.data_name else None
+
+    @property
+    def details(self) -> str:
+        """What must match across ranks: the data's layout, then the other arguments (the reduce
+        op, src or dst, flags), e.g. ``float32[2, 3] op=sum``."""
+        if self._details is None:
+            self._details = _describe(self)
+        return self._details
+
+    @property
+    def payload(self) -> Any:
+        """The data the call moves (``None`` for objects and barriers)."""
+        return None if self.spec.describe_data is None else self.data
+
+    @property
+    def payload_bytes(self) -> int:
+        """The bytes the call's data takes: tensors and arrays by size, numbers 8 each, objects 0."""
+        payload = self.payload
+        return 0 if payload is None else payload_bytes(payload)
+
+    def __repr__(self) -> str:
+        return f"Call({self.operation} {self.details})"
+
+
+def _describe(call: Call) -> str:
+    spec = call.spec
+    parts = [] if spec.describe_data is None else [spec.describe_data(call)]
+    for name in spec.positions:
+        if name == spec.data_name or name in spec.local:
+            continue
+        value = call.argument(name)
+        if value is None or value is False:
+            continue
+        parts.append(name if value is True else f"op={op_name(value)}" if name == "op" else f"{name}={value}")
+    return " ".join(part for part in parts if part)
+
+
+def describe_data(call: Call) -> str:
+    """The default description of a call's data: dtypes and shapes of its tensors, kinds of other leaves."""
+    return signature_of(call.data)
+
+
+def describe_filled(call: Call) -> str:
+    """The description of a call that fills its data in place (a lone tensor that cannot be filled says so)."""
+    return filled_signature(call.data)
+
+
+class Hook:
+    """Work done around every collective of a communicator; subclasses override what they need."""
+
+    order: ClassVar[int] = 50
+    """Lower runs :meth:`before` earlier and :meth:`after` later: recorder -100, checks 0, timers 100."""
+
+    def before(self, call: Call) -> None:
+        """Called before the collective starts; raising here stops the call."""
+
+    def after(self, call: Call, error: BaseException | None) -> None:
+        """Called when the collective returned (``error`` is ``None``) or raised ``error``; only for
+        hooks whose :meth:`before` returned."""
+
+    def for_split(self, child: HookRegistry) -> Hook | None:
+        """The hook to attach to a communicator split from this one (``None``: none)."""
+        return None
+
+
+class Recorder(Hook):
+    """A hook that keeps a record of calls (:class:`~distcomm.FlightRecorder` is one): it runs
+    first and last, and a communicator has at most one. Split children record into the same one."""
+
+    order = -100  # outermost: it sees every call start, and every failure, checks included
+
+    def for_split(self, child: HookRegistry) -> Hook | None:
+        return self
+
+    def dump(self, reason: str = "requested") -> Path | None:
+        """Write the record now; its path, or ``None``. Never raises."""
+        return None
+
+
+class HookHandle:
+    """Returned by :meth:`HookRegistry.register_hook`; :meth:`remove` detaches the hook."""
+
+    def __init__(self, registry: HookRegistry, hook: Hook) -> None:
+        self._registry = registry
+        self.hook = hook
+
+    def remove(self) -> None:
+        """Detach the hook (harmless when repeated)."""
+        self._registry.remove_hook(self.hook)
+
+    def __enter__(self) -> HookHandle:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.remove()
+
+
+class HookRegistry:
+    """The hooks of a communicator (its base class): its own, and those of the communicator it
+    is a view of, which it shares live."""
+
+    rank: int
+    group_name: str
+    _state: SharedState
+    _hooks: tuple[Hook, ...]
+    """Every hook a call passes through, in order: the parent's and its own (read on every call)."""
+    _own_hooks: tuple[Hook, ...]
+    _parent: HookRegistry | None
+    _views: weakref.WeakSet[HookRegistry]
+
+    def _init_hooks(self, hooks: tuple[Hook, ...], parent: HookRegistry | None = None) -> None:
+        """Start with ``hooks`` of its own, after those of ``parent`` (whose later changes it sees)."""
+        for hook in hooks:
+            if not isinstance(hook, Hook):
+                raise InvalidArgumentError(f"hooks are distcomm.instrument.hooks.Hook objects, got {type(hook).__name__}")
+        self._parent, self._views = parent, weakref.WeakSet()
+        self._own_hooks = ()
+        with _registration:
+            if parent is not None:
+                parent._views.add(self)
+            self._set_own(hooks)
+
+    @property
+    def hooks(self) -> tuple[Hook, ...]:
+        """The hooks every collective of this communicator passes through, in the order they run."""
+        return self._hooks
+
+    def register_hook(self, hook: Hook) -> HookHandle:
+        """Pass every collective through ``hook`` from now on; the handle's ``remove()`` stops it.
+
+        A :class:`Recorder` (such as :class:`~distcomm.FlightRecorder`) takes the place of the
+        one recording now.
+        """
+        if not isinstance(hook, Hook):
+            raise InvalidArgumentError(f"register_hook takes a distcomm.instrument.hooks.Hook, got {type(hook).__name__}")
+        with _registration:  # a new tuple each time: a collective running meanwhile keeps the one it read
+            self._set_own((*self._own_hooks, hook))
+        return HookHandle(self, hook)
+
+    def remove_hook(self, hook: Hook) -> None:
+        """Stop passing collectives through ``hook`` (harmless when it is not attached here)."""
+        with _registration:
+            self._set_own(tuple(h for h in self._own_hooks if h is not hook))
+
+    def _set_own(self, hooks: tuple[Hook, ...]) -> None:
+        if any(isinstance(h, Recorder) for h in hooks):  # the newest recorder takes the place of the others
+            newest = [h for h in hooks if isinstance(h, Recorder)][-1]
+            hooks = tuple(h for h in hooks if not isinstance(h, Recorder) or h is newest)
+        self._own_hooks = hooks
+        self._refresh()
+
+    def _refresh(self) -> None:
+        inherited = () if self._parent is None else self._parent._hooks
+        if any(isinstance(h, Recorder) for h in self._own_hooks):
+            inherited = tuple(h for h in inherited if not isinstance(h, Recorder))
+        self._hooks = tuple(sorted((*inherited, *self._own_hooks), key=lambda h: h.order))
+        for view in list(self._views):
+            view._refresh()
+
+    def _split_hooks(self, child: HookRegistry) -> tuple[Hook, ...]:
+        """This communicator's own hooks as ``child``, split from it, should have them: the one rule
+        by which instrumentation reaches split communicators."""
+        derived = (hook.for_split(child) for hook in self._own_hooks)
+        return tuple(hook for hook in derived if hook is not None)
+
+    @property
+    def flight_recorder(self) -> Recorder | None:
+        """The recorder of this communicator's calls (``None`` with ``DISTCOMM_FLIGHT_RECORDER=0``)."""
+        return next((h for h in self._hooks if isinstance(h, Recorder)), None)
+
+    def dump_flight_record(self, reason: str = "requested") -> Path | None:
+        """Write this rank's flight record now (see :mod:`distcomm.instrument.flight_recorder`); its path,
+        or ``None`` when nothing records or it could not be written. Never raises."""
+        recorder = self.flight_recorder
+        return None if recorder is None else recorder.dump(reason)
+
+
+_registration = threading.RLock()
+"""Serialises hook registration, so two threads registering at once both take effect."""
+
+COLLECTIVES: dict[str, Callable[..., Any]] = {}
+"""Every method declared with :func:`collective`, by name (the hook coverage test reads it)."""
+
+
+def collective(
+    describe: Callable[[Call], str] | None = describe_data, *, local: tuple[str, ...] = (), every_rank: bool = True
+) -> Callable[[Callable[Concatenate[Self, P], R]], Callable[Concatenate[Self, P], R]]:
+    """Declare a public collective: it refuses a closed communicator, passes through the hooks,
+    and names itself in a :class:`CollectiveError` raised by any of its steps.
+
+    ``describe`` says what of the call's data must match across ranks (``None``: the data is
+    an object, not described and not counted as payload); ``local`` names parameters that
+    are each rank's own (a device, an output buffer). Both run only when a hook asks.
+    ``every_rank=False`` marks a call in which only some ranks take part (a send, a shrink).
+    """
+
+    def decorate(method: Callable[Concatenate[Self, P], R]) -> Callable[Concatenate[Self, P], R]:
+        spec = CollectiveSpec(method, describe, local, every_rank)
+
+        @functools.wraps(method)
+        def run(self: Self, /, *args: P.args, **kwargs: P.kwargs) -> R:
+            if self._state.closed:
+                raise ClosedCommunicatorError(f"{spec.operation} on a closed {type(self).__name__}: create a new communicator")
+            hooks = self._hooks  # read once: a hook added or removed meanwhile takes effect at the next call
+            if hooks:
+                return _through(hooks, Call(self, spec, args, kwargs), method)  # type: ignore[no-any-return]
+            try:
+                return method(self, *args, **kwargs)
+            except CollectiveError as error:
+                raise renamed(error, spec.operation, self.rank)  # noqa: B904 (renamed() sets the cause)
+
+        COLLECTIVES[spec.operation] = run
+        return run
+
+    return decorate
+
+
+def _through(hooks: tuple[Hook, ...], call: Call, method: Callable[..., Any]) -> Any:
+    """Run ``method`` between the ``before`` and ``after`` of ``hooks`` (the tuple the call started
+    with). A :class:`CollectiveError` of the method is named after it, as the caller sees it,
+    before the hooks see it; a hook's own error passes as it is."""
+    entered = 0
+    try:
+        for hook in hooks:
+            hook.before(call)
+            entered += 1
+        try:
+            call.result = method(call.comm, *call.args, **call.kwargs)
+        except CollectiveError as error:
+            raise renamed(error, call.operation, call.comm.rank)  # noqa: B904 (renamed() sets the cause)
+    except BaseException as error:
+        for hook in reversed(hooks[:entered]):
+            hook.after(call, error)
+        raise
+    for hook in reversed(hooks):
+        hook.after(call, None)
+    return call.result

@@ -1,0 +1,1 @@
+"""Values and the rules about them: conversions between numbers, arrays and tensors, nested data, dtypes, reduce ops, the rules of a reduction, timeouts and mesh layouts. Imports nothing of distcomm but errors."""

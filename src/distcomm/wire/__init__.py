@@ -1,0 +1,1 @@
+"""Everything a call sends, over a Backend: the call check every call opens with, the layout agreement, the object codec and objects, and the steps of reduce, broadcast, gather, all-to-all, point to point, and the survivors' agreement."""

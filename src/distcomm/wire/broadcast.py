@@ -1,0 +1,60 @@
+"""Broadcasts of tensors and nested data: tensors are filled in place, the rest is ``src``'s.
+
+Ranks first agree on which tensors take part (key path, dtype, shape), so a rank that
+passes a tensor where ``src`` does not, or another shape, raises on every rank instead
+of reading bytes meant as something else.
+
+Tested with the communicator's broadcasts: tests/test_collectives.py, tests/test_agreement.py, tests/test_opening.py.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from distcomm.errors import InvalidArgumentError
+from distcomm.values.conversion import check_fillable, describe
+from distcomm.values.nested import flatten, unflatten
+from distcomm.wire.layout_agreement import Claim, agree
+from distcomm.wire.objects import broadcast_object
+
+if TYPE_CHECKING:
+    from distcomm.wire.context import Channel
+
+
+def broadcast_data(channel: Channel, data: Any, src: int) -> Any:
+    """``src``'s ``data`` on every rank, tensors filled in place (see :meth:`Communicator.broadcast`)."""
+    leaves, paths, spec = flatten(data)
+    tensors = sorted((path, i) for i, (path, leaf) in enumerate(zip(paths, leaves)) if isinstance(leaf, torch.Tensor))
+    problem = None
+    for path, i in tensors:  # what cannot be filled is refused on every rank, in the agreement
+        try:
+            check_fillable(leaves[i], "broadcast", path)
+        except InvalidArgumentError as error:
+            problem = problem or str(error)
+    if channel.world_size > 1:
+        agree(channel, f"broadcast from {src}", Claim(tuple((path, describe(leaves[i])) for path, i in tensors), problem=problem))
+    elif problem is not None:
+        raise InvalidArgumentError(problem)
+    if not tensors:
+        return broadcast_object(channel, data, src, "broadcast")
+    if isinstance(data, torch.Tensor):
+        fill_from(channel, data, src)
+        return data
+    own = {path: leaves[i] for path, i in tensors}
+    skeleton = [None if isinstance(leaf, torch.Tensor) else leaf for leaf in leaves]
+    src_spec, others = broadcast_object(channel, (spec, skeleton), src, "broadcast")
+    src_paths = flatten(unflatten(src_spec, others))[1]
+    for _, i in tensors:
+        fill_from(channel, leaves[i], src)
+    return unflatten(src_spec, [own.get(path, leaf) for path, leaf in zip(src_paths, others)])
+
+
+def fill_from(channel: Channel, tensor: torch.Tensor, src: int) -> None:
+    """Fill ``tensor`` in place with ``src``'s, through a copy when the backend cannot take it as it is."""
+    carrier = channel.transport(tensor, "broadcast")
+    channel.backend.broadcast(carrier, src)
+    if carrier is not tensor:
+        with torch.no_grad():
+            tensor.copy_(carrier)

@@ -1,0 +1,218 @@
+"""The opening step every distcomm collective starts with: one slot per rank that says which
+call the rank is in.
+
+Where distcomm chooses the wire format (layout agreements, objects, tensor gather
+headers, barriers), a call's first step is one ``all_gather`` of a fixed-size slot:
+
+==========  =====  ==========================================================
+bytes       what   meaning
+==========  =====  ==========================================================
+0-7         magic  ``distcom1``: the bytes are a distcomm call header, version 1
+8-39        tag    the call and its step, in ASCII (``all_reduce layout``)
+40-47       size   how many body bytes follow (int64, little-endian)
+48-         body   the step's own header words and, when it fits, its data
+==========  =====  ==========================================================
+
+The slot has one size for every call of a world (:func:`slot_bytes`), so ranks in
+different calls still meet in the same collective instead of aborting the process;
+every rank then reads every rank's tag and raises the same
+:class:`~distcomm.InconsistentInputError` naming each rank's call. Nothing a peer sends
+is trusted: a missing magic, an unreadable tag or a body size out of bounds raises
+:class:`~distcomm.errors.WireFormatError` on the ranks that received it. The step's
+own body is parsed by its module (:mod:`~distcomm.wire.layout_agreement`, :mod:`~distcomm.wire.objects`,
+:mod:`~distcomm.wire.gather`), with the same rule.
+
+Collectives that move a lone tensor as it is (the hot paths) take no opening step; the
+README's "When ranks call different collectives" says which pairs torch cannot tell
+apart there, and :class:`~distcomm.CheckedCommunicator` catches them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, NoReturn
+
+import attrs
+import numpy as np
+import torch
+
+from distcomm.errors import InconsistentInputError, InvalidArgumentError, WireFormatError
+
+if TYPE_CHECKING:
+    from distcomm.wire.context import Channel
+
+MAGIC = b"distcom1"
+TAG_BYTES = 32
+PREFIX_BYTES = len(MAGIC) + TAG_BYTES + 8
+REFUSAL = b"refused "
+"""How the tag of a refusal starts: a rank that cannot make its call (a bad argument of its own)
+sends this instead of the call's tag, and the reason as the body (:func:`refuse`)."""
+SMALL_WORLD_MAX = 16
+"""Up to this world size the slot has room for small payloads (4 KB a rank); above it, 512 bytes."""
+
+
+def slot_bytes(world_size: int) -> int:
+    """The opening slot's size in a world of ``world_size`` ranks: the same for every call."""
+    return 4096 if world_size <= SMALL_WORLD_MAX else 512
+
+
+def body_room(world_size: int) -> int:
+    """How many body bytes an opening slot holds in a world of ``world_size`` ranks."""
+    return slot_bytes(world_size) - PREFIX_BYTES
+
+
+@attrs.frozen
+class Opening:
+    """Every rank's opening slot: ``rows`` on the device the call used, ``host`` on the CPU
+    (the prefixes and bodies), and each rank's body size (already checked)."""
+
+    rows: torch.Tensor
+    host: np.ndarray
+    sizes: tuple[int, ...]
+
+    def body(self, rank: int) -> np.ndarray:
+        """Rank ``rank``'s body bytes (a view)."""
+        return self.host[rank, PREFIX_BYTES : PREFIX_BYTES + self.sizes[rank]]
+
+    def words(self, rank: int, count: int) -> np.ndarray | None:
+        """The first ``count`` int64 words of ``rank``'s body, or ``None`` when its body is shorter."""
+        if self.sizes[rank] < 8 * count:
+            return None
+        return self.body(rank)[: 8 * count].view("<i8")
+
+    def data(self, offset: int, nbytes: int) -> torch.Tensor:
+        """Bytes ``offset`` to ``offset + nbytes`` of every rank's body, as a ``(world, nbytes)``
+        uint8 tensor on the call's device (the caller has checked the bounds)."""
+        start = PREFIX_BYTES + offset
+        return self.rows[:, start : start + nbytes]
+
+
+def tag_of(operation: str, step: str) -> bytes:
+    """The tag of ``step`` in ``operation``, as it travels: ASCII, cut or padded to 32 bytes."""
+    text = f"{operation} {step}".strip().encode("ascii", errors="replace")[:TAG_BYTES]
+    return text.ljust(TAG_BYTES, b"\0")
+
+
+_PREFIXES: dict[tuple[str, str], bytes] = {}
+"""The magic and tag of each (operation, step), as they travel (made once per call kind)."""
+
+
+def _prefix(operation: str, step: str) -> bytes:
+    known = _PREFIXES.get((operation, step))
+    if known is None:
+        known = _PREFIXES[operation, step] = MAGIC + tag_of(operation, step)
+    return known
+
+
+def open_call(
+    channel: Channel,
+    operation: str,
+    step: str,
+    body: bytes | np.ndarray = b"",
+    data: torch.Tensor | None = None,
+    device: torch.device | None = None,
+) -> Opening:
+    """All-gather one opening slot per rank and check that every rank is in the same call.
+
+    ``body`` (host bytes) and then ``data`` (a flat tensor's bytes, copied on its
+    device) must fit :func:`body_room`. Raises the same
+    :class:`~distcomm.InconsistentInputError` on every rank when ranks are in different
+    calls, and :class:`~distcomm.errors.WireFormatError` when a peer's slot is not one.
+    Over one rank nothing is exchanged: there is no other call to meet.
+    """
+    world = channel.world_size
+    size = slot_bytes(world)
+    head = body.tobytes() if isinstance(body, np.ndarray) else body
+    extra = 0 if data is None else data.numel() * data.element_size()
+    end = PREFIX_BYTES + len(head)
+    if end + extra > size:
+        raise AssertionError(f"an opening body of {len(head) + extra} bytes does not fit a {size}-byte slot")
+    raw = bytearray(size)
+    raw[: len(MAGIC) + TAG_BYTES] = _prefix(operation, step)
+    raw[len(MAGIC) + TAG_BYTES : PREFIX_BYTES] = (len(head) + extra).to_bytes(8, "little", signed=True)
+    raw[PREFIX_BYTES:end] = head
+    host_slot = torch.frombuffer(raw, dtype=torch.uint8)
+    target = device or (channel.device if data is None else data.device)
+    slot = host_slot if target.type == "cpu" else host_slot.to(target)
+    if extra:
+        slot[end : end + extra] = data.detach().reshape(-1).view(torch.uint8)  # type: ignore[union-attr]
+    if world == 1:
+        return Opening(slot.unsqueeze(0), host_slot.numpy().reshape(1, size), (len(head) + extra,))
+    rows = channel.backend.all_gather(slot)
+    table = rows.numpy() if rows.device.type == "cpu" else rows[:, :end].cpu().numpy()
+    return Opening(rows, table, read_prefixes(table, operation, step, size, rows))
+
+
+def refuse(channel: Channel, operation: str, problem: str) -> NoReturn:
+    """Take part in a call's opening with ``problem`` (this rank's own bad argument) instead of the
+    call, so that every rank raises it at once rather than this one alone while the others wait
+    out the timeout: every rank reads the same slots and raises the same
+    :class:`~distcomm.InvalidArgumentError`, naming each refusing rank and its reason. Over one
+    rank it is simply raised."""
+    if channel.world_size == 1:
+        raise InvalidArgumentError(problem)
+    reason = problem.encode("utf-8", errors="replace")[: body_room(channel.world_size)]
+    opened = open_call(channel, REFUSAL.decode() + operation, "", reason)  # returns when every rank refused alike
+    _raise_refusals(opened.rows.cpu().numpy(), operation, np.array(opened.sizes), body_room(channel.world_size))
+    raise AssertionError("a refusal was not read back")  # pragma: no cover
+
+
+def read_prefixes(table: np.ndarray, operation: str, step: str, size: int, rows: torch.Tensor | None = None) -> tuple[int, ...]:
+    """Check every rank's prefix in ``table`` (one row per rank); every rank's body size.
+
+    Every rank reads the same table, so every rank raises the same error. ``rows`` (the slots
+    as gathered) is read whole only when some rank refused its call and the reasons are needed.
+    """
+    expected = _prefix(operation, step)
+    sizes = table[:, len(MAGIC) + TAG_BYTES : PREFIX_BYTES].copy().view("<i8")[:, 0]
+    found = sizes.tolist()
+    room = size - PREFIX_BYTES
+    if table[:, : len(expected)].tobytes() == expected * len(table) and min(found) >= 0 and max(found) <= room:
+        return tuple(found)  # the common case: one comparison of bytes, two of numbers
+    _raise_refusals(table if rows is None else rows.cpu().numpy(), operation, sizes, room)
+    magic, mine = np.frombuffer(MAGIC, dtype=np.uint8), tag_of(operation, step)
+    strangers = [rank for rank, row in enumerate(table) if not np.array_equal(row[: len(MAGIC)], magic)]
+    if strangers:
+        raise WireFormatError(
+            f"{operation}: rank(s) {', '.join(map(str, strangers))} sent bytes that are not a distcomm call header: "
+            "they are in a collective that sends a lone tensor as it is, in a raw torch.distributed call, or "
+            "run another version of distcomm (see 'When ranks call different collectives' in the README)"
+        )
+    tags = [bytes(row[len(MAGIC) : len(MAGIC) + TAG_BYTES]) for row in table]
+    if any(tag != mine for tag in tags):
+        calls = [_readable(tag) for tag in tags]
+        listing = "; ".join(f"rank {rank}: {call}" for rank, call in enumerate(calls))
+        raise InconsistentInputError(  # the same words on every rank, whichever call it is in
+            f"ranks are in different collectives ({listing}); every rank must make the same calls in the same order"
+        )
+    bad = [rank for rank, n in enumerate(sizes) if not 0 <= n <= room]
+    raise WireFormatError(
+        f"{operation}: rank(s) {', '.join(map(str, bad))} announced an opening body of "
+        f"{', '.join(str(int(sizes[r])) for r in bad)} bytes, outside 0..{room}"
+    )
+
+
+def _raise_refusals(table: np.ndarray, operation: str, sizes: np.ndarray, room: int) -> None:
+    """Raise every refusing rank's reason (the same error on every rank), where some rank refused."""
+    magic = np.frombuffer(MAGIC, dtype=np.uint8)
+    refusing = [
+        rank for rank, row in enumerate(table)
+        if np.array_equal(row[: len(MAGIC)], magic) and bytes(row[len(MAGIC) : len(MAGIC) + len(REFUSAL)]) == REFUSAL
+    ]  # fmt: skip
+    if not refusing:
+        return
+    reasons = []
+    for rank in refusing:
+        size = int(sizes[rank])
+        if not 0 <= size <= room:
+            raise WireFormatError(f"{operation}: rank {rank} refused its call with a reason of {size} bytes, outside 0..{room}")
+        text = bytes(table[rank, PREFIX_BYTES : PREFIX_BYTES + size]).decode("utf-8", errors="replace")
+        reasons.append(f"rank {rank} cannot take part: {text}")
+    raise InvalidArgumentError("; ".join(reasons))
+
+
+def _readable(tag: bytes) -> str:
+    """A peer's tag in words (printable ASCII only; anything else is shown escaped)."""
+    text = tag.rstrip(b"\0")
+    if text and all(32 <= byte < 127 for byte in text):
+        return text.decode("ascii")
+    return f"unreadable tag {text[:16]!r}"

@@ -1,0 +1,197 @@
+"""Gathers: every rank's tensor (of any shape), number or nested data, on every rank.
+
+The wire format of a tensor gather: each rank's opening slot (:mod:`distcomm.wire.call_check`)
+holds a header (number of dimensions, dtype code, shape) and, when the tensor is small,
+the tensor's bytes too. Small tensors therefore take one collective; larger ones take the
+headers and then the data (padded on backends that cannot gather uneven sizes). A
+rank that cannot take part (a dtype or number of dimensions no header can describe)
+says so in its header, and every rank raises the same error.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from distcomm.backends.handles import CompletedHandle, Handle, ThenHandle
+from distcomm.errors import InconsistentInputError, InvalidArgumentError, WireFormatError
+from distcomm.values.conversion import describe, dtype_name
+from distcomm.values.dtypes import DTYPE_CODES, DTYPES
+from distcomm.values.nested import flatten, is_container, unflatten
+from distcomm.wire.call_check import Opening, body_room, open_call, refuse
+from distcomm.wire.codec import max_payload_bytes
+from distcomm.wire.layout_agreement import exchange_claims
+from distcomm.wire.mismatch import by_rank, explain
+from distcomm.wire.objects import all_gather_objects, exchange
+
+if TYPE_CHECKING:
+    from distcomm.wire.context import Channel
+
+MAX_GATHER_DIMS = 16
+HEADER_WORDS = 2 + MAX_GATHER_DIMS
+
+
+def gather_data(channel: Channel, data: Any, operation: str) -> list[Any]:
+    """Every rank's ``data``: tensors of any shape, other values through pickle, containers leaf by leaf.
+    ``operation`` names the call in its opening (``all_gather``, ``gather to 1``)."""
+    if isinstance(data, torch.Tensor):
+        return gather_tensor(channel, data, asynchronous=False, operation=operation).wait()  # type: ignore[no-any-return]
+    if not is_container(data):
+        return all_gather_objects(channel, data, operation)
+    leaves, paths, spec = flatten(data)
+    skeleton = [None if isinstance(leaf, torch.Tensor) else leaf for leaf in leaves]
+    tensors = tuple(i for i, leaf in enumerate(leaves) if isinstance(leaf, torch.Tensor))
+    per_rank = [channel.object_codec.decode(p) for p in exchange(channel, (spec, skeleton, tensors), operation, step="structure")]
+    for rank, entry in enumerate(per_rank):
+        if not (isinstance(entry, tuple) and len(entry) == 3 and isinstance(entry[1], list) and isinstance(entry[2], tuple)):
+            raise WireFormatError(f"{operation}: rank {rank} sent a malformed structure: {entry!r:.80}")
+    if any(rank_spec != spec for rank_spec, _, _ in per_rank):
+        raise InconsistentInputError(
+            f"{operation}: ranks passed differently shaped structures: "
+            + "; ".join(f"rank {r}: {s}" for r, (s, _, _) in enumerate(per_rank))
+        )
+    for rank, (_, rank_leaves, rank_tensors) in enumerate(per_rank):
+        if len(rank_leaves) != len(leaves) or not set(rank_tensors) <= set(range(len(leaves))):
+            raise WireFormatError(f"{operation}: rank {rank} sent leaves that do not fit its structure")
+    if any(rank_tensors != tensors for _, _, rank_tensors in per_rank):
+        where = min(set().union(*(set(t) for _, _, t in per_rank)) - set.intersection(*(set(t) for _, _, t in per_rank)))
+        kinds = ["tensor" if where in t else type(skel[where]).__name__ for _, skel, t in per_rank]
+        raise InconsistentInputError(
+            f"{operation}: ranks passed a tensor at {paths[where] or 'the top level'} where others did not: {by_rank(kinds)}"
+        )
+    columns = {i: gather_tensor(channel, leaves[i], asynchronous=False, operation=operation).wait() for i in tensors}
+    return [
+        unflatten(spec, [columns[i][r] if i in columns else v for i, v in enumerate(rank_leaves)])
+        for r, (_, rank_leaves, _) in enumerate(per_rank)
+    ]
+
+
+def gather_same_shape(channel: Channel, tensor: Any, operation: str, out: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """Every rank's ``tensor``, promised to have one shape and dtype everywhere: one collective,
+    into ``out`` when given (then the entries are views of it)."""
+    carrier = _same_shape_carrier(channel, tensor, operation, out)
+    if channel.world_size == 1:  # the only rank's tensor: a copy, with no collective to wait for
+        return [carrier.clone() if out is None else out[0].copy_(carrier)]
+    gathered = channel.backend.all_gather(carrier, out)
+    return list((gathered if carrier is tensor else gathered.to(tensor.device)).unbind(0))
+
+
+def gather_same_shape_async(channel: Channel, tensor: torch.Tensor, out: torch.Tensor | None = None) -> Handle:
+    """:func:`gather_same_shape` in the background."""
+    carrier = _same_shape_carrier(channel, tensor, "all_gather_async", out)
+    home = tensor.device
+    return ThenHandle(channel.backend.all_gather_async(carrier, out), lambda gathered: list(gathered.to(home).unbind(0)))
+
+
+def _same_shape_carrier(channel: Channel, tensor: Any, operation: str, out: torch.Tensor | None) -> torch.Tensor:
+    if not isinstance(tensor, torch.Tensor):
+        raise InvalidArgumentError(f"{operation}(same_shape=True) takes a tensor, got {describe(tensor)}")
+    if tensor.dtype not in DTYPE_CODES:
+        raise InvalidArgumentError(f"{operation} does not support dtype {tensor.dtype}; convert the tensor first")
+    carrier = channel.sendable(tensor, operation)  # detached: the result never joins the autograd graph
+    if out is not None:
+        wanted = (channel.world_size, *tensor.shape)
+        if (
+            not isinstance(out, torch.Tensor) or tuple(out.shape) != wanted or out.dtype != tensor.dtype
+            or out.device != carrier.device or not out.is_contiguous() or carrier.device != tensor.device
+        ):  # fmt: skip
+            raise InvalidArgumentError(
+                f"{operation}: out must be a contiguous {dtype_name(tensor.dtype)}{list(wanted)} "
+                f"tensor on {tensor.device} (world size first, then the input's shape), for an input the backend "
+                f"takes where it is; got {describe(out)}"
+            )
+    return carrier
+
+
+def gather_tensor(channel: Channel, tensor: torch.Tensor, *, asynchronous: bool, operation: str = "all_gather") -> Handle:
+    """Gather tensors of any shapes: one collective when every rank's tensor is small, else
+    the headers then the data, which moves asynchronously when asked and shapes are equal.
+    The handle's result is a list of new tensors on ``tensor``'s device."""
+    backend = channel.backend
+    try:
+        carrier = channel.sendable(tensor, operation)  # a gather is not differentiable: never the graph
+    except InvalidArgumentError as error:  # a meta tensor: every rank raises it
+        refuse(channel, operation, str(error))
+    inline, shapes = exchange_headers(channel, carrier, operation)
+    home = tensor.device
+    if inline is not None:
+        return CompletedHandle([t.to(home) for t in inline])
+    if all(s == shapes[0] for s in shapes):
+        if asynchronous:
+            return ThenHandle(backend.all_gather_async(carrier), lambda out: [row.to(home) for row in out.unbind(0)])
+        gathered = list(backend.all_gather(carrier).unbind(0))
+    else:
+        gathered = backend.all_gather_uneven(carrier, shapes)
+    return CompletedHandle(gathered if carrier is tensor else [g.to(home) for g in gathered])
+
+
+def exchange_headers(channel: Channel, tensor: torch.Tensor, operation: str = "all_gather") -> tuple[list[torch.Tensor] | None, list[torch.Size]]:
+    """Every rank's shape, and every rank's tensor too when all of them fit in the opening slot.
+
+    Different dtypes or numbers of dimensions, or a refusal, raise the same clear error
+    on every rank, since every rank sees every header; a header that breaks the wire
+    format (a dimension out of bounds, an unknown dtype code) is a
+    :class:`~distcomm.errors.WireFormatError`.
+    """
+    problem = None
+    code = DTYPE_CODES.get(tensor.dtype)
+    if code is None:
+        problem = f"{operation} does not support dtype {tensor.dtype}; convert the tensor first"
+    elif tensor.dim() > MAX_GATHER_DIMS:
+        problem = f"{operation} takes at most {MAX_GATHER_DIMS} dimensions, got {tensor.dim()}"
+    header = np.full(HEADER_WORDS, -1, dtype="<i8")
+    nbytes = tensor.numel() * tensor.element_size()
+    inline = None
+    if problem is None:
+        header[0], header[1] = tensor.dim(), code
+        header[2 : 2 + tensor.dim()] = tensor.shape
+        if nbytes <= body_room(channel.world_size) - header.nbytes:
+            inline = tensor
+    opening = open_call(channel, operation, "tensor", header.view(np.uint8), inline, tensor.device)
+    headers = [_read_header(channel, opening, rank, operation) for rank in range(channel.world_size)]
+    if any(h is None for h in headers):
+        claims = exchange_claims(channel, operation, (problem, ()))
+        raise InconsistentInputError(explain(operation, claims))
+    dtypes = [DTYPES[code] for code, _, _ in headers]  # type: ignore[misc]
+    shapes = [shape for _, shape, _ in headers]  # type: ignore[misc]
+    if len(set(dtypes)) > 1 or len({len(s) for s in shapes}) > 1:
+        listing = "; ".join(f"rank {r}: {dtype_name(d)}{list(s)}" for r, (d, s) in enumerate(zip(dtypes, shapes)))
+        raise InconsistentInputError(
+            f"{operation}: every rank must pass the same dtype and number of dimensions ({listing}); "
+            "convert with .to(dtype) or reshape before gathering"
+        )
+    if not all(is_inline for _, _, is_inline in headers):  # type: ignore[misc]
+        return None, shapes
+    start = header.nbytes
+    sizes = [shape.numel() * tensor.element_size() for shape in shapes]
+    rows = opening.data(start, max(sizes))
+    return [row[:n].view(tensor.dtype).reshape(shape).clone() for row, n, shape in zip(rows, sizes, shapes)], shapes
+
+
+def _read_header(channel: Channel, opening: Opening, rank: int, operation: str = "all_gather") -> tuple[int, torch.Size, bool] | None:
+    """``rank``'s dtype code, shape and whether its data came inline; ``None`` for a refusal.
+    Anything outside the wire format raises :class:`~distcomm.errors.WireFormatError`."""
+    words = opening.words(rank, HEADER_WORDS)
+    if words is None:
+        raise WireFormatError(f"{operation}: rank {rank} sent a tensor header of {opening.sizes[rank]} bytes")
+    dims, code = int(words[0]), int(words[1])
+    if dims == -1 and code == -1:
+        return None
+    shape = words[2 : 2 + dims] if 0 <= dims <= MAX_GATHER_DIMS else np.zeros(0, dtype="<i8")
+    if not (0 <= dims <= MAX_GATHER_DIMS and 0 <= code < len(DTYPES)) or (shape < 0).any():
+        raise WireFormatError(f"{operation}: rank {rank} sent a tensor header with {dims} dimensions, dtype code {code}, shape {shape.tolist()}")
+    nbytes = DTYPES[code].itemsize
+    for n in shape.tolist():
+        nbytes *= n
+    limit = max_payload_bytes(channel.object_codec)
+    if nbytes > limit:
+        raise WireFormatError(
+            f"{operation}: rank {rank} announced a tensor of shape {shape.tolist()} ({nbytes} bytes), over the "
+            f"limit of {limit} bytes a peer may make this rank allocate (the object codec's max_bytes)"
+        )
+    body = opening.sizes[rank] - 8 * HEADER_WORDS
+    if body not in (0, nbytes):
+        raise WireFormatError(f"{operation}: rank {rank} announced {nbytes} bytes of tensor data and sent {body}")
+    return code, torch.Size(shape.tolist()), body == nbytes

@@ -1,0 +1,171 @@
+"""Object collectives: picklable objects between ranks, and the wire format they travel in.
+
+An object travels in the call's opening slot (:mod:`distcomm.wire.call_check`): an 8-byte
+little-endian length, then as much of the payload as fits. Payloads that fit (most of
+them) take one collective; larger ones take a second for the rest. A rank that cannot
+send its object (unpicklable, too large, a bad argument) sends the reason instead, with
+the length negated, so every rank raises the same error instead of some of them
+waiting forever.
+
+Tested with the object collectives: tests/test_collectives.py, tests/test_serialization.py, tests/test_wire.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import torch
+
+from distcomm.errors import InconsistentInputError, InvalidArgumentError, UnsafeObjectError, WireFormatError
+from distcomm.values.conversion import describe, parse_device
+from distcomm.wire.call_check import Opening, body_room, open_call, slot_bytes
+from distcomm.wire.codec import max_payload_bytes
+from distcomm.wire.mismatch import explain
+
+if TYPE_CHECKING:
+    from distcomm.wire.context import Channel
+
+OBJECT_SLOT_BYTES = slot_bytes(1)
+"""Object collectives send payloads up to about this size in one collective (worlds of up to 16 ranks)."""
+LENGTH_BYTES = 8
+
+DeviceLike = torch.device | str | None
+
+
+def target_device(channel: Channel, device: DeviceLike, operation: str = "an object collective") -> torch.device:
+    """Where an object collective's bytes travel: ``device`` (checked), else the communicator's."""
+    if device is None:
+        return channel.device
+    target = parse_device(device, operation)
+    if not channel.accepts(target):
+        raise InvalidArgumentError(f"{operation}: the {channel.backend.name} backend cannot move data on {target}; pass device=None")
+    return target
+
+
+def encode(channel: Channel, obj: Any, operation: str) -> tuple[bytes, InvalidArgumentError | None]:
+    """``obj``'s bytes, or, when it cannot be sent, the message to send instead and the error."""
+    try:
+        payload = channel.object_codec.encode(obj)
+    except Exception as error:
+        refusal = InvalidArgumentError(f"{operation}: the object cannot be pickled: {error}")
+        refusal.__cause__ = error
+        return str(refusal).encode(), refusal
+    limit = max_payload_bytes(channel.object_codec)
+    if len(payload) > limit:
+        too_large = InvalidArgumentError(
+            f"{operation}: the object encodes to {len(payload)} bytes, over the codec's limit of {limit} "
+            "bytes; raise it with the codec's max_bytes, or send the data as tensors"
+        )
+        return str(too_large).encode(), too_large
+    return payload, None
+
+
+def slot_body(payload: bytes, room: int, *, refused: bool = False) -> bytes:
+    """An object's opening body: its length, then as much as fits; for a refusal, the negated
+    length of the reason, then the reason (cut to fit)."""
+    head = payload[: room - LENGTH_BYTES]
+    if refused:
+        head = head or b"?"
+    length = -len(head) if refused else len(payload)
+    return length.to_bytes(LENGTH_BYTES, "little", signed=True) + head
+
+
+def raise_refusals(operation: str, reasons: list[str | None], refusal: BaseException | None) -> NoReturn:
+    """Raise, on every rank alike, the error that names each rank's reason for not taking part."""
+    raise InconsistentInputError(explain(operation, [(reason, ()) for reason in reasons])) from refusal
+
+
+def read_body(channel: Channel, opening: Opening, rank: int, operation: str) -> tuple[int, bytes]:
+    """The length ``rank`` announced (negative: a refusal, whose text follows) and the bytes that came
+    inline, checked: a refusal's text and an inline head must be exactly as long as announced,
+    and a payload within the codec's limit, before anything is allocated for it."""
+    words = opening.words(rank, 1)
+    if words is None:
+        raise WireFormatError(f"{operation}: rank {rank} sent an object slot with no length")
+    length, head = int(words[0]), opening.body(rank)[LENGTH_BYTES:].tobytes()
+    limit = max_payload_bytes(channel.object_codec)
+    if length > limit:
+        raise UnsafeObjectError(
+            f"{operation}: rank {rank} announced a payload of {length} bytes, over the codec's limit of "
+            f"{limit} bytes; nothing was allocated for it (raise the codec's max_bytes if it is genuine)"
+        )
+    room = body_room(channel.world_size) - LENGTH_BYTES
+    if length < 0 and len(head) != -length or length >= 0 and len(head) != min(length, room):
+        raise WireFormatError(f"{operation}: rank {rank} announced {length} bytes and sent {len(head)} in its slot")
+    return length, head
+
+
+def exchange(channel: Channel, obj: Any, operation: str, device: DeviceLike = None, *, step: str = "objects") -> list[bytes]:
+    """Every rank's encoded ``obj``, in rank order (not yet decoded)."""
+    payload, refusal = encode(channel, obj, operation)
+    target = target_device(channel, device, operation)
+    if channel.world_size == 1:  # no other rank: the payload was still made, so what cannot travel fails here too
+        if refusal is not None:
+            raise_refusals(operation, [payload.decode(errors="replace")], refusal)
+        return [payload]
+    body = slot_body(payload, body_room(channel.world_size), refused=refusal is not None)
+    opening = open_call(channel, operation, step, body, device=target)
+    slots = [read_body(channel, opening, rank, operation) for rank in range(channel.world_size)]
+    if any(length < 0 for length, _ in slots):
+        raise_refusals(operation, [head.decode(errors="replace") if length < 0 else None for length, head in slots], refusal)
+    if all(len(head) == length for length, head in slots):
+        return [head for _, head in slots]
+    longest = max(length for length, _ in slots)
+    padded = torch.zeros(longest, dtype=torch.uint8)
+    padded[: len(payload)] = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
+    full = channel.backend.all_gather(padded.to(target)).cpu().numpy()
+    return [row[:length].tobytes() for row, (length, _) in zip(full, slots)]
+
+
+def all_gather_objects(channel: Channel, obj: Any, operation: str = "all_gather_object", device: DeviceLike = None) -> list[Any]:
+    """Every rank's ``obj``, decoded, in rank order."""
+    decode = channel.object_codec.decode
+    return [decode(payload) for payload in exchange(channel, obj, operation, device)]
+
+
+def broadcast_object(
+    channel: Channel, obj: Any, src: int, operation: str, device: DeviceLike = None, problem: str | None = None
+) -> Any:
+    """``src``'s ``obj`` on every rank; ``src`` sends ``problem`` instead of ``obj`` when it has one.
+
+    The first step is the opening (every rank's slot, ``src``'s carrying the object's
+    head), so a rank in another call fails on every rank; a larger object's rest follows
+    in one broadcast.
+    """
+    target = target_device(channel, device, operation)
+    refusal: InvalidArgumentError | None = None
+    payload = b""
+    if channel.rank == src:
+        if problem is not None:
+            payload, refusal = problem.encode(), InvalidArgumentError(problem)
+        else:
+            payload, refusal = encode(channel, obj, operation)
+    if channel.world_size == 1:  # the only rank is the source: its object, once it has shown it can travel
+        if refusal is not None:
+            raise_refusals(operation, [payload.decode(errors="replace")], refusal)
+        return obj
+    body = slot_body(payload, body_room(channel.world_size), refused=refusal is not None)
+    opening = open_call(channel, operation, f"object from {src}", body, device=target)
+    length, head = read_body(channel, opening, src, operation)
+    if length < 0:
+        reason = head.decode(errors="replace")
+        raise_refusals(operation, [reason if rank == src else None for rank in range(channel.world_size)], refusal)
+    if len(head) < length:
+        rest = torch.empty(length - len(head), dtype=torch.uint8, device=target)
+        if channel.rank == src:
+            rest.copy_(torch.frombuffer(bytearray(payload[len(head) :]), dtype=torch.uint8))
+        channel.backend.broadcast(rest, src)
+        head += rest.cpu().numpy().tobytes()
+    return obj if channel.rank == src else channel.object_codec.decode(head)
+
+
+def scatter_problem(channel: Channel, objects: Any, src: int) -> str | None:
+    """Why ``src``'s ``objects`` cannot be scattered (checked on ``src`` only), or ``None``."""
+    if channel.rank != src:
+        return None
+    if isinstance(objects, (str, bytes)) or not isinstance(objects, Sequence):
+        return f"src rank {src} must pass a sequence, got {describe(objects)}"
+    if len(objects) != channel.world_size:
+        return f"src rank {src} passed {len(objects)} objects for {channel.world_size} ranks; pass exactly one per rank"
+    return None
