@@ -10,13 +10,13 @@ from distcomm import CheckedCommunicator, LocalCommunicator, RestrictedCodec
 def test_views_share_the_channel_and_its_codec() -> None:
     comm = LocalCommunicator()
     checked = CheckedCommunicator(comm)
-    assert checked._channel is comm._channel
+    assert checked._context is comm._context
     checked.object_codec = RestrictedCodec()
-    assert isinstance(comm._channel.object_codec, RestrictedCodec)
+    assert isinstance(comm._context.object_codec, RestrictedCodec)
 
 
 def test_transport_copies_only_what_the_backend_cannot_take() -> None:
-    channel = LocalCommunicator()._channel
+    channel = LocalCommunicator()._context
     contiguous = torch.ones(4)
     assert channel.transport(contiguous, "test") is contiguous
     strided = torch.ones(4, 4).t()

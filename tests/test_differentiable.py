@@ -259,7 +259,7 @@ def one_rank_wrong(comm, case: str):
 )
 def test_a_mistake_on_one_rank_raises_the_same_error_on_every_rank(dist_world, case: str, says: str) -> None:
     zero, one = dist_world(2).run(one_rank_wrong, case, timeout=10)
-    assert zero == one and zero[0] == "InvalidArgumentError" and f"rank 1 cannot take part: {says}" in zero[1], zero
+    assert zero == one and zero[0] == "InconsistentInputError" and f"rank 1 cannot take part: {says}" in zero[1], zero
     assert zero[2] == 2  # still in step
 
 

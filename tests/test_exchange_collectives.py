@@ -222,25 +222,25 @@ def one_rank_wrong(comm, case: str):
 
 
 ONE_RANK_WRONG = {
-    "gather dst": ("InvalidArgumentError", "rank 1 cannot take part: gather: dst=3 is outside the group"),
+    "gather dst": ("InconsistentInputError", "rank 1 cannot take part: gather: dst=3 is outside the group"),
     "gather dst differs": ("InconsistentInputError", "rank 0: gather to 0 tensor; rank 1: gather to 1 tensor"),
-    "scatter src": ("InvalidArgumentError", "rank 1 cannot take part: scatter: src=5 is outside the group"),
+    "scatter src": ("InconsistentInputError", "rank 1 cannot take part: scatter: src=5 is outside the group"),
     "scatter src differs": ("InconsistentInputError", "rank 0: scatter from 0 objects; rank 1: scatter from 1 objects"),
-    "reduce dst": ("InvalidArgumentError", "rank 1 cannot take part: reduce: dst=-1 is outside the group"),
-    "reduce op": ("InvalidArgumentError", "rank 1 cannot take part: reduce: unknown reduce op 'bogus'"),
+    "reduce dst": ("InconsistentInputError", "rank 1 cannot take part: reduce: dst=-1 is outside the group"),
+    "reduce op": ("InconsistentInputError", "rank 1 cannot take part: reduce: unknown reduce op 'bogus'"),
     "reduce op differs": ("InconsistentInputError", "first difference at (op): rank 0: reduce to 0 sum; rank 1: reduce to 0 max"),
     "reduce expanded on dst": ("InconsistentInputError", "rank 0 cannot take part: reduce to 0: the tensor is an expanded view"),
-    "broadcast src": ("InvalidArgumentError", "rank 1 cannot take part: broadcast: src=7 is outside the group"),
+    "broadcast src": ("InconsistentInputError", "rank 1 cannot take part: broadcast: src=7 is outside the group"),
     "broadcast src differs": ("InconsistentInputError", "rank 0: broadcast from 0 layout; rank 1: broadcast from 1 layout"),
     "reduce_scatter list op": ("InconsistentInputError", "rank 0: reduce_scatter sum objects; rank 1: reduce_scatter max objects"),
     "reduce_scatter uneven op": ("InconsistentInputError", "rank 0: reduce_scatter sum objects; rank 1: reduce_scatter max objects"),
     "reduce_scatter dicts op": ("InconsistentInputError", "rank 0: reduce_scatter sum layout; rank 1: reduce_scatter max layout"),
     "reduce_scatter_async op": ("InconsistentInputError", "rank 0: reduce_scatter sum objects; rank 1: reduce_scatter min objects"),
-    "reduce_scatter bad op": ("InvalidArgumentError", "rank 1 cannot take part: reduce_scatter: unknown reduce op 'bogus'"),
-    "reduce_scatter bad dim": ("InvalidArgumentError", "rank 1 cannot take part: reduce_scatter: cannot split a tensor of shape [3, 3] along dim 5"),
-    "reduce_scatter 0-d": ("InvalidArgumentError", "rank 1 cannot take part: reduce_scatter: cannot split a tensor of shape [] along dim 0"),
+    "reduce_scatter bad op": ("InconsistentInputError", "rank 1 cannot take part: reduce_scatter: unknown reduce op 'bogus'"),
+    "reduce_scatter bad dim": ("InconsistentInputError", "rank 1 cannot take part: reduce_scatter: cannot split a tensor of shape [3, 3] along dim 5"),
+    "reduce_scatter 0-d": ("InconsistentInputError", "rank 1 cannot take part: reduce_scatter: cannot split a tensor of shape [] along dim 0"),
     "broadcast expanded": ("InconsistentInputError", "rank 1 cannot take part: broadcast: the tensor is an expanded view"),
-    "all_gather meta": ("InvalidArgumentError", "rank 1 cannot take part: all_gather: the meta tensor has no data"),
+    "all_gather meta": ("InconsistentInputError", "rank 1 cannot take part: all_gather: the meta tensor has no data"),
     "reduce_scatter uint64": ("InvalidArgumentError", "rank 1: reduce_scatter: uint64 cannot be reduced on every backend"),
 }
 
@@ -331,8 +331,8 @@ def forged_sizes(comm):
 
     try:
         if comm.rank == 0:
-            forged = exchanging.Sending("float32", ((1,), (2**40,)))
-            exchanging.agree_on_sizes(comm._channel, forged, "all_to_all")
+            forged = exchanging.Outgoing("float32", ((1,), (2**40,)))
+            exchanging.agree_on_sizes(comm._context, forged, "all_to_all")
         else:
             comm.all_to_all([torch.ones(1), torch.ones(1)])
     except Exception as error:  # noqa: BLE001

@@ -341,7 +341,7 @@ def test_a_view_shares_the_hooks_of_its_communicator_live() -> None:
     inner = LocalCommunicator()
     log: list = []
     view = inner.with_hooks(Recorder("view", 60, log))
-    assert type(view).__name__ == "CommunicatorView" and view.rank == inner.rank and view.inner is inner
+    assert type(view) is LocalCommunicator and view.rank == inner.rank and view.inner is inner and inner.inner is None
     handle = inner.register_hook(Recorder("inner", 40, log))  # after the view was made
     view.barrier()
     assert [entry[:2] for entry in log] == [("inner", "before"), ("view", "before"), ("view", "after"), ("inner", "after")]

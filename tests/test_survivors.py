@@ -13,7 +13,7 @@ import torch.distributed as dist
 
 from distcomm import CollectiveError, ExcludedRankError
 from distcomm.errors import WireFormatError
-from distcomm.wire.survivors import agree_on_survivors, arrive, confirm_formed
+from distcomm.wire.survivors import arrive, confirm_formed, decide_survivors
 
 
 def agree_in_threads(store, ranks, world_size, window, delays=None):
@@ -22,7 +22,7 @@ def agree_in_threads(store, ranks, world_size, window, delays=None):
     def run(rank: int) -> None:
         time.sleep((delays or {}).get(rank, 0.0))
         try:
-            results[rank] = agree_on_survivors(store, "job", 0, rank, world_size, window=window, note=str(rank * 10))
+            results[rank] = decide_survivors(store, "job", 0, rank, world_size, window=window, note=str(rank * 10))
         except Exception as error:  # noqa: BLE001
             results[rank] = error
 
@@ -79,7 +79,7 @@ def test_a_malformed_membership_is_a_wire_format_error() -> None:
     store = dist.HashStore()
     store.set("job/0/members", "[not json")
     with pytest.raises(WireFormatError, match="malformed"):
-        agree_on_survivors(store, "job", 0, 0, 2, window=1)
+        decide_survivors(store, "job", 0, 0, 2, window=1)
 
 
 HOST_A_STORE = (
@@ -100,4 +100,4 @@ def test_a_store_whose_host_died_names_the_cause() -> None:
         host.kill()
         host.wait(30)
     with pytest.raises(CollectiveError, match="store cannot be reached .* torchrun"):
-        agree_on_survivors(client, "job", 0, 1, 2, window=1)
+        decide_survivors(client, "job", 0, 1, 2, window=1)

@@ -19,7 +19,7 @@ from wire import forged_slot
 
 from distcomm import InconsistentInputError, RestrictedCodec
 from distcomm.errors import DistCommError, ObjectDecodeError, WireFormatError
-from distcomm.wire.call_check import PREFIX_BYTES, Opening, body_room, read_prefixes, slot_bytes, tag_of
+from distcomm.wire.call_check import PREFIX_BYTES, CallSlots, body_room, read_prefixes, slot_bytes, tag_of
 from distcomm.wire.codec import PickleCodec
 from distcomm.wire.gather import HEADER_WORDS, _read_header
 from distcomm.wire.layout_agreement import _read_headers
@@ -28,12 +28,12 @@ from distcomm.wire.objects import read_body
 EXTREMES = [0, 1, -1, 2, 15, 16, 17, 63, 64, 4096, 2**31, 2**40, 2**50, 2**62, -(2**63), 2**63 - 1]
 
 
-def received(world_size: int, tag: str, honest: bytes, forged: bytes, announced: int | None = None) -> Opening:
+def received(world_size: int, tag: str, honest: bytes, forged: bytes, announced: int | None = None) -> CallSlots:
     """The opening an honest rank 0 reads when rank 1 forged its slot."""
     rows = torch.stack([forged_slot(world_size, tag, honest), forged_slot(world_size, tag, forged, announced=announced)])
     table = rows.numpy()
     operation, step = tag.split(" ", 1)
-    return Opening(rows, table, read_prefixes(table, operation, step, slot_bytes(world_size)))
+    return CallSlots(rows, table, read_prefixes(table, operation, step, slot_bytes(world_size)))
 
 
 def random_body(rng: random.Random, room: int, words: int) -> tuple[bytes, int | None]:
@@ -72,7 +72,7 @@ def test_random_and_truncated_slots_raise_distcomm_errors_or_parse(world_size: i
     for _ in range(3000):
         body, announced = random_body(rng, room, HEADER_WORDS)
 
-        def opening_for(tag: str) -> Opening:
+        def opening_for(tag: str) -> CallSlots:
             return received(world_size, tag, honest[tag], body, announced)
 
         for tag in honest:

@@ -20,9 +20,10 @@ from typing import Any
 
 import torch.distributed as dist
 
-from distcomm.communicator import Communicator, CommunicatorView
+from distcomm.communicator import Communicator
+from distcomm.communicator_view import CommunicatorView
 from distcomm.errors import CollectiveError, CollectiveMismatchError
-from distcomm.instrument.hooks import Call, Hook, HookRegistry
+from distcomm.instrument.hooks import Call, Hook
 from distcomm.values.timeouts import as_timeout
 from distcomm.wire.objects import all_gather_objects
 
@@ -61,7 +62,7 @@ class CheckHook(Hook):
         instance = next(_instances.setdefault(group_name, itertools.count()))
         self._namespace = f"distcomm-check/{group_name}/{instance}"
 
-    def for_split(self, child: HookRegistry) -> Hook:
+    def for_split(self, child: Any) -> Hook:
         assert isinstance(child, Communicator)  # hooks are only ever split along with a communicator
         return CheckHook(child, self.timeout)
 
@@ -81,7 +82,7 @@ class CheckHook(Hook):
             )
 
     def _calls_by_objects(self, call: str) -> list[str]:
-        return all_gather_objects(self._comm._channel, call, "check")
+        return all_gather_objects(self._comm._context, call, "check")
 
     def _calls_by_store(self, sequence: int, operation: str, call: str) -> list[str]:
         store, rank, world_size = self._store, self._comm.rank, self._comm.world_size
@@ -127,7 +128,7 @@ class CheckedCommunicator(CommunicatorView):
     @property
     def check(self) -> CheckHook:
         """The hook that checks every call."""
-        return next(hook for hook in self._own_hooks if isinstance(hook, CheckHook))
+        return next(hook for hook in self._hook_chain.own if isinstance(hook, CheckHook))
 
     @property
     def timeout(self) -> datetime.timedelta:

@@ -18,8 +18,9 @@ from typing import Any
 import attrs
 import torch
 
-from distcomm.communicator import Communicator, CommunicatorView
-from distcomm.instrument.hooks import Call, Hook, HookRegistry
+from distcomm.communicator import Communicator
+from distcomm.communicator_view import CommunicatorView
+from distcomm.instrument.hooks import Call, Hook
 from distcomm.wire.objects import all_gather_objects
 
 
@@ -68,7 +69,7 @@ class ProfileHook(Hook):
         self.stats: dict[tuple[str, int], OpStats] = {}
         self._started: list[float] = []
 
-    def for_split(self, child: HookRegistry) -> Hook:
+    def for_split(self, child: Any) -> Hook:
         return ProfileHook(synchronize_cuda=self.synchronize_cuda)
 
     def before(self, call: Call) -> None:
@@ -100,7 +101,7 @@ class ProfiledCommunicator(CommunicatorView):
     @property
     def profile(self) -> ProfileHook:
         """The hook that times every call."""
-        return next(hook for hook in self._own_hooks if isinstance(hook, ProfileHook))
+        return next(hook for hook in self._hook_chain.own if isinstance(hook, ProfileHook))
 
     @property
     def synchronize_cuda(self) -> bool:
@@ -144,7 +145,7 @@ class ProfiledCommunicator(CommunicatorView):
         ``mean_us`` per rank, and ``wait_us`` (own minus the minimum) per rank.
         """
         mine = {f"{op}\0{size}": s.mean_seconds for (op, size), s in self.stats.items()}
-        everyone = all_gather_objects(self._channel, mine, "stragglers")
+        everyone = all_gather_objects(self._context, mine, "stragglers")
         rows = []
         for key in sorted(set().union(*everyone)):
             op, size = key.split("\0")

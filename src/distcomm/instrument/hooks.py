@@ -8,7 +8,7 @@ of :attr:`Hook.order`: the flight recorder first (it sees every call start and e
 checks next, timers closest to the call, so a profile does not include a checker's
 round trips. With no hook attached a call pays one attribute test.
 
-Attach a hook with :meth:`HookRegistry.register_hook` (the returned :class:`HookHandle`
+Attach a hook with :meth:`~distcomm.Communicator.register_hook` (the returned :class:`HookHandle`
 removes it), or make a view that adds hooks with ``comm.with_hooks(...)``. A view shares
 the hooks of the communicator it was made from, live: one registered there later is
 seen through the view too.
@@ -21,7 +21,7 @@ import inspect
 import threading
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar, Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Concatenate, ParamSpec, Protocol, TypeVar
 
 from distcomm.errors import ClosedCommunicatorError, CollectiveError, InvalidArgumentError, renamed
 from distcomm.instrument.fingerprints import filled_signature, op_name, payload_bytes, signature_of
@@ -33,7 +33,15 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 R = TypeVar("R")
-Self = TypeVar("Self", bound="HookRegistry")
+Self = TypeVar("Self", bound="Instrumented")
+
+
+class Instrumented(Protocol):
+    """What :func:`collective` needs of the object whose methods it declares (a communicator)."""
+
+    rank: int
+    _state: SharedState
+    _hook_chain: HookChain
 
 
 class CollectiveSpec:
@@ -71,7 +79,7 @@ class Call:
 
     __slots__ = ("comm", "spec", "operation", "args", "kwargs", "result", "record", "_details")
 
-    def __init__(self, comm: HookRegistry, spec: CollectiveSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def __init__(self, comm: Any, spec: CollectiveSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         self.comm = comm
         self.spec = spec
         self.operation = spec.operation
@@ -159,7 +167,7 @@ class Hook:
         """Called when the collective returned (``error`` is ``None``) or raised ``error``; only for
         hooks whose :meth:`before` returned."""
 
-    def for_split(self, child: HookRegistry) -> Hook | None:
+    def for_split(self, child: Any) -> Hook | None:
         """The hook to attach to a communicator split from this one (``None``: none)."""
         return None
 
@@ -170,7 +178,7 @@ class Recorder(Hook):
 
     order = -100  # outermost: it sees every call start, and every failure, checks included
 
-    def for_split(self, child: HookRegistry) -> Hook | None:
+    def for_split(self, child: Any) -> Hook | None:
         return self
 
     def dump(self, reason: str = "requested") -> Path | None:
@@ -179,15 +187,15 @@ class Recorder(Hook):
 
 
 class HookHandle:
-    """Returned by :meth:`HookRegistry.register_hook`; :meth:`remove` detaches the hook."""
+    """Returned by :meth:`~distcomm.Communicator.register_hook`; :meth:`remove` detaches the hook."""
 
-    def __init__(self, registry: HookRegistry, hook: Hook) -> None:
-        self._registry = registry
+    def __init__(self, chain: HookChain, hook: Hook) -> None:
+        self._chain = chain
         self.hook = hook
 
     def remove(self) -> None:
         """Detach the hook (harmless when repeated)."""
-        self._registry.remove_hook(self.hook)
+        self._chain.remove(self.hook)
 
     def __enter__(self) -> HookHandle:
         return self
@@ -196,84 +204,62 @@ class HookHandle:
         self.remove()
 
 
-class HookRegistry:
-    """The hooks of a communicator (its base class): its own, and those of the communicator it
-    is a view of, which it shares live."""
+class HookChain:
+    """The hooks of one communicator: its own, after those of the communicator it is a view of
+    (whose later changes it sees, live). ``hooks`` is what every call passes through, in order."""
 
-    rank: int
-    group_name: str
-    _state: SharedState
-    _hooks: tuple[Hook, ...]
-    """Every hook a call passes through, in order: the parent's and its own (read on every call)."""
-    _own_hooks: tuple[Hook, ...]
-    _parent: HookRegistry | None
-    _views: weakref.WeakSet[HookRegistry]
-
-    def _init_hooks(self, hooks: tuple[Hook, ...], parent: HookRegistry | None = None) -> None:
-        """Start with ``hooks`` of its own, after those of ``parent`` (whose later changes it sees)."""
+    def __init__(self, hooks: tuple[Hook, ...] = (), parent: HookChain | None = None) -> None:
         for hook in hooks:
             if not isinstance(hook, Hook):
                 raise InvalidArgumentError(f"hooks are distcomm.instrument.hooks.Hook objects, got {type(hook).__name__}")
-        self._parent, self._views = parent, weakref.WeakSet()
-        self._own_hooks = ()
+        self._parent = parent
+        self._views: weakref.WeakSet[HookChain] = weakref.WeakSet()
+        self.own: tuple[Hook, ...] = ()
+        """The hooks attached here (not the parent's)."""
+        self.hooks: tuple[Hook, ...] = ()
+        """Every hook a call passes through, in the order they run: the parent's and its own (read on every call)."""
         with _registration:
             if parent is not None:
                 parent._views.add(self)
             self._set_own(hooks)
 
-    @property
-    def hooks(self) -> tuple[Hook, ...]:
-        """The hooks every collective of this communicator passes through, in the order they run."""
-        return self._hooks
-
-    def register_hook(self, hook: Hook) -> HookHandle:
-        """Pass every collective through ``hook`` from now on; the handle's ``remove()`` stops it.
-
-        A :class:`Recorder` (such as :class:`~distcomm.FlightRecorder`) takes the place of the
-        one recording now.
-        """
+    def add(self, hook: Hook) -> None:
+        """Pass every call through ``hook`` from now on (a :class:`Recorder` replaces the one recording now)."""
         if not isinstance(hook, Hook):
             raise InvalidArgumentError(f"register_hook takes a distcomm.instrument.hooks.Hook, got {type(hook).__name__}")
-        with _registration:  # a new tuple each time: a collective running meanwhile keeps the one it read
-            self._set_own((*self._own_hooks, hook))
-        return HookHandle(self, hook)
+        with _registration:  # a new tuple each time: a call running meanwhile keeps the one it read
+            self._set_own((*self.own, hook))
 
-    def remove_hook(self, hook: Hook) -> None:
-        """Stop passing collectives through ``hook`` (harmless when it is not attached here)."""
+    def remove(self, hook: Hook) -> None:
+        """Stop passing calls through ``hook`` (harmless when it is not attached here)."""
         with _registration:
-            self._set_own(tuple(h for h in self._own_hooks if h is not hook))
+            self._set_own(tuple(h for h in self.own if h is not hook))
 
     def _set_own(self, hooks: tuple[Hook, ...]) -> None:
         if any(isinstance(h, Recorder) for h in hooks):  # the newest recorder takes the place of the others
             newest = [h for h in hooks if isinstance(h, Recorder)][-1]
             hooks = tuple(h for h in hooks if not isinstance(h, Recorder) or h is newest)
-        self._own_hooks = hooks
+        self.own = hooks
         self._refresh()
 
     def _refresh(self) -> None:
-        inherited = () if self._parent is None else self._parent._hooks
-        if any(isinstance(h, Recorder) for h in self._own_hooks):
+        inherited = () if self._parent is None else self._parent.hooks
+        if any(isinstance(h, Recorder) for h in self.own):
             inherited = tuple(h for h in inherited if not isinstance(h, Recorder))
-        self._hooks = tuple(sorted((*inherited, *self._own_hooks), key=lambda h: h.order))
+        self.hooks = tuple(sorted((*inherited, *self.own), key=lambda h: h.order))
         for view in list(self._views):
             view._refresh()
 
-    def _split_hooks(self, child: HookRegistry) -> tuple[Hook, ...]:
-        """This communicator's own hooks as ``child``, split from it, should have them: the one rule
-        by which instrumentation reaches split communicators."""
-        derived = (hook.for_split(child) for hook in self._own_hooks)
+    def for_split(self, child: Any) -> tuple[Hook, ...]:
+        """The hooks of this chain's own that ``child``, a communicator split from its owner, should
+        have: the one rule by which instrumentation reaches split communicators."""
+        derived = (hook.for_split(child) for hook in self.own)
         return tuple(hook for hook in derived if hook is not None)
 
     @property
-    def flight_recorder(self) -> Recorder | None:
-        """The recorder of this communicator's calls (``None`` with ``DISTCOMM_FLIGHT_RECORDER=0``)."""
-        return next((h for h in self._hooks if isinstance(h, Recorder)), None)
-
-    def dump_flight_record(self, reason: str = "requested") -> Path | None:
-        """Write this rank's flight record now (see :mod:`distcomm.instrument.flight_recorder`); its path,
-        or ``None`` when nothing records or it could not be written. Never raises."""
-        recorder = self.flight_recorder
-        return None if recorder is None else recorder.dump(reason)
+    def recorder(self) -> Recorder | None:
+        """The hook that records calls, where one does."""
+        return next((h for h in self.hooks if isinstance(h, Recorder)), None)
 
 
 _registration = threading.RLock()
@@ -302,7 +288,7 @@ def collective(
         def run(self: Self, /, *args: P.args, **kwargs: P.kwargs) -> R:
             if self._state.closed:
                 raise ClosedCommunicatorError(f"{spec.operation} on a closed {type(self).__name__}: create a new communicator")
-            hooks = self._hooks  # read once: a hook added or removed meanwhile takes effect at the next call
+            hooks = self._hook_chain.hooks  # read once: a hook added or removed meanwhile takes effect at the next call
             if hooks:
                 return _through(hooks, Call(self, spec, args, kwargs), method)  # type: ignore[no-any-return]
             try:

@@ -1,5 +1,5 @@
-"""Exchanges in which every rank sends a tensor of its own size to every other: the steps of
-``all_to_all``, ``scatter`` and ``reduce_scatter``.
+"""All-to-all and scatter: every rank sends a chunk of its own size to every other (the steps of
+``all_to_all``, ``scatter`` and ``reduce_scatter``).
 
 Sizes are never given by the caller. Every rank first states what it sends (its dtype and
 the shape of each chunk, or why it cannot take part) in one small exchange that opens like
@@ -26,10 +26,10 @@ from distcomm.values.conversion import describe, dtype_name, readable
 from distcomm.values.dtypes import DTYPES
 from distcomm.wire.call_check import body_room
 from distcomm.wire.codec import max_payload_bytes
-from distcomm.wire.objects import all_gather_objects
+from distcomm.wire.objects import all_gather_objects, broadcast_object
 
 if TYPE_CHECKING:
-    from distcomm.wire.context import Channel
+    from distcomm.wire.context import WireContext
 
 MAX_DIMENSIONS = 16
 """The most dimensions a chunk may have (as in every distcomm header)."""
@@ -39,7 +39,7 @@ OBJECTS = "object"
 
 
 @attrs.frozen
-class Sending:
+class Outgoing:
     """What one rank says it sends: a dtype and one shape per destination (``None``: nothing to
     send, as a non-source rank of a scatter), or the problem that keeps it from taking part."""
 
@@ -75,42 +75,42 @@ def check_chunks(chunks: Any, world_size: int, operation: str, name: str = "chun
     return tensors
 
 
-def sending(chunks: list[torch.Tensor] | None, problem: str | None = None, world_size: int = 1) -> Sending:
+def outgoing(chunks: list[torch.Tensor] | None, problem: str | None = None, world_size: int = 1) -> Outgoing:
     """What this rank sends, as it tells the others; small chunks ride along with the sizes (then
     the exchange needs no second collective)."""
     if problem is not None or chunks is None:
-        return Sending(problem=problem)
+        return Outgoing(problem=problem)
     shapes = tuple(tuple(c.shape) for c in chunks)
     total = sum(c.numel() * c.element_size() for c in chunks)
     inline = None
     if world_size > 1 and total <= body_room(world_size) // 2:
         inline = b"".join(c.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() for c in chunks)
-    return Sending(dtype_name(chunks[0].dtype), shapes, inline=inline)
+    return Outgoing(dtype_name(chunks[0].dtype), shapes, inline=inline)
 
 
-def agree_on_sizes(channel: Channel, mine: Sending, operation: str) -> list[Sending]:
-    """Every rank's :class:`Sending`, checked the same way on every rank: a problem anywhere, or
+def agree_on_sizes(context: WireContext, mine: Outgoing, operation: str) -> list[Outgoing]:
+    """Every rank's :class:`Outgoing`, checked the same way on every rank: a problem anywhere, or
     senders of different dtypes, raise the same error everywhere."""
-    if channel.world_size == 1:
+    if context.world_size == 1:
         everyone = [mine]
     else:
-        everyone = [_parse(entry, channel.world_size, rank) for rank, entry in enumerate(all_gather_objects(channel, mine.as_wire(), operation))]
+        everyone = [_parse(entry, context.world_size, rank) for rank, entry in enumerate(all_gather_objects(context, mine.as_wire(), operation))]
     for rank, entry in enumerate(everyone):
         if entry.problem is not None:
-            raise InvalidArgumentError(entry.problem if channel.world_size == 1 else f"rank {rank}: {entry.problem}")
+            raise InvalidArgumentError(entry.problem if context.world_size == 1 else f"rank {rank}: {entry.problem}")
     dtypes = {entry.dtype for entry in everyone if entry.dtype is not None}
     if len(dtypes) > 1:
         listing = "; ".join(f"rank {r}: {e.dtype}" for r, e in enumerate(everyone) if e.dtype is not None)
         raise InconsistentInputError(f"{operation}: ranks send different dtypes ({listing}); every rank must send one dtype")
-    _check_incoming(channel, everyone, operation)
+    _check_incoming(context, everyone, operation)
     return everyone
 
 
-def _check_incoming(channel: Channel, everyone: list[Sending], operation: str) -> None:
+def _check_incoming(context: WireContext, everyone: list[Outgoing], operation: str) -> None:
     """Refuse, on every rank alike (each sees every rank's sizes), sizes that would make some rank
     allocate more than the codec's bound for what it receives."""
-    limit = max_payload_bytes(channel.object_codec)
-    for receiver in range(channel.world_size):
+    limit = max_payload_bytes(context.object_codec)
+    for receiver in range(context.world_size):
         incoming = [
             math.prod(e.shapes[receiver]) * _BY_NAME[e.dtype].itemsize if e.shapes is not None and e.dtype in _BY_NAME else 0
             for e in everyone
@@ -123,16 +123,16 @@ def _check_incoming(channel: Channel, everyone: list[Sending], operation: str) -
             )
 
 
-def _parse(entry: Any, world_size: int, rank: int) -> Sending:
-    """A peer's :class:`Sending` from the wire, checked field by field."""
+def _parse(entry: Any, world_size: int, rank: int) -> Outgoing:
+    """A peer's :class:`Outgoing` from the wire, checked field by field."""
     try:
         dtype, shapes, problem, inline = entry
         if problem is not None:
-            return Sending(problem=str(problem))
+            return Outgoing(problem=str(problem))
         if dtype is None and shapes is None:
-            return Sending()
+            return Outgoing()
         if dtype == OBJECTS and shapes is None:
-            return Sending(OBJECTS)
+            return Outgoing(OBJECTS)
         if dtype not in _BY_NAME or len(shapes) != world_size:
             raise ValueError(f"dtype {dtype!r}, {len(shapes)} shapes")
         checked = tuple(tuple(_dimension(d) for d in shape) for shape in shapes if len(shape) <= MAX_DIMENSIONS)
@@ -142,7 +142,7 @@ def _parse(entry: Any, world_size: int, rank: int) -> Sending:
             itemsize = torch.empty((), dtype=_BY_NAME[dtype]).element_size()
             if type(inline) is not bytes or len(inline) != sum(math.prod(shape) for shape in checked) * itemsize:
                 raise ValueError("inline bytes that do not match the shapes")
-        return Sending(dtype, checked, inline=inline)
+        return Outgoing(dtype, checked, inline=inline)
     except (TypeError, ValueError) as error:
         raise WireFormatError(f"rank {rank} sent a malformed size header ({error})") from error
 
@@ -153,31 +153,31 @@ def _dimension(value: Any) -> int:
     return value
 
 
-def exchange(channel: Channel, chunks: list[torch.Tensor] | None, everyone: list[Sending], operation: str) -> list[torch.Tensor] | None:
+def all_to_all_chunks(context: WireContext, chunks: list[torch.Tensor] | None, everyone: list[Outgoing], operation: str) -> list[torch.Tensor] | None:
     """Move the chunks: rank ``j``'s ``chunks[i]`` arrives on rank ``i`` as entry ``j``. Returns
     what this rank received from each rank (entries of senders that sent nothing are absent:
     ``None`` when nobody sent)."""
-    received: list[torch.Tensor] | None = start_exchange(channel, chunks, everyone, operation).wait()
+    received: list[torch.Tensor] | None = start_all_to_all_chunks(context, chunks, everyone, operation).wait()
     return received
 
 
-def start_exchange(channel: Channel, chunks: list[torch.Tensor] | None, everyone: list[Sending], operation: str) -> Handle:
+def start_all_to_all_chunks(context: WireContext, chunks: list[torch.Tensor] | None, everyone: list[Outgoing], operation: str) -> Handle:
     """:func:`exchange`, started: the handle's ``wait()`` returns what it returns (at once when
     nobody sent or the data rode with the sizes; else when the backend's all-to-all is done)."""
-    rank = channel.rank
+    rank = context.rank
     dtypes = [e.dtype for e in everyone if e.dtype is not None]
     if not dtypes:
         return CompletedHandle(None)
     dtype = _BY_NAME[dtypes[0]]
     itemsize = torch.empty((), dtype=dtype).element_size()
     incoming = [None if e.shapes is None else torch.Size(e.shapes[rank]) for e in everyone]
-    if channel.world_size > 1 and all(e.inline is not None for e in everyone if e.shapes is not None):
+    if context.world_size > 1 and all(e.inline is not None for e in everyone if e.shapes is not None):
         return CompletedHandle([_inline_part(e, rank, dtype, itemsize) for e in everyone if e.shapes is not None])
     out_sizes = [0 if shape is None else shape.numel() * itemsize for shape in incoming]
-    device = channel.device if chunks is None or not channel.accepts(chunks[0].device) else chunks[0].device
+    device = context.device if chunks is None or not context.accepts(chunks[0].device) else chunks[0].device
     if chunks is None:
         flat = torch.empty(0, dtype=torch.uint8, device=device)
-        in_sizes = [0] * channel.world_size
+        in_sizes = [0] * context.world_size
     else:
         parts = [c.detach().to(device).contiguous().reshape(-1).view(torch.uint8) for c in chunks]
         flat = joined(parts) if parts else torch.empty(0, dtype=torch.uint8, device=device)
@@ -192,10 +192,10 @@ def start_exchange(channel: Channel, chunks: list[torch.Tensor] | None, everyone
             offset += size
         return received
 
-    return ThenHandle(channel.backend.all_to_all_async(output, flat, out_sizes, in_sizes), cut)
+    return ThenHandle(context.backend.all_to_all_async(output, flat, out_sizes, in_sizes), cut)
 
 
-def _inline_part(entry: Sending, rank: int, dtype: torch.dtype, itemsize: int) -> torch.Tensor:
+def _inline_part(entry: Outgoing, rank: int, dtype: torch.dtype, itemsize: int) -> torch.Tensor:
     """What ``entry``'s sender sent rank ``rank``, cut from the bytes that rode with its sizes."""
     assert entry.shapes is not None and entry.inline is not None
     sizes = [math.prod(shape) * itemsize for shape in entry.shapes]
@@ -216,3 +216,66 @@ def joined(parts: list[torch.Tensor]) -> torch.Tensor:
             return torch.cat(parts)
         end += part.numel() * part.element_size()
     return first.as_strided((sum(p.numel() for p in parts),), (1,))
+
+
+def is_tensor_list(chunks: Any) -> bool:
+    """Whether ``chunks`` is a sequence of tensors only (not a string)."""
+    return isinstance(chunks, Sequence) and not isinstance(chunks, (str, bytes)) and all(isinstance(c, torch.Tensor) for c in chunks)
+
+
+def outgoing_of(chunks: Any, world_size: int, operation: str, *, objects_allowed: bool) -> Outgoing:
+    """What this rank says it sends of ``chunks``: tensors (dtype and shapes), objects, or the problem."""
+    try:
+        if is_tensor_list(chunks) and chunks:
+            return outgoing(check_chunks(chunks, world_size, operation), world_size=world_size)
+        if objects_allowed and isinstance(chunks, Sequence) and not isinstance(chunks, (str, bytes)):
+            if len(chunks) != world_size:
+                raise InvalidArgumentError(f"{operation}: chunks has {len(chunks)} entries; give one per rank ({world_size})")
+            if any(isinstance(c, torch.Tensor) for c in chunks):
+                raise InvalidArgumentError(f"{operation}: chunks mixes tensors and other values; pass all tensors or none")
+            return Outgoing(OBJECTS)
+        check_chunks(chunks, world_size, operation)  # raises the clear error
+    except InvalidArgumentError as error:
+        return Outgoing(problem=str(error))
+    return Outgoing(problem=f"{operation}: nothing to send")
+
+
+def scatter(context: WireContext, chunks: Sequence[Any] | None, src: int) -> Any:
+    """This rank's entry of ``src``'s ``chunks``: a new tensor (shapes may differ), or an object that
+    travels pickled. Ranks with another ``src`` are in another call."""
+    operation = f"scatter from {src}"
+    mine = outgoing_of(chunks, context.world_size, "scatter", objects_allowed=True) if context.rank == src else Outgoing()
+    everyone = agree_on_sizes(context, mine, operation)
+    if everyone[src].dtype == OBJECTS:
+        payload = list(chunks) if context.rank == src and chunks is not None else None
+        return broadcast_object(context, payload, src, "scatter")[context.rank]
+    sent = check_chunks(chunks, context.world_size, "scatter") if context.rank == src else None
+    (received,) = all_to_all_chunks(context, sent, everyone, operation) or []
+    return received.to(sent[0].device if sent else context.device)
+
+
+def all_to_all(context: WireContext, chunks: Sequence[Any]) -> list[Any]:
+    """What every rank sent this one: ``chunks[i]`` goes to rank ``i``; tensor sizes may differ per
+    pair (exchanged first), other values travel pickled."""
+    everyone = agree_on_sizes(context, outgoing_of(chunks, context.world_size, "all_to_all", objects_allowed=True), "all_to_all")
+    if any(entry.dtype == OBJECTS for entry in everyone):
+        if any(entry.dtype != OBJECTS for entry in everyone):
+            raise InconsistentInputError(
+                "all_to_all: some ranks pass tensors and others other values: "
+                + "; ".join(f"rank {r}: {'tensors' if e.dtype != OBJECTS else 'objects'}" for r, e in enumerate(everyone))
+            )
+        every_list = all_gather_objects(context, list(chunks), "all_to_all")
+        return [sent[context.rank] for sent in every_list]
+    tensors = check_chunks(chunks, context.world_size, "all_to_all")  # checked: plain tensors
+    received = all_to_all_chunks(context, tensors, everyone, "all_to_all") or []
+    return [r.to(tensors[0].device) for r in received]
+
+
+def start_all_to_all(context: WireContext, chunks: Sequence[torch.Tensor]) -> Handle:
+    """:func:`all_to_all` of tensor chunks, its data moving in the background once the sizes are agreed."""
+    operation = "all_to_all_async"
+    everyone = agree_on_sizes(context, outgoing_of(chunks, context.world_size, operation, objects_allowed=False), operation)
+    tensors = check_chunks(chunks, context.world_size, operation)  # checked: plain tensors
+    device = tensors[0].device
+    started = start_all_to_all_chunks(context, tensors, everyone, operation)
+    return ThenHandle(started, lambda received: [r.to(device) for r in received])

@@ -13,17 +13,18 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from distcomm.backends.handles import CompletedHandle, Handle
 from distcomm.errors import InvalidArgumentError
-from distcomm.values.conversion import check_fillable, describe
+from distcomm.values.conversion import check_fillable, describe, is_plain
 from distcomm.values.nested import flatten, unflatten
 from distcomm.wire.layout_agreement import Claim, agree
 from distcomm.wire.objects import broadcast_object
 
 if TYPE_CHECKING:
-    from distcomm.wire.context import Channel
+    from distcomm.wire.context import WireContext
 
 
-def broadcast_data(channel: Channel, data: Any, src: int) -> Any:
+def broadcast_data(context: WireContext, data: Any, src: int) -> Any:
     """``src``'s ``data`` on every rank, tensors filled in place (see :meth:`Communicator.broadcast`)."""
     leaves, paths, spec = flatten(data)
     tensors = sorted((path, i) for i, (path, leaf) in enumerate(zip(paths, leaves)) if isinstance(leaf, torch.Tensor))
@@ -33,28 +34,37 @@ def broadcast_data(channel: Channel, data: Any, src: int) -> Any:
             check_fillable(leaves[i], "broadcast", path)
         except InvalidArgumentError as error:
             problem = problem or str(error)
-    if channel.world_size > 1:
-        agree(channel, f"broadcast from {src}", Claim(tuple((path, describe(leaves[i])) for path, i in tensors), problem=problem))
+    if context.world_size > 1:
+        agree(context, f"broadcast from {src}", Claim(tuple((path, describe(leaves[i])) for path, i in tensors), problem=problem))
     elif problem is not None:
         raise InvalidArgumentError(problem)
     if not tensors:
-        return broadcast_object(channel, data, src, "broadcast")
+        return broadcast_object(context, data, src, "broadcast")
     if isinstance(data, torch.Tensor):
-        fill_from(channel, data, src)
+        fill_from(context, data, src)
         return data
     own = {path: leaves[i] for path, i in tensors}
     skeleton = [None if isinstance(leaf, torch.Tensor) else leaf for leaf in leaves]
-    src_spec, others = broadcast_object(channel, (spec, skeleton), src, "broadcast")
+    src_spec, others = broadcast_object(context, (spec, skeleton), src, "broadcast")
     src_paths = flatten(unflatten(src_spec, others))[1]
     for _, i in tensors:
-        fill_from(channel, leaves[i], src)
+        fill_from(context, leaves[i], src)
     return unflatten(src_spec, [own.get(path, leaf) for path, leaf in zip(src_paths, others)])
 
 
-def fill_from(channel: Channel, tensor: torch.Tensor, src: int) -> None:
+def fill_from(context: WireContext, tensor: torch.Tensor, src: int) -> None:
     """Fill ``tensor`` in place with ``src``'s, through a copy when the backend cannot take it as it is."""
-    carrier = channel.transport(tensor, "broadcast")
-    channel.backend.broadcast(carrier, src)
+    carrier = context.transport(tensor, "broadcast")
+    context.backend.broadcast(carrier, src)
     if carrier is not tensor:
         with torch.no_grad():
             tensor.copy_(carrier)
+
+
+def start_broadcast(context: WireContext, tensor: torch.Tensor, src: int) -> Handle:
+    """An in-place broadcast of ``tensor`` in the background where the backend takes it as it is;
+    else done at once, through a copy."""
+    if not context.accepts(tensor.device) or not is_plain(tensor):
+        fill_from(context, tensor, src)
+        return CompletedHandle(tensor)
+    return context.backend.broadcast_async(tensor, src)

@@ -38,7 +38,7 @@ import torch
 from distcomm.errors import InconsistentInputError, InvalidArgumentError, WireFormatError
 
 if TYPE_CHECKING:
-    from distcomm.wire.context import Channel
+    from distcomm.wire.context import WireContext
 
 MAGIC = b"distcom1"
 TAG_BYTES = 32
@@ -61,7 +61,7 @@ def body_room(world_size: int) -> int:
 
 
 @attrs.frozen
-class Opening:
+class CallSlots:
     """Every rank's opening slot: ``rows`` on the device the call used, ``host`` on the CPU
     (the prefixes and bodies), and each rank's body size (already checked)."""
 
@@ -103,14 +103,14 @@ def _prefix(operation: str, step: str) -> bytes:
     return known
 
 
-def open_call(
-    channel: Channel,
+def check_call(
+    context: WireContext,
     operation: str,
     step: str,
     body: bytes | np.ndarray = b"",
     data: torch.Tensor | None = None,
     device: torch.device | None = None,
-) -> Opening:
+) -> CallSlots:
     """All-gather one opening slot per rank and check that every rank is in the same call.
 
     ``body`` (host bytes) and then ``data`` (a flat tensor's bytes, copied on its
@@ -119,7 +119,7 @@ def open_call(
     calls, and :class:`~distcomm.errors.WireFormatError` when a peer's slot is not one.
     Over one rank nothing is exchanged: there is no other call to meet.
     """
-    world = channel.world_size
+    world = context.world_size
     size = slot_bytes(world)
     head = body.tobytes() if isinstance(body, np.ndarray) else body
     extra = 0 if data is None else data.numel() * data.element_size()
@@ -131,28 +131,28 @@ def open_call(
     raw[len(MAGIC) + TAG_BYTES : PREFIX_BYTES] = (len(head) + extra).to_bytes(8, "little", signed=True)
     raw[PREFIX_BYTES:end] = head
     host_slot = torch.frombuffer(raw, dtype=torch.uint8)
-    target = device or (channel.device if data is None else data.device)
+    target = device or (context.device if data is None else data.device)
     slot = host_slot if target.type == "cpu" else host_slot.to(target)
     if extra:
         slot[end : end + extra] = data.detach().reshape(-1).view(torch.uint8)  # type: ignore[union-attr]
     if world == 1:
-        return Opening(slot.unsqueeze(0), host_slot.numpy().reshape(1, size), (len(head) + extra,))
-    rows = channel.backend.all_gather(slot)
+        return CallSlots(slot.unsqueeze(0), host_slot.numpy().reshape(1, size), (len(head) + extra,))
+    rows = context.backend.all_gather(slot)
     table = rows.numpy() if rows.device.type == "cpu" else rows[:, :end].cpu().numpy()
-    return Opening(rows, table, read_prefixes(table, operation, step, size, rows))
+    return CallSlots(rows, table, read_prefixes(table, operation, step, size, rows))
 
 
-def refuse(channel: Channel, operation: str, problem: str) -> NoReturn:
+def refuse(context: WireContext, operation: str, problem: str) -> NoReturn:
     """Take part in a call's opening with ``problem`` (this rank's own bad argument) instead of the
     call, so that every rank raises it at once rather than this one alone while the others wait
     out the timeout: every rank reads the same slots and raises the same
-    :class:`~distcomm.InvalidArgumentError`, naming each refusing rank and its reason. Over one
+    :class:`~distcomm.InconsistentInputError`, naming each refusing rank and its reason. Over one
     rank it is simply raised."""
-    if channel.world_size == 1:
+    if context.world_size == 1:
         raise InvalidArgumentError(problem)
-    reason = problem.encode("utf-8", errors="replace")[: body_room(channel.world_size)]
-    opened = open_call(channel, REFUSAL.decode() + operation, "", reason)  # returns when every rank refused alike
-    _raise_refusals(opened.rows.cpu().numpy(), operation, np.array(opened.sizes), body_room(channel.world_size))
+    reason = problem.encode("utf-8", errors="replace")[: body_room(context.world_size)]
+    opened = check_call(context, REFUSAL.decode() + operation, "", reason)  # returns when every rank refused alike
+    _raise_refusals(opened.rows.cpu().numpy(), operation, np.array(opened.sizes), body_room(context.world_size))
     raise AssertionError("a refusal was not read back")  # pragma: no cover
 
 
@@ -207,7 +207,7 @@ def _raise_refusals(table: np.ndarray, operation: str, sizes: np.ndarray, room: 
             raise WireFormatError(f"{operation}: rank {rank} refused its call with a reason of {size} bytes, outside 0..{room}")
         text = bytes(table[rank, PREFIX_BYTES : PREFIX_BYTES + size]).decode("utf-8", errors="replace")
         reasons.append(f"rank {rank} cannot take part: {text}")
-    raise InvalidArgumentError("; ".join(reasons))
+    raise InconsistentInputError("; ".join(reasons))  # the same words on every rank
 
 
 def _readable(tag: bytes) -> str:

@@ -1,11 +1,11 @@
-"""The channel: what the modules that give collectives their meaning need of a communicator.
+"""The context: what the modules that give collectives their meaning need of a communicator.
 
-A :class:`Channel` is the backend a communicator runs on, with the few things every
+A :class:`WireContext` is the backend a communicator runs on, with the few things every
 step needs beside it: this rank and the world size, the device data that is not a
 tensor travels on, the object codec (shared with the communicator and its views), and
 where tensors can travel as they are. :mod:`~distcomm.wire.reduce`,
 :mod:`~distcomm.wire.broadcast`, :mod:`~distcomm.wire.gather`, :mod:`~distcomm.wire.objects`,
-:mod:`~distcomm.wire.layout_agreement` and :mod:`~distcomm.wire.call_check` take a channel, never a
+:mod:`~distcomm.wire.layout_agreement` and :mod:`~distcomm.wire.call_check` take a context, never a
 :class:`~distcomm.Communicator`: data goes down from the communicator and never climbs
 back into it.
 """
@@ -37,7 +37,7 @@ class SharedState:
         are read in the order their receives were started: see :class:`distcomm.wire.point_to_point.Receive`)."""
 
 
-class Channel:
+class WireContext:
     """One communicator's backend, codec and device rules, as the collectives' steps use them."""
 
     __slots__ = ("backend", "rank", "world_size", "state", "device_types")

@@ -20,30 +20,30 @@ from distcomm.errors import InconsistentInputError, InvalidArgumentError, WireFo
 from distcomm.values.conversion import describe, dtype_name
 from distcomm.values.dtypes import DTYPE_CODES, DTYPES
 from distcomm.values.nested import flatten, is_container, unflatten
-from distcomm.wire.call_check import Opening, body_room, open_call, refuse
+from distcomm.wire.call_check import CallSlots, body_room, check_call, refuse
 from distcomm.wire.codec import max_payload_bytes
-from distcomm.wire.layout_agreement import exchange_claims
+from distcomm.wire.layout_agreement import gather_claims
 from distcomm.wire.mismatch import by_rank, explain
-from distcomm.wire.objects import all_gather_objects, exchange
+from distcomm.wire.objects import all_gather_objects, all_gather_payloads
 
 if TYPE_CHECKING:
-    from distcomm.wire.context import Channel
+    from distcomm.wire.context import WireContext
 
 MAX_GATHER_DIMS = 16
 HEADER_WORDS = 2 + MAX_GATHER_DIMS
 
 
-def gather_data(channel: Channel, data: Any, operation: str) -> list[Any]:
+def gather_data(context: WireContext, data: Any, operation: str) -> list[Any]:
     """Every rank's ``data``: tensors of any shape, other values through pickle, containers leaf by leaf.
-    ``operation`` names the call in its opening (``all_gather``, ``gather to 1``)."""
+    ``operation`` names the call in its slots (``all_gather``, ``gather to 1``)."""
     if isinstance(data, torch.Tensor):
-        return gather_tensor(channel, data, asynchronous=False, operation=operation).wait()  # type: ignore[no-any-return]
+        return gather_tensor(context, data, asynchronous=False, operation=operation).wait()  # type: ignore[no-any-return]
     if not is_container(data):
-        return all_gather_objects(channel, data, operation)
+        return all_gather_objects(context, data, operation)
     leaves, paths, spec = flatten(data)
     skeleton = [None if isinstance(leaf, torch.Tensor) else leaf for leaf in leaves]
     tensors = tuple(i for i, leaf in enumerate(leaves) if isinstance(leaf, torch.Tensor))
-    per_rank = [channel.object_codec.decode(p) for p in exchange(channel, (spec, skeleton, tensors), operation, step="structure")]
+    per_rank = [context.object_codec.decode(p) for p in all_gather_payloads(context, (spec, skeleton, tensors), operation, step="structure")]
     for rank, entry in enumerate(per_rank):
         if not (isinstance(entry, tuple) and len(entry) == 3 and isinstance(entry[1], list) and isinstance(entry[2], tuple)):
             raise WireFormatError(f"{operation}: rank {rank} sent a malformed structure: {entry!r:.80}")
@@ -61,38 +61,38 @@ def gather_data(channel: Channel, data: Any, operation: str) -> list[Any]:
         raise InconsistentInputError(
             f"{operation}: ranks passed a tensor at {paths[where] or 'the top level'} where others did not: {by_rank(kinds)}"
         )
-    columns = {i: gather_tensor(channel, leaves[i], asynchronous=False, operation=operation).wait() for i in tensors}
+    columns = {i: gather_tensor(context, leaves[i], asynchronous=False, operation=operation).wait() for i in tensors}
     return [
         unflatten(spec, [columns[i][r] if i in columns else v for i, v in enumerate(rank_leaves)])
         for r, (_, rank_leaves, _) in enumerate(per_rank)
     ]
 
 
-def gather_same_shape(channel: Channel, tensor: Any, operation: str, out: torch.Tensor | None = None) -> list[torch.Tensor]:
+def gather_same_shape(context: WireContext, tensor: Any, operation: str, out: torch.Tensor | None = None) -> list[torch.Tensor]:
     """Every rank's ``tensor``, promised to have one shape and dtype everywhere: one collective,
     into ``out`` when given (then the entries are views of it)."""
-    carrier = _same_shape_carrier(channel, tensor, operation, out)
-    if channel.world_size == 1:  # the only rank's tensor: a copy, with no collective to wait for
+    carrier = _same_shape_carrier(context, tensor, operation, out)
+    if context.world_size == 1:  # the only rank's tensor: a copy, with no collective to wait for
         return [carrier.clone() if out is None else out[0].copy_(carrier)]
-    gathered = channel.backend.all_gather(carrier, out)
+    gathered = context.backend.all_gather(carrier, out)
     return list((gathered if carrier is tensor else gathered.to(tensor.device)).unbind(0))
 
 
-def gather_same_shape_async(channel: Channel, tensor: torch.Tensor, out: torch.Tensor | None = None) -> Handle:
+def gather_same_shape_async(context: WireContext, tensor: torch.Tensor, out: torch.Tensor | None = None) -> Handle:
     """:func:`gather_same_shape` in the background."""
-    carrier = _same_shape_carrier(channel, tensor, "all_gather_async", out)
+    carrier = _same_shape_carrier(context, tensor, "all_gather_async", out)
     home = tensor.device
-    return ThenHandle(channel.backend.all_gather_async(carrier, out), lambda gathered: list(gathered.to(home).unbind(0)))
+    return ThenHandle(context.backend.all_gather_async(carrier, out), lambda gathered: list(gathered.to(home).unbind(0)))
 
 
-def _same_shape_carrier(channel: Channel, tensor: Any, operation: str, out: torch.Tensor | None) -> torch.Tensor:
+def _same_shape_carrier(context: WireContext, tensor: Any, operation: str, out: torch.Tensor | None) -> torch.Tensor:
     if not isinstance(tensor, torch.Tensor):
         raise InvalidArgumentError(f"{operation}(same_shape=True) takes a tensor, got {describe(tensor)}")
     if tensor.dtype not in DTYPE_CODES:
         raise InvalidArgumentError(f"{operation} does not support dtype {tensor.dtype}; convert the tensor first")
-    carrier = channel.sendable(tensor, operation)  # detached: the result never joins the autograd graph
+    carrier = context.sendable(tensor, operation)  # detached: the result never joins the autograd graph
     if out is not None:
-        wanted = (channel.world_size, *tensor.shape)
+        wanted = (context.world_size, *tensor.shape)
         if (
             not isinstance(out, torch.Tensor) or tuple(out.shape) != wanted or out.dtype != tensor.dtype
             or out.device != carrier.device or not out.is_contiguous() or carrier.device != tensor.device
@@ -105,16 +105,16 @@ def _same_shape_carrier(channel: Channel, tensor: Any, operation: str, out: torc
     return carrier
 
 
-def gather_tensor(channel: Channel, tensor: torch.Tensor, *, asynchronous: bool, operation: str = "all_gather") -> Handle:
+def gather_tensor(context: WireContext, tensor: torch.Tensor, *, asynchronous: bool, operation: str = "all_gather") -> Handle:
     """Gather tensors of any shapes: one collective when every rank's tensor is small, else
     the headers then the data, which moves asynchronously when asked and shapes are equal.
     The handle's result is a list of new tensors on ``tensor``'s device."""
-    backend = channel.backend
+    backend = context.backend
     try:
-        carrier = channel.sendable(tensor, operation)  # a gather is not differentiable: never the graph
+        carrier = context.sendable(tensor, operation)  # a gather is not differentiable: never the graph
     except InvalidArgumentError as error:  # a meta tensor: every rank raises it
-        refuse(channel, operation, str(error))
-    inline, shapes = exchange_headers(channel, carrier, operation)
+        refuse(context, operation, str(error))
+    inline, shapes = gather_headers(context, carrier, operation)
     home = tensor.device
     if inline is not None:
         return CompletedHandle([t.to(home) for t in inline])
@@ -127,7 +127,7 @@ def gather_tensor(channel: Channel, tensor: torch.Tensor, *, asynchronous: bool,
     return CompletedHandle(gathered if carrier is tensor else [g.to(home) for g in gathered])
 
 
-def exchange_headers(channel: Channel, tensor: torch.Tensor, operation: str = "all_gather") -> tuple[list[torch.Tensor] | None, list[torch.Size]]:
+def gather_headers(context: WireContext, tensor: torch.Tensor, operation: str = "all_gather") -> tuple[list[torch.Tensor] | None, list[torch.Size]]:
     """Every rank's shape, and every rank's tensor too when all of them fit in the opening slot.
 
     Different dtypes or numbers of dimensions, or a refusal, raise the same clear error
@@ -147,12 +147,12 @@ def exchange_headers(channel: Channel, tensor: torch.Tensor, operation: str = "a
     if problem is None:
         header[0], header[1] = tensor.dim(), code
         header[2 : 2 + tensor.dim()] = tensor.shape
-        if nbytes <= body_room(channel.world_size) - header.nbytes:
+        if nbytes <= body_room(context.world_size) - header.nbytes:
             inline = tensor
-    opening = open_call(channel, operation, "tensor", header.view(np.uint8), inline, tensor.device)
-    headers = [_read_header(channel, opening, rank, operation) for rank in range(channel.world_size)]
+    slots = check_call(context, operation, "tensor", header.view(np.uint8), inline, tensor.device)
+    headers = [_read_header(context, slots, rank, operation) for rank in range(context.world_size)]
     if any(h is None for h in headers):
-        claims = exchange_claims(channel, operation, (problem, ()))
+        claims = gather_claims(context, operation, (problem, ()))
         raise InconsistentInputError(explain(operation, claims))
     dtypes = [DTYPES[code] for code, _, _ in headers]  # type: ignore[misc]
     shapes = [shape for _, shape, _ in headers]  # type: ignore[misc]
@@ -166,16 +166,16 @@ def exchange_headers(channel: Channel, tensor: torch.Tensor, operation: str = "a
         return None, shapes
     start = header.nbytes
     sizes = [shape.numel() * tensor.element_size() for shape in shapes]
-    rows = opening.data(start, max(sizes))
+    rows = slots.data(start, max(sizes))
     return [row[:n].view(tensor.dtype).reshape(shape).clone() for row, n, shape in zip(rows, sizes, shapes)], shapes
 
 
-def _read_header(channel: Channel, opening: Opening, rank: int, operation: str = "all_gather") -> tuple[int, torch.Size, bool] | None:
+def _read_header(context: WireContext, slots: CallSlots, rank: int, operation: str = "all_gather") -> tuple[int, torch.Size, bool] | None:
     """``rank``'s dtype code, shape and whether its data came inline; ``None`` for a refusal.
     Anything outside the wire format raises :class:`~distcomm.errors.WireFormatError`."""
-    words = opening.words(rank, HEADER_WORDS)
+    words = slots.words(rank, HEADER_WORDS)
     if words is None:
-        raise WireFormatError(f"{operation}: rank {rank} sent a tensor header of {opening.sizes[rank]} bytes")
+        raise WireFormatError(f"{operation}: rank {rank} sent a tensor header of {slots.sizes[rank]} bytes")
     dims, code = int(words[0]), int(words[1])
     if dims == -1 and code == -1:
         return None
@@ -185,13 +185,23 @@ def _read_header(channel: Channel, opening: Opening, rank: int, operation: str =
     nbytes = DTYPES[code].itemsize
     for n in shape.tolist():
         nbytes *= n
-    limit = max_payload_bytes(channel.object_codec)
+    limit = max_payload_bytes(context.object_codec)
     if nbytes > limit:
         raise WireFormatError(
             f"{operation}: rank {rank} announced a tensor of shape {shape.tolist()} ({nbytes} bytes), over the "
             f"limit of {limit} bytes a peer may make this rank allocate (the object codec's max_bytes)"
         )
-    body = opening.sizes[rank] - 8 * HEADER_WORDS
+    body = slots.sizes[rank] - 8 * HEADER_WORDS
     if body not in (0, nbytes):
         raise WireFormatError(f"{operation}: rank {rank} announced {nbytes} bytes of tensor data and sent {body}")
     return code, torch.Size(shape.tolist()), body == nbytes
+
+
+def start_gather(context: WireContext, tensor: torch.Tensor, same_shape: bool, out: torch.Tensor | None) -> Handle:
+    """A gather of ``tensor`` whose data moves in the background: one collective when shapes are
+    promised equal (``same_shape``, then into ``out`` when given), else the headers first."""
+    if same_shape:
+        return gather_same_shape_async(context, tensor, out)
+    if out is not None:
+        raise InvalidArgumentError("all_gather_async: out is for same_shape=True, where every rank's shape is known")
+    return gather_tensor(context, tensor, asynchronous=True)

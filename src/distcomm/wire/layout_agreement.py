@@ -19,12 +19,12 @@ import numpy as np
 import torch
 
 from distcomm.errors import InconsistentInputError, WireFormatError
-from distcomm.wire.call_check import Opening, body_room, open_call
+from distcomm.wire.call_check import CallSlots, body_room, check_call
 from distcomm.wire.mismatch import Layout, digest64, explain
-from distcomm.wire.objects import exchange
+from distcomm.wire.objects import all_gather_payloads
 
 if TYPE_CHECKING:
-    from distcomm.wire.context import Channel
+    from distcomm.wire.context import WireContext
 
 _OK, _REFUSED = 0, 1
 
@@ -42,17 +42,17 @@ class Claim:
     problem: str | None = None
 
 
-def agree(channel: Channel, operation: str, claim: Claim) -> np.ndarray:
+def agree(context: WireContext, operation: str, claim: Claim) -> np.ndarray:
     """Every rank's ``claim.numbers``, one row per rank, once every layout matches.
 
     Raises :class:`~distcomm.InconsistentInputError` on every rank when some rank has a
     problem or the layouts differ.
     """
-    return agree_with_data(channel, operation, claim, None)[0]
+    return agree_with_data(context, operation, claim, None)[0]
 
 
-def agree_with_data(channel: Channel, operation: str, claim: Claim, data: torch.Tensor | None) -> tuple[np.ndarray, torch.Tensor | None]:
-    """:func:`agree`, carrying ``data`` (a small flat tensor on ``channel.device``) in the same collective.
+def agree_with_data(context: WireContext, operation: str, claim: Claim, data: torch.Tensor | None) -> tuple[np.ndarray, torch.Tensor | None]:
+    """:func:`agree`, carrying ``data`` (a small flat tensor on ``context.device``) in the same collective.
 
     Returns every rank's numbers and, when every rank sent data (so every rank made the
     same kind of call), every rank's data as a ``(world_size, n)`` tensor; else ``None``,
@@ -62,28 +62,28 @@ def agree_with_data(channel: Channel, operation: str, claim: Claim, data: torch.
     words = 4 + len(claim.numbers)
     header_bytes = -(-8 * words // 16) * 16  # a multiple of 16: any dtype's view of the data is aligned
     nbytes = -1 if data is None else data.numel() * data.element_size()
-    fits = data is not None and header_bytes + nbytes <= body_room(channel.world_size)
+    fits = data is not None and header_bytes + nbytes <= body_room(context.world_size)
     header = np.zeros(header_bytes // 8, dtype="<i8")
     header[:words] = (_REFUSED if claim.problem else _OK, digest64(repr(claim.layout).encode()), len(claim.layout),
                       nbytes if fits else -1, *claim.numbers)  # fmt: skip
-    opening = open_call(channel, operation, "layout", header.view(np.uint8), data if fits else None, channel.device)
-    table = _read_headers(opening, operation, words, header_bytes, data)
+    slots = check_call(context, operation, "layout", header.view(np.uint8), data if fits else None, context.device)
+    table = _read_headers(slots, operation, words, header_bytes, data)
     if not table[:, 0].any() and (table[:, 1:3] == table[0, 1:3]).all():
         sizes = table[:, 3]
         if fits and (sizes == sizes[0]).all():
-            gathered = opening.data(header_bytes, int(sizes[0])).view(data.dtype)  # type: ignore[union-attr]
+            gathered = slots.data(header_bytes, int(sizes[0])).view(data.dtype)  # type: ignore[union-attr]
             return table[:, 4:words], gathered
         return table[:, 4:words], None
-    claims = exchange_claims(channel, operation, (claim.problem, claim.layout))
+    claims = gather_claims(context, operation, (claim.problem, claim.layout))
     raise InconsistentInputError(explain(operation, claims))
 
 
-def _read_headers(opening: Opening, operation: str, words: int, header_bytes: int, data: torch.Tensor | None) -> np.ndarray:
+def _read_headers(slots: CallSlots, operation: str, words: int, header_bytes: int, data: torch.Tensor | None) -> np.ndarray:
     """Every rank's agreement header, one row per rank, each checked against the wire format."""
     rows: list[np.ndarray] = []
     itemsize = 1 if data is None else data.element_size()
-    for rank, size in enumerate(opening.sizes):
-        row = opening.words(rank, words)
+    for rank, size in enumerate(slots.sizes):
+        row = slots.words(rank, words)
         problem = None
         if row is None:
             problem = f"a body of {size} bytes, shorter than the {8 * words}-byte agreement header"
@@ -97,12 +97,12 @@ def _read_headers(opening: Opening, operation: str, words: int, header_bytes: in
     return np.stack(rows)
 
 
-def exchange_claims(channel: Channel, operation: str, claim: tuple[str | None, Layout]) -> list[tuple[str | None, Layout]]:
+def gather_claims(context: WireContext, operation: str, claim: tuple[str | None, Layout]) -> list[tuple[str | None, Layout]]:
     """Every rank's ``(problem, layout)``, to explain a mismatch; a peer's malformed claim is a
     :class:`~distcomm.errors.WireFormatError`."""
     claims = []
-    for rank, payload in enumerate(exchange(channel, claim, operation, step="explain")):
-        value = channel.object_codec.decode(payload)
+    for rank, payload in enumerate(all_gather_payloads(context, claim, operation, step="explain")):
+        value = context.object_codec.decode(payload)
         if not (isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], (str, type(None)))
                 and isinstance(value[1], tuple)
                 and all(isinstance(e, tuple) and len(e) == 2 and isinstance(e[0], str) for e in value[1])):  # fmt: skip

@@ -19,12 +19,12 @@ import torch
 
 from distcomm.errors import InconsistentInputError, InvalidArgumentError, UnsafeObjectError, WireFormatError
 from distcomm.values.conversion import describe, parse_device
-from distcomm.wire.call_check import Opening, body_room, open_call, slot_bytes
+from distcomm.wire.call_check import CallSlots, body_room, check_call, refuse, slot_bytes
 from distcomm.wire.codec import max_payload_bytes
 from distcomm.wire.mismatch import explain
 
 if TYPE_CHECKING:
-    from distcomm.wire.context import Channel
+    from distcomm.wire.context import WireContext
 
 OBJECT_SLOT_BYTES = slot_bytes(1)
 """Object collectives send payloads up to about this size in one collective (worlds of up to 16 ranks)."""
@@ -33,25 +33,33 @@ LENGTH_BYTES = 8
 DeviceLike = torch.device | str | None
 
 
-def target_device(channel: Channel, device: DeviceLike, operation: str = "an object collective") -> torch.device:
+def target_device(context: WireContext, device: DeviceLike, operation: str = "an object collective") -> torch.device:
     """Where an object collective's bytes travel: ``device`` (checked), else the communicator's."""
     if device is None:
-        return channel.device
+        return context.device
     target = parse_device(device, operation)
-    if not channel.accepts(target):
-        raise InvalidArgumentError(f"{operation}: the {channel.backend.name} backend cannot move data on {target}; pass device=None")
+    if not context.accepts(target):
+        raise InvalidArgumentError(f"{operation}: the {context.backend.name} backend cannot move data on {target}; pass device=None")
     return target
 
 
-def encode(channel: Channel, obj: Any, operation: str) -> tuple[bytes, InvalidArgumentError | None]:
+def _target_or_refuse(context: WireContext, device: DeviceLike, operation: str) -> torch.device:
+    """:func:`target_device`, or its error raised on every rank (this rank refuses the call)."""
+    try:
+        return target_device(context, device, operation)
+    except InvalidArgumentError as error:
+        refuse(context, operation, str(error))
+
+
+def encode(context: WireContext, obj: Any, operation: str) -> tuple[bytes, InvalidArgumentError | None]:
     """``obj``'s bytes, or, when it cannot be sent, the message to send instead and the error."""
     try:
-        payload = channel.object_codec.encode(obj)
+        payload = context.object_codec.encode(obj)
     except Exception as error:
         refusal = InvalidArgumentError(f"{operation}: the object cannot be pickled: {error}")
         refusal.__cause__ = error
         return str(refusal).encode(), refusal
-    limit = max_payload_bytes(channel.object_codec)
+    limit = max_payload_bytes(context.object_codec)
     if len(payload) > limit:
         too_large = InvalidArgumentError(
             f"{operation}: the object encodes to {len(payload)} bytes, over the codec's limit of {limit} "
@@ -76,37 +84,37 @@ def raise_refusals(operation: str, reasons: list[str | None], refusal: BaseExcep
     raise InconsistentInputError(explain(operation, [(reason, ()) for reason in reasons])) from refusal
 
 
-def read_body(channel: Channel, opening: Opening, rank: int, operation: str) -> tuple[int, bytes]:
+def read_body(context: WireContext, slots: CallSlots, rank: int, operation: str) -> tuple[int, bytes]:
     """The length ``rank`` announced (negative: a refusal, whose text follows) and the bytes that came
     inline, checked: a refusal's text and an inline head must be exactly as long as announced,
     and a payload within the codec's limit, before anything is allocated for it."""
-    words = opening.words(rank, 1)
+    words = slots.words(rank, 1)
     if words is None:
         raise WireFormatError(f"{operation}: rank {rank} sent an object slot with no length")
-    length, head = int(words[0]), opening.body(rank)[LENGTH_BYTES:].tobytes()
-    limit = max_payload_bytes(channel.object_codec)
+    length, head = int(words[0]), slots.body(rank)[LENGTH_BYTES:].tobytes()
+    limit = max_payload_bytes(context.object_codec)
     if length > limit:
         raise UnsafeObjectError(
             f"{operation}: rank {rank} announced a payload of {length} bytes, over the codec's limit of "
             f"{limit} bytes; nothing was allocated for it (raise the codec's max_bytes if it is genuine)"
         )
-    room = body_room(channel.world_size) - LENGTH_BYTES
+    room = body_room(context.world_size) - LENGTH_BYTES
     if length < 0 and len(head) != -length or length >= 0 and len(head) != min(length, room):
         raise WireFormatError(f"{operation}: rank {rank} announced {length} bytes and sent {len(head)} in its slot")
     return length, head
 
 
-def exchange(channel: Channel, obj: Any, operation: str, device: DeviceLike = None, *, step: str = "objects") -> list[bytes]:
+def all_gather_payloads(context: WireContext, obj: Any, operation: str, device: DeviceLike = None, *, step: str = "objects") -> list[bytes]:
     """Every rank's encoded ``obj``, in rank order (not yet decoded)."""
-    payload, refusal = encode(channel, obj, operation)
-    target = target_device(channel, device, operation)
-    if channel.world_size == 1:  # no other rank: the payload was still made, so what cannot travel fails here too
+    payload, refusal = encode(context, obj, operation)
+    target = _target_or_refuse(context, device, operation)
+    if context.world_size == 1:  # no other rank: the payload was still made, so what cannot travel fails here too
         if refusal is not None:
             raise_refusals(operation, [payload.decode(errors="replace")], refusal)
         return [payload]
-    body = slot_body(payload, body_room(channel.world_size), refused=refusal is not None)
-    opening = open_call(channel, operation, step, body, device=target)
-    slots = [read_body(channel, opening, rank, operation) for rank in range(channel.world_size)]
+    body = slot_body(payload, body_room(context.world_size), refused=refusal is not None)
+    opened = check_call(context, operation, step, body, device=target)
+    slots = [read_body(context, opened, rank, operation) for rank in range(context.world_size)]
     if any(length < 0 for length, _ in slots):
         raise_refusals(operation, [head.decode(errors="replace") if length < 0 else None for length, head in slots], refusal)
     if all(len(head) == length for length, head in slots):
@@ -114,58 +122,79 @@ def exchange(channel: Channel, obj: Any, operation: str, device: DeviceLike = No
     longest = max(length for length, _ in slots)
     padded = torch.zeros(longest, dtype=torch.uint8)
     padded[: len(payload)] = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
-    full = channel.backend.all_gather(padded.to(target)).cpu().numpy()
+    full = context.backend.all_gather(padded.to(target)).cpu().numpy()
     return [row[:length].tobytes() for row, (length, _) in zip(full, slots)]
 
 
-def all_gather_objects(channel: Channel, obj: Any, operation: str = "all_gather_object", device: DeviceLike = None) -> list[Any]:
+def all_gather_objects(context: WireContext, obj: Any, operation: str = "all_gather_object", device: DeviceLike = None) -> list[Any]:
     """Every rank's ``obj``, decoded, in rank order."""
-    decode = channel.object_codec.decode
-    return [decode(payload) for payload in exchange(channel, obj, operation, device)]
+    decode = context.object_codec.decode
+    return [decode(payload) for payload in all_gather_payloads(context, obj, operation, device)]
 
 
 def broadcast_object(
-    channel: Channel, obj: Any, src: int, operation: str, device: DeviceLike = None, problem: str | None = None
+    context: WireContext, obj: Any, src: int, operation: str, device: DeviceLike = None, problem: str | None = None
 ) -> Any:
     """``src``'s ``obj`` on every rank; ``src`` sends ``problem`` instead of ``obj`` when it has one.
 
-    The first step is the opening (every rank's slot, ``src``'s carrying the object's
+    The first step is the slots (every rank's slot, ``src``'s carrying the object's
     head), so a rank in another call fails on every rank; a larger object's rest follows
     in one broadcast.
     """
-    target = target_device(channel, device, operation)
+    target = _target_or_refuse(context, device, operation)
     refusal: InvalidArgumentError | None = None
     payload = b""
-    if channel.rank == src:
+    if context.rank == src:
         if problem is not None:
             payload, refusal = problem.encode(), InvalidArgumentError(problem)
         else:
-            payload, refusal = encode(channel, obj, operation)
-    if channel.world_size == 1:  # the only rank is the source: its object, once it has shown it can travel
+            payload, refusal = encode(context, obj, operation)
+    if context.world_size == 1:  # the only rank is the source: its object, once it has shown it can travel
         if refusal is not None:
             raise_refusals(operation, [payload.decode(errors="replace")], refusal)
         return obj
-    body = slot_body(payload, body_room(channel.world_size), refused=refusal is not None)
-    opening = open_call(channel, operation, f"object from {src}", body, device=target)
-    length, head = read_body(channel, opening, src, operation)
+    body = slot_body(payload, body_room(context.world_size), refused=refusal is not None)
+    slots = check_call(context, operation, f"object from {src}", body, device=target)
+    length, head = read_body(context, slots, src, operation)
     if length < 0:
         reason = head.decode(errors="replace")
-        raise_refusals(operation, [reason if rank == src else None for rank in range(channel.world_size)], refusal)
+        raise_refusals(operation, [reason if rank == src else None for rank in range(context.world_size)], refusal)
     if len(head) < length:
         rest = torch.empty(length - len(head), dtype=torch.uint8, device=target)
-        if channel.rank == src:
+        if context.rank == src:
             rest.copy_(torch.frombuffer(bytearray(payload[len(head) :]), dtype=torch.uint8))
-        channel.backend.broadcast(rest, src)
+        context.backend.broadcast(rest, src)
         head += rest.cpu().numpy().tobytes()
-    return obj if channel.rank == src else channel.object_codec.decode(head)
+    return obj if context.rank == src else context.object_codec.decode(head)
 
 
-def scatter_problem(channel: Channel, objects: Any, src: int) -> str | None:
+def scatter_problem(context: WireContext, objects: Any, src: int) -> str | None:
     """Why ``src``'s ``objects`` cannot be scattered (checked on ``src`` only), or ``None``."""
-    if channel.rank != src:
+    if context.rank != src:
         return None
     if isinstance(objects, (str, bytes)) or not isinstance(objects, Sequence):
         return f"src rank {src} must pass a sequence, got {describe(objects)}"
-    if len(objects) != channel.world_size:
-        return f"src rank {src} passed {len(objects)} objects for {channel.world_size} ranks; pass exactly one per rank"
+    if len(objects) != context.world_size:
+        return f"src rank {src} passed {len(objects)} objects for {context.world_size} ranks; pass exactly one per rank"
     return None
+
+
+def gather_object(context: WireContext, obj: Any, dst: int, device: DeviceLike = None) -> list[Any] | None:
+    """Every rank's ``obj`` as a list on ``dst``, ``None`` elsewhere (ranks with another ``dst`` are
+    in another call)."""
+    payloads = all_gather_payloads(context, obj, f"gather_object to {dst}", device)
+    return [context.object_codec.decode(p) for p in payloads] if context.rank == dst else None
+
+
+def broadcast_object_list(context: WireContext, object_list: list[Any], src: int, device: DeviceLike = None) -> None:
+    """Fill ``object_list`` in place with ``src``'s items, on every rank."""
+    received = broadcast_object(context, object_list, src, "broadcast_object_list", device)
+    if received is not object_list:
+        object_list[:] = received
+
+
+def scatter_object(context: WireContext, objects: Any, src: int) -> Any:
+    """Item ``i`` of ``src``'s sequence on rank ``i``; a ``src`` sequence of the wrong length raises on every rank."""
+    problem = scatter_problem(context, objects, src)
+    payload = list(objects or []) if problem is None else None
+    return broadcast_object(context, payload, src, "scatter_object", problem=problem)[context.rank]

@@ -23,14 +23,14 @@ import attrs
 import numpy as np
 import torch
 
-from distcomm.backends.handles import Handle
+from distcomm.backends.handles import Handle, JoinedHandle
 from distcomm.errors import InvalidArgumentError, WireFormatError
 from distcomm.values.conversion import readable
 from distcomm.values.dtypes import DTYPE_CODES, DTYPES
 from distcomm.wire.codec import max_payload_bytes
 
 if TYPE_CHECKING:
-    from distcomm.wire.context import Channel
+    from distcomm.wire.context import WireContext
 
 MAGIC = 0x64636F6D70327031  # "dcomp2p1" as a number
 END = 0x646E6570327064  # the last word of every first message: a first message cut short lacks it
@@ -58,13 +58,13 @@ class Header:
     tail: int
 
 
-def encode(channel: Channel, data: Any, operation: str) -> tuple[torch.Tensor, torch.Tensor, InvalidArgumentError | None]:
+def encode(context: WireContext, data: Any, operation: str) -> tuple[torch.Tensor, torch.Tensor, InvalidArgumentError | None]:
     """The first message (header and, when it fits, the payload) and the rest of the payload (empty
     when it rode in the first): a tensor's bytes as they are, anything else pickled. Data that
     cannot be sent gives a refusal to send instead (the receiver raises its reason) and the error
     the sender raises once it is sent."""
     try:
-        kind, dtype_code, shape, payload = _payload(channel, data, operation)
+        kind, dtype_code, shape, payload = _payload(context, data, operation)
     except InvalidArgumentError as error:
         reason = str(error).encode("utf-8", errors="replace")[:INLINE_BYTES]
         kind, dtype_code, shape, payload = REFUSAL, 0, (), torch.frombuffer(bytearray(reason), dtype=torch.uint8)
@@ -80,13 +80,13 @@ def encode(channel: Channel, data: Any, operation: str) -> tuple[torch.Tensor, t
     first[-8:].view("<i8")[0] = END
     if fits:
         first[PAYLOAD_OFFSET : PAYLOAD_OFFSET + payload.numel()] = payload.cpu().numpy()
-    rest = payload[:0] if fits else payload.to(channel.device)
-    return torch.from_numpy(first).to(channel.device), rest, refusal
+    rest = payload[:0] if fits else payload.to(context.device)
+    return torch.from_numpy(first).to(context.device), rest, refusal
 
 
-def _payload(channel: Channel, data: Any, operation: str) -> tuple[int, int, tuple[int, ...], torch.Tensor]:
+def _payload(context: WireContext, data: Any, operation: str) -> tuple[int, int, tuple[int, ...], torch.Tensor]:
     """``data`` as a kind, a dtype code, a shape and its bytes, or a clear error."""
-    limit = max_payload_bytes(channel.object_codec)
+    limit = max_payload_bytes(context.object_codec)
     if isinstance(data, torch.Tensor):
         if data.dim() > MAX_DIMENSIONS:
             raise InvalidArgumentError(f"{operation}: a tensor of {data.dim()} dimensions; at most {MAX_DIMENSIONS}")
@@ -97,7 +97,7 @@ def _payload(channel: Channel, data: Any, operation: str) -> tuple[int, int, tup
             raise InvalidArgumentError(f"{operation}: a tensor of {payload.numel()} bytes, over the codec's limit of {limit}")
         return TENSOR, DTYPE_CODES[data.dtype], tuple(data.shape), payload
     try:
-        raw = channel.object_codec.encode(data)
+        raw = context.object_codec.encode(data)
     except Exception as error:
         raise InvalidArgumentError(f"{operation}: the object cannot be pickled: {error}") from error
     if len(raw) > limit:
@@ -105,9 +105,9 @@ def _payload(channel: Channel, data: Any, operation: str) -> tuple[int, int, tup
     return OBJECT, 0, (), torch.frombuffer(bytearray(raw), dtype=torch.uint8) if raw else torch.empty(0, dtype=torch.uint8)
 
 
-def empty_first(channel: Channel) -> torch.Tensor:
+def empty_first(context: WireContext) -> torch.Tensor:
     """Where a peer's first message lands (its last word cleared: a message cut short leaves it so)."""
-    first = torch.empty(FIRST_BYTES, dtype=torch.uint8, device=channel.device)
+    first = torch.empty(FIRST_BYTES, dtype=torch.uint8, device=context.device)
     first[-8:] = 0
     return first
 
@@ -117,7 +117,7 @@ def inline_payload(first: torch.Tensor, header: Header) -> torch.Tensor | None:
     return first[PAYLOAD_OFFSET : PAYLOAD_OFFSET + header.nbytes] if header.nbytes <= INLINE_BYTES else None
 
 
-def read_header(channel: Channel, first: torch.Tensor, peer: int) -> Header:
+def read_header(context: WireContext, first: torch.Tensor, peer: int) -> Header:
     """What a peer's first message announces, every field checked before anything is allocated."""
     host = first.cpu().numpy()
     words = host[:PAYLOAD_OFFSET].view("<i8").tolist()
@@ -126,7 +126,7 @@ def read_header(channel: Channel, first: torch.Tensor, peer: int) -> Header:
         raise WireFormatError(f"rank {peer} sent a message that is not a distcomm point-to-point header")
     if int(host[-8:].view("<i8")[0]) != END:
         raise WireFormatError(f"rank {peer} sent a first message shorter than the {FIRST_BYTES} bytes of one")
-    limit = max_payload_bytes(channel.object_codec)
+    limit = max_payload_bytes(context.object_codec)
     if nbytes > limit or kind == REFUSAL and nbytes > INLINE_BYTES:
         raise WireFormatError(
             f"rank {peer} announced a payload of {nbytes} bytes, over the codec's limit of {limit} bytes a peer "
@@ -144,10 +144,10 @@ def read_header(channel: Channel, first: torch.Tensor, peer: int) -> Header:
     return Header(kind, dtype, size, nbytes, tail)
 
 
-def empty_payload(channel: Channel, header: Header) -> torch.Tensor:
+def empty_payload(context: WireContext, header: Header) -> torch.Tensor:
     """Where a payload that follows its first message lands. Its last 8 bytes are set to differ from
     the announced ones, so that a message cut short is seen (:func:`check_payload`)."""
-    payload = torch.empty(header.nbytes, dtype=torch.uint8, device=channel.device)
+    payload = torch.empty(header.nbytes, dtype=torch.uint8, device=context.device)
     payload[-8:] = torch.from_numpy(np.array([~header.tail], dtype="<i8").view(np.uint8))
     return payload
 
@@ -158,28 +158,28 @@ def check_payload(payload: torch.Tensor, header: Header, peer: int) -> None:
         raise WireFormatError(f"rank {peer} announced {header.nbytes} bytes and sent fewer; nothing of it is returned")
 
 
-def decode(channel: Channel, header: Header, payload: torch.Tensor, peer: int) -> Any:
+def decode(context: WireContext, header: Header, payload: torch.Tensor, peer: int) -> Any:
     """The tensor or object that ``payload`` carries, as its header described it; a refusal's
     reason is raised."""
     if header.kind == REFUSAL:
         reason = payload.cpu().numpy().tobytes().decode("utf-8", errors="replace")
         raise InvalidArgumentError(f"rank {peer} could not send its message: {reason}")
     if header.kind == OBJECT:
-        return channel.object_codec.decode(payload.cpu().numpy().tobytes())
+        return context.object_codec.decode(payload.cpu().numpy().tobytes())
     assert header.dtype is not None
     return payload.view(header.dtype).reshape(header.shape)
 
 
-def receive_rest(channel: Channel, first: torch.Tensor, peer: int) -> Any:
+def receive_rest(context: WireContext, first: torch.Tensor, peer: int) -> Any:
     """The message whose first message is ``first``: its payload read (from the first message, or
     received whole after it) and decoded."""
-    header = read_header(channel, first, peer)
+    header = read_header(context, first, peer)
     payload = inline_payload(first, header)
     if payload is None:
-        payload = empty_payload(channel, header)
-        channel.backend.start_pairs([], [(payload, peer)]).wait()
+        payload = empty_payload(context, header)
+        context.backend.start_pairs([], [(payload, peer)]).wait()
         check_payload(payload, header, peer)
-    return decode(channel, header, payload, peer)
+    return decode(context, header, payload, peer)
 
 
 class Receive(Handle):
@@ -188,10 +188,10 @@ class Receive(Handle):
     receives from one peer may be in flight and waited on in any order, and each gets its own
     message, in the order the receives were started."""
 
-    def __init__(self, channel: Channel, src: int) -> None:
-        self._channel, self._src = channel, src
-        self._prior: Receive | None = channel.state.receiving.get(src)
-        channel.state.receiving[src] = self
+    def __init__(self, context: WireContext, src: int) -> None:
+        self._context, self._src = context, src
+        self._prior: Receive | None = context.state.receiving.get(src)
+        context.state.receiving[src] = self
         self._first: torch.Tensor | None = None
         self._header: Handle | None = None
         self._outcome: tuple[bool, Any] | None = None  # (received, the value or the error)
@@ -199,8 +199,8 @@ class Receive(Handle):
             self._post()
 
     def _post(self) -> None:
-        self._first = empty_first(self._channel)
-        self._header = self._channel.backend.start_pairs([], [(self._first, self._src)])
+        self._first = empty_first(self._context)
+        self._header = self._context.backend.start_pairs([], [(self._first, self._src)])
 
     def wait(self) -> Any:
         if self._outcome is None:
@@ -216,8 +216,8 @@ class Receive(Handle):
             except Exception as error:
                 self._outcome = (False, error)
             finally:
-                if self._channel.state.receiving.get(self._src) is self:
-                    del self._channel.state.receiving[self._src]
+                if self._context.state.receiving.get(self._src) is self:
+                    del self._context.state.receiving[self._src]
         received, value = self._outcome
         if not received:
             raise value
@@ -230,4 +230,44 @@ class Receive(Handle):
         return prior_done and self._header is not None and self._header.is_completed()
 
     def _read(self, first: torch.Tensor) -> Any:
-        return receive_rest(self._channel, first, self._src)
+        return receive_rest(self._context, first, self._src)
+
+
+def start_send(context: WireContext, data: Any, dst: int, operation: str) -> Handle:
+    """Start sending ``data`` to ``dst`` (a checked peer). Data that cannot be sent is refused to
+    the receiver, which raises the reason, and then here."""
+    first, rest, refusal = encode(context, data, operation)
+    sends = [(first, dst)] + ([(rest, dst)] if rest.numel() else [])
+    started = context.backend.start_pairs(sends, [])
+    if refusal is not None:
+        started.wait()
+        raise refusal
+    return JoinedHandle([started])
+
+
+def batch_send_recv(context: WireContext, targets: dict[int, Any], sources: list[int]) -> dict[int, Any]:
+    """Send ``targets[dst]`` to each ``dst`` and receive one message from each of ``sources`` (checked
+    peers, each once), all at once; what arrived, by source."""
+    waiting = sorted(src for src in sources if src in context.state.receiving)
+    if waiting:
+        raise InvalidArgumentError(
+            f"batch_send_recv: an irecv from rank(s) {waiting} has not been waited on; wait on it first "
+            "(messages from one rank are received in order)"
+        )
+    encoded = {dst: encode(context, data, "batch_send_recv") for dst, data in targets.items()}
+    firsts = {src: empty_first(context) for src in sources}
+    context.backend.start_pairs([(f, dst) for dst, (f, _, _) in encoded.items()], [(f, src) for src, f in firsts.items()]).wait()
+    headers = {src: read_header(context, f, src) for src, f in firsts.items()}
+    inline = {src: inline_payload(firsts[src], header) for src, header in headers.items()}
+    payloads = {src: empty_payload(context, headers[src]) if part is None else part for src, part in inline.items()}
+    context.backend.start_pairs(
+        [(rest, dst) for dst, (_, rest, _) in encoded.items() if rest.numel()],
+        [(payloads[src], src) for src, part in inline.items() if part is None],
+    ).wait()
+    refusal = next((refusal for _, _, refusal in encoded.values() if refusal is not None), None)
+    if refusal is not None:  # every message went, the refusals among them: the receivers raise them too
+        raise refusal
+    for src, part in inline.items():
+        if part is None:
+            check_payload(payloads[src], headers[src], src)
+    return {src: decode(context, headers[src], payloads[src], src) for src in sources}

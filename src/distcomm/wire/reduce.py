@@ -14,21 +14,25 @@ import numpy as np
 import torch
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
+from distcomm.backends.handles import CompletedHandle, Handle
 from distcomm.errors import InvalidArgumentError, WireFormatError
 from distcomm.values.conversion import check_fillable, from_tensor, is_plain, to_tensor
 from distcomm.values.dtypes import fits_int64
-from distcomm.values.nested import flatten, unflatten
+from distcomm.values.nested import flatten, map_leaves, unflatten
 from distcomm.values.ops import ReduceOp
 from distcomm.values.reduction_rules import (
     KIND_CODES,
+    NOT_ALONE,
     PYTHON_KINDS,
     PYTHON_PROTOTYPES,
     ReducePlan,
     cached_plan,
     int_bits,
     needs_exact,
+    plan_reduction,
     promote,
     reduce_exactly,
+    reduce_if_alone,
     reduce_rows,
 )
 from distcomm.wire.layout_agreement import Claim, agree_with_data
@@ -36,7 +40,7 @@ from distcomm.wire.mismatch import digest64
 from distcomm.wire.objects import all_gather_objects
 
 if TYPE_CHECKING:
-    from distcomm.wire.context import Channel
+    from distcomm.wire.context import WireContext
 
 
 IN_PLACE_OPS: dict[tuple[torch.dtype, object], ReduceOp] = {}
@@ -44,51 +48,51 @@ IN_PLACE_OPS: dict[tuple[torch.dtype, object], ReduceOp] = {}
 place with no conversion and no division: the lookup that lets a lone tensor skip planning."""
 
 
-def reduce_tensor(channel: Channel, tensor: torch.Tensor, op: ReduceOp) -> torch.Tensor:
+def reduce_tensor(context: WireContext, tensor: torch.Tensor, op: ReduceOp) -> torch.Tensor:
     """One tensor, no flattening; in place unless its dtype cannot hold the result."""
     plan = cached_plan(tensor, tensor, op, "all_reduce")
     if plan.mean_dtype is None and plan.transport_dtype is tensor.dtype:
         IN_PLACE_OPS[tensor.dtype, op] = IN_PLACE_OPS[tensor.dtype, op.value] = plan.op
     if plan.transport_dtype is not tensor.dtype or plan.mean_dtype not in (None, tensor.dtype):
-        return reduce_leaves(channel, [tensor], [""], op)[0]  # type: ignore[no-any-return]
-    backend = channel.backend
-    if plan.mean_dtype is None and is_plain(tensor) and channel.accepts(tensor.device):
+        return reduce_leaves(context, [tensor], [""], op)[0]  # type: ignore[no-any-return]
+    backend = context.backend
+    if plan.mean_dtype is None and is_plain(tensor) and context.accepts(tensor.device):
         backend.all_reduce(tensor, plan.op)
         return tensor
-    carrier = channel.transport(tensor, "all_reduce")
+    carrier = context.transport(tensor, "all_reduce")
     backend.all_reduce(carrier, plan.op)
     with torch.no_grad():  # in place even on a tensor that requires grad, as torch's collectives are
         if plan.mean_dtype is not None:
-            carrier.div_(channel.world_size)
+            carrier.div_(context.world_size)
         if carrier is not tensor:
             tensor.copy_(carrier)
     return tensor
 
 
-def reduce_structure(channel: Channel, data: Any, op: ReduceOp, operation: str, *, detach: bool = False) -> Any:
+def reduce_structure(context: WireContext, data: Any, op: ReduceOp, operation: str, *, detach: bool = False) -> Any:
     """Reduce numbers, arrays and nested data: agree on the layout, then reduce the leaves
     in an order every rank shares (sorted by key path), and rebuild the caller's structure.
     With ``detach``, tensors are left alone and the result holds new, detached tensors."""
     if type(data) is dict:
-        as_dict = reduce_tensor_dict(channel, data, op, operation, detach)
+        as_dict = reduce_tensor_dict(context, data, op, operation, detach)
         if as_dict is not None:
             return as_dict
     leaves, paths, spec = flatten(data)
     order = sorted(range(len(leaves)), key=paths.__getitem__)
     leaves, paths = [leaves[i] for i in order], [paths[i] for i in order]
-    numbers = _numbers_inline(channel, leaves)
-    leaves, exact, rows = agree_on_leaves(channel, leaves, paths, op, operation, numbers)
+    numbers = _numbers_inline(context, leaves)
+    leaves, exact, rows = agree_on_leaves(context, leaves, paths, op, operation, numbers)
     if rows is not None:  # Python numbers of one kind rode with the agreement: reduce them here
-        reduced = _reduce_numbers(channel, leaves[0], rows, op)
+        reduced = _reduce_numbers(context, leaves[0], rows, op)
     else:
-        reduced = reduce_leaves(channel, leaves, paths, op, exact=exact, operation=operation, detach=detach)
+        reduced = reduce_leaves(context, leaves, paths, op, exact=exact, operation=operation, detach=detach)
     results: list[Any] = [None] * len(order)
     for position, value in zip(order, reduced):
         results[position] = value
     return unflatten(spec, results)
 
 
-def reduce_tensor_dict(channel: Channel, data: dict[Any, Any], op: ReduceOp, operation: str, detach: bool) -> dict[Any, Any] | None:
+def reduce_tensor_dict(context: WireContext, data: dict[Any, Any], op: ReduceOp, operation: str, detach: bool) -> dict[Any, Any] | None:
     """The common case, vectorised: a plain dict of tensors of one dtype on one device, reduced
     as they are. ``None`` when ``data`` is anything else (the general path takes it).
 
@@ -109,7 +113,7 @@ def reduce_tensor_dict(channel: Channel, data: dict[Any, Any], op: ReduceOp, ope
         if not detach and not value.is_contiguous() or value.is_conj() or value.is_neg():
             return None  # the general path checks it first, and refuses it on every rank
         alike = alike and value.shape == shape
-    if not channel.accepts(device):
+    if not context.accepts(device):
         return None
     try:
         plan = cached_plan(first, first, op, operation)
@@ -117,7 +121,7 @@ def reduce_tensor_dict(channel: Channel, data: dict[Any, Any], op: ReduceOp, ope
         return None  # refused: the general path says so on every rank, after agreeing
     if plan.transport_dtype is not dtype or plan.mean_dtype not in (None, dtype):
         return None
-    if channel.world_size == 1:  # no other rank to match: the caller's order serves
+    if context.world_size == 1:  # no other rank to match: the caller's order serves
         keys, ordered = list(data), values
     else:
         paths = {key: f"[{key!r}]" for key in data}
@@ -131,22 +135,22 @@ def reduce_tensor_dict(channel: Channel, data: dict[Any, Any], op: ReduceOp, ope
             if len(ordered) == 1 and detach:
                 flat = flat.clone()  # a lone tensor comes back as a view of itself: leave the input alone
         gathered = None
-        if channel.world_size > 1:
+        if context.world_size > 1:
             layout = (("(op)", f"{operation} {op.value}"), *((paths[k], ("tensor", dtype, t.shape, device.type)) for k, t in zip(keys, ordered)))
-            small = flat if device == channel.device and dtype is not torch.bool else None
-            gathered = agree_with_data(channel, operation, Claim(layout, (_NO_NUMBERS, 0)), small)[1]
+            small = flat if device == context.device and dtype is not torch.bool else None
+            gathered = agree_with_data(context, operation, Claim(layout, (_NO_NUMBERS, 0)), small)[1]
         if gathered is not None:  # the data came with the agreement: reduce it here, in rank order
             reduce_rows(gathered, plan.op, out=flat.view(-1))
-        elif channel.world_size > 1:  # over one rank a reduction is the identity: no collective to wait for
-            channel.backend.all_reduce(flat, plan.op)
+        elif context.world_size > 1:  # over one rank a reduction is the identity: no collective to wait for
+            context.backend.all_reduce(flat, plan.op)
         if plan.mean_dtype is not None:
-            flat.div_(channel.world_size)
+            flat.div_(context.world_size)
         views = list(flat.unbind(0)) if alike else _views(flat, ordered)
         if not detach:
             torch._foreach_copy_(ordered, views)
             return dict(data)
     reduced = dict(zip(keys, views))
-    return reduced if channel.world_size == 1 else {key: reduced[key] for key in data}
+    return reduced if context.world_size == 1 else {key: reduced[key] for key in data}
 
 
 _NO_NUMBERS = digest64(b"")
@@ -154,14 +158,14 @@ _NO_NUMBERS = digest64(b"")
 
 
 def agree_on_leaves(
-    channel: Channel, leaves: list[Any], paths: list[str], op: ReduceOp, operation: str, numbers: torch.Tensor | None = None
+    context: WireContext, leaves: list[Any], paths: list[str], op: ReduceOp, operation: str, numbers: torch.Tensor | None = None
 ) -> tuple[list[Any], bool, torch.Tensor | None]:
     """Check the leaves, agree on their layout with the other ranks, and widen Python
     numbers to the kind every rank can share. Returns the leaves, whether Python numbers
     must be reduced exactly (an int result could leave int64), and, when ``numbers`` (the
     leaves as one tensor) rode with the agreement on every rank and may be used as they
     are, every rank's row of them."""
-    alone = channel.world_size == 1  # nothing to agree with: only check the leaves
+    alone = context.world_size == 1  # nothing to agree with: only check the leaves
     layout: list[tuple[str, Any]] = [("(op)", f"{operation} {op.value}")]
     kinds = bytearray()
     bits = 0
@@ -184,66 +188,66 @@ def agree_on_leaves(
             continue
         if alone:
             continue
-        layout.append((path, _leaf_layout(channel, leaf, tensor)))
+        layout.append((path, _leaf_layout(context, leaf, tensor)))
     if alone:
         if problem is not None:
             raise problem
         return leaves, needs_exact(op, [bits], 1), None
     claim = Claim(tuple(layout), (digest64(bytes(kinds)), bits), str(problem) if problem else None)
-    table, rows = agree_with_data(channel, operation, claim, numbers)
+    table, rows = agree_with_data(context, operation, claim, numbers)
     if (table[:, 0] != table[0, 0]).any():
-        widest = [max(column) for column in zip(*_every_ranks_kinds(channel, bytes(kinds), operation))]
+        widest = [max(column) for column in zip(*_every_ranks_kinds(context, bytes(kinds), operation))]
         wider = iter(PYTHON_KINDS[code] for code in widest)
         leaves = [promote(leaf, next(wider)) if type(leaf) in KIND_CODES else leaf for leaf in leaves]
         rows = None  # some rank widens its numbers: they travel again, as the widest kind
-    exact = needs_exact(op, table[:, 1].tolist(), channel.world_size)
+    exact = needs_exact(op, table[:, 1].tolist(), context.world_size)
     return leaves, exact, None if exact else rows
 
 
-def _every_ranks_kinds(channel: Channel, kinds: bytes, operation: str) -> list[bytes]:
+def _every_ranks_kinds(context: WireContext, kinds: bytes, operation: str) -> list[bytes]:
     """Every rank's number kinds (one code a number leaf), checked: the layouts agreed, so each
     must be as long as this rank's, with codes this version knows."""
-    every = all_gather_objects(channel, kinds, operation)
+    every = all_gather_objects(context, kinds, operation)
     for rank, theirs in enumerate(every):
         if not (isinstance(theirs, bytes) and len(theirs) == len(kinds) and all(c < len(PYTHON_KINDS) for c in theirs)):
             raise WireFormatError(f"{operation}: rank {rank} sent number kinds {theirs!r:.80} that do not fit the agreed layout")
     return every
 
 
-def _numbers_inline(channel: Channel, leaves: list[Any]) -> torch.Tensor | None:
+def _numbers_inline(context: WireContext, leaves: list[Any]) -> torch.Tensor | None:
     """The leaves as one tensor when they are Python floats, or Python ints, all of one kind
     (what may ride with the layout agreement); else ``None``."""
-    if channel.world_size == 1 or not leaves:
+    if context.world_size == 1 or not leaves:
         return None
     kind = type(leaves[0])
     if kind not in (float, int) or any(type(leaf) is not kind for leaf in leaves):
         return None
     if kind is int and not all(fits_int64(leaf) for leaf in leaves):
         return None
-    return torch.tensor(leaves, dtype=PYTHON_PROTOTYPES[kind].dtype, device=channel.device)
+    return torch.tensor(leaves, dtype=PYTHON_PROTOTYPES[kind].dtype, device=context.device)
 
 
-def _reduce_numbers(channel: Channel, first: Any, rows: torch.Tensor, op: ReduceOp) -> list[Any]:
+def _reduce_numbers(context: WireContext, first: Any, rows: torch.Tensor, op: ReduceOp) -> list[Any]:
     """Python numbers reduced from every rank's row, in rank order, as the general path would."""
     plan = cached_plan(first, PYTHON_PROTOTYPES[type(first)], op, "all_reduce")
     out = torch.empty_like(rows[0])
     reduce_rows(rows, plan.op, out=out)
     if plan.mean_dtype is not None:
-        out = out.to(plan.mean_dtype).div_(channel.world_size)
+        out = out.to(plan.mean_dtype).div_(context.world_size)
     return out.tolist()
 
 
-def _leaf_layout(channel: Channel, leaf: Any, tensor: torch.Tensor) -> tuple[Any, ...]:
+def _leaf_layout(context: WireContext, leaf: Any, tensor: torch.Tensor) -> tuple[Any, ...]:
     """What must match across ranks for one non-number leaf: its kind, dtype, shape and transport
     device (shown in words only when ranks differ, by :func:`distcomm.wire.mismatch.explain`)."""
     if isinstance(leaf, torch.Tensor):
-        device = tensor.device if channel.accepts(tensor.device) else channel.device
+        device = tensor.device if context.accepts(tensor.device) else context.device
         return ("tensor", tensor.dtype, tensor.shape, device.type)
     return ("numpy scalar" if isinstance(leaf, np.generic) else "numpy", tensor.dtype, tensor.shape)
 
 
 def reduce_leaves(
-    channel: Channel,
+    context: WireContext,
     leaves: list[Any],
     paths: list[str],
     op: ReduceOp,
@@ -275,7 +279,7 @@ def reduce_leaves(
         entry = seen.get(key)  # leaves of one kind, dtype and device share a plan and a group
         if entry is None:
             plan = cached_plan(leaf, prototype, op, operation)
-            device = channel.device if tensor is None or not channel.accepts(tensor.device) else tensor.device
+            device = context.device if tensor is None or not context.accepts(tensor.device) else tensor.device
             entry = seen[key] = (plan, (plan.transport_dtype, plan.op, device), [])
         tensors.append(tensor)
         plans.append(entry[0])
@@ -288,23 +292,23 @@ def reduce_leaves(
             groups.setdefault(group, []).extend(members)
     results: list[Any] = [None] * len(leaves)
     if numbers:
-        every = all_gather_objects(channel, [leaves[i] for i in numbers], operation)
+        every = all_gather_objects(context, [leaves[i] for i in numbers], operation)
         for rank, theirs in enumerate(every):
             if not (type(theirs) is list and len(theirs) == len(numbers) and all(type(v) in KIND_CODES for v in theirs)):
                 raise WireFormatError(f"{operation}: rank {rank} sent numbers {theirs!r:.80} that do not fit the agreed layout")
         columns = list(zip(*every))
-        for i, value in zip(numbers, reduce_exactly(columns, op, channel.world_size)):
+        for i, value in zip(numbers, reduce_exactly(columns, op, context.world_size)):
             results[i] = value
     with torch.no_grad():  # collectives are not differentiable; leaves that require grad are filled in place
         for (dtype, group_op, device), members in groups.items():
             members.sort()  # leaf order, the same on every rank
-            _reduce_group(channel, dtype, group_op, device, [leaves[i] for i in members],
+            _reduce_group(context, dtype, group_op, device, [leaves[i] for i in members],
                           [tensors[i] for i in members], [plans[i] for i in members], detach, results, members)  # fmt: skip
     return results
 
 
 def _reduce_group(
-    channel: Channel,
+    context: WireContext,
     dtype: torch.dtype,
     op: ReduceOp,
     device: torch.device,
@@ -318,9 +322,9 @@ def _reduce_group(
     """One flat buffer, one collective, one copy back, for leaves that travel alike."""
     if all(t is None for t in tensors):  # Python numbers only: one tensor from the list, one read back
         flat = torch.tensor(leaves, dtype=dtype, device=device)
-        channel.backend.all_reduce(flat, op)
+        context.backend.all_reduce(flat, op)
         if plans[0].mean_dtype is not None:
-            flat = flat.to(plans[0].mean_dtype).div_(channel.world_size)
+            flat = flat.to(plans[0].mean_dtype).div_(context.world_size)
         for i, value in zip(positions, flat.tolist()):
             results[i] = value
         return
@@ -332,11 +336,11 @@ def _reduce_group(
             flat = flat.clone()  # a lone part comes back as a view of itself: leave the input alone, or resolve it
     else:
         flat = torch.cat([t.reshape(-1).to(device=device, dtype=dtype) for t in parts])
-    channel.backend.all_reduce(flat, op)
+    context.backend.all_reduce(flat, op)
     plan = plans[0]
     if in_place and all(p is plan for p in plans) and plan.mean_dtype in (None, dtype):
         if plan.mean_dtype is not None:
-            flat.div_(channel.world_size)
+            flat.div_(context.world_size)
         _write_back(leaves, parts, flat, detach, results, positions)
         return
     host = flat if flat.device.type == "cpu" else None
@@ -349,7 +353,7 @@ def _reduce_group(
         reduced = source[offset : offset + part.numel()].view(part.shape)  # type: ignore[index]
         offset += part.numel()
         if leaf_plan.mean_dtype is not None:
-            reduced = reduced.to(leaf_plan.mean_dtype).div_(channel.world_size)
+            reduced = reduced.to(leaf_plan.mean_dtype).div_(context.world_size)
         if not is_tensor:
             results[i] = from_tensor(reduced, leaf)
         elif detach or reduced.dtype != leaf.dtype:
@@ -388,3 +392,37 @@ def _views(flat: torch.Tensor, parts: list[torch.Tensor]) -> list[torch.Tensor]:
     if all(p.shape == shape for p in parts):
         return list(flat.view(len(parts), *shape).unbind(0))
     return _unflatten_dense_tensors(flat, parts)  # type: ignore[no-untyped-call,no-any-return]
+
+
+def reduce_data(context: WireContext, data: Any, op: ReduceOp, operation: str = "all_reduce") -> Any:
+    """``data`` reduced over every rank with the rules of ``all_reduce``: a lone tensor as it is,
+    anything else after agreeing on its layout; over one rank a number is decided locally."""
+    alone = reduce_if_alone(data, op, context.world_size)
+    if alone is not NOT_ALONE:
+        return alone
+    if isinstance(data, torch.Tensor):
+        return reduce_tensor(context, data, op)
+    return reduce_structure(context, data, op, operation)
+
+
+def start_all_reduce(context: WireContext, tensor: Any, op: ReduceOp) -> Handle:
+    """An in-place reduction of ``tensor`` in the background where the backend can do it as it is;
+    else done at once (a copy to another device, a dtype it converts, a mean that divides)."""
+    if not isinstance(tensor, torch.Tensor) or not context.accepts(tensor.device) or not is_plain(tensor):
+        return CompletedHandle(reduce_data(context, tensor, op))
+    plan = plan_reduction(tensor, tensor, op, "all_reduce_async")
+    if plan.transport_dtype != tensor.dtype or plan.mean_dtype is not None:
+        return CompletedHandle(reduce_tensor(context, tensor, op))
+    return context.backend.all_reduce_async(tensor, plan.op)
+
+
+def reduce_to(context: WireContext, data: Any, dst: int, op: ReduceOp) -> Any:
+    """The reduction of every rank's ``data`` on ``dst`` (tensors there filled in place), ``None``
+    elsewhere, where the data is left as it was. Ranks agree on the layout, ``dst`` and ``op`` first."""
+    alone = reduce_if_alone(data, op, context.world_size)
+    if alone is not NOT_ALONE:
+        return alone
+    if context.rank != dst:  # the reduction fills tensors in place: fill plain copies here
+        data = map_leaves(lambda leaf: leaf.detach().clone() if isinstance(leaf, torch.Tensor) else leaf, data)
+    result = reduce_structure(context, data, op, f"reduce to {dst}")
+    return result if context.rank == dst else None

@@ -30,16 +30,79 @@ tests/test_shrinking.py.
 
 from __future__ import annotations
 
+import datetime
 import json
+import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from distcomm.errors import CollectiveError, ExcludedRankError, WireFormatError
+from distcomm.errors import CollectiveError, ExcludedRankError, InvalidArgumentError, WireFormatError
+
+if TYPE_CHECKING:
+    from distcomm.backends.backend import Backend
+    from distcomm.wire.context import WireContext
+
+logger = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.02
 """How often a waiting rank looks at the store again."""
+MAX_GENERATIONS = 8
+"""How many times survivors agree again when one of them dies while they do."""
+
+
+def store_key(group_name: str) -> str:
+    """Where the survivors of the group named ``group_name`` meet in the store."""
+    return f"distcomm/shrink/{group_name}"
+
+
+def form_survivors(context: WireContext, group_name: str, timeout: datetime.timedelta, settle: float) -> Backend:
+    """A backend over the ranks that call this (this rank among them), agreed on through the job's
+    store and formed without the broken group; a rank left out gets :class:`ExcludedRankError`, and
+    a rank that left alive (:func:`leave`) makes every survivor raise instead of dropping it."""
+    store, rank, world_size = context.backend.store, context.rank, context.world_size
+    if store is None and world_size > 1:
+        raise InvalidArgumentError(f"shrink: the {context.backend.name} backend has no key-value store to agree through")
+    started, key = time.monotonic(), store_key(group_name)
+    problem: BaseException | None = None
+    for _ in range(MAX_GENERATIONS):
+        generation = context.state.generations  # shared with views: a generation is never used twice
+        context.state.generations += 1
+        survivors, notes = [0], [""]
+        if world_size > 1:
+            membership = decide_survivors(
+                store, key, generation, rank, world_size,
+                window=timeout.total_seconds() + float(settle), note=str(context.backend.group_count()),
+            )  # fmt: skip
+            survivors, notes = list(membership.survivors), list(membership.notes)
+            if membership.failed:  # alive, so not to be dropped: the job stops on every rank
+                listing = "; ".join(f"rank {r}: {why}" for r, why in membership.failed)
+                raise CollectiveError(
+                    "shrink", rank,
+                    f"rank(s) {', '.join(str(r) for r, _ in membership.failed)} are alive but their own step raised "
+                    f"({listing}); they are not dropped: the job stops on every rank",
+                )  # fmt: skip
+        try:
+            backend = context.backend.survivors(survivors, notes, timeout)
+        except (CollectiveError, RuntimeError) as error:  # a survivor died meanwhile: agree again without it
+            if isinstance(error, ExcludedRankError):
+                raise
+            problem = error
+            logger.warning("shrink: the survivors %s of generation %d could not form a group (%s); agreeing again", survivors, generation, error)
+            continue
+        if world_size > 1 and not confirm_formed(store, key, generation, len(survivors), timeout.total_seconds()):
+            backend.close()
+            problem = CollectiveError("shrink", rank, f"not every survivor of generation {generation} formed the group")
+            logger.warning("shrink: not every survivor %s of generation %d formed the group; agreeing again", survivors, generation)
+            continue
+        lost = sorted(set(range(world_size)) - set(survivors))
+        logger.warning(
+            "shrink: rank %d of %d goes on as rank %d of %d; lost rank(s) %s (%.2f s)",
+            rank, world_size, survivors.index(rank), len(survivors), lost, time.monotonic() - started,
+        )  # fmt: skip
+        return backend
+    raise CollectiveError("shrink", rank, f"no group of survivors formed in {MAX_GENERATIONS} attempts: {problem}")
 
 
 @attrs.frozen
@@ -56,7 +119,7 @@ class Membership:
         return self.notes[self.survivors.index(rank)]
 
 
-def agree_on_survivors(store: Any, key: str, generation: int, rank: int, world_size: int, *, window: float, note: str = "") -> Membership:
+def decide_survivors(store: Any, key: str, generation: int, rank: int, world_size: int, *, window: float, note: str = "") -> Membership:
     """The survivors of ``generation`` under ``key``, the same on every rank that gets one.
 
     Waits until all ``world_size`` ranks came or ``window`` seconds passed since this rank
@@ -152,3 +215,25 @@ def _parse(value: bytes | str, generation: int) -> Membership:
     if len(notes) != len(survivors) or list(survivors) != sorted(set(survivors)):
         raise WireFormatError(f"the survivors' membership in the store is malformed: {value!r:.80}")
     return Membership(generation, survivors, notes, failed)
+
+
+def leave_job(context: WireContext, group_name: str, reason: str) -> bool:
+    """:func:`leave` for this rank of ``context``'s group, under the generation its next shrink would
+    use; whether it was said (not over one rank, nor without a store, nor when the store fails)."""
+    store = context.backend.store
+    if store is None or context.world_size == 1:
+        return False
+    try:
+        leave(store, store_key(group_name), context.state.generations, context.rank, reason)
+    except (RuntimeError, OSError, TimeoutError) as error:
+        logger.warning("rank %d could not tell the others it leaves (%s)", context.rank, error)
+        return False
+    return True
+
+
+def stay_in_job(context: WireContext, group_name: str) -> None:
+    """Take back :func:`leave_job`: this rank went on after all."""
+    try:
+        stay(context.backend.store, store_key(group_name), context.state.generations, context.rank)
+    except (RuntimeError, OSError, TimeoutError, AttributeError) as error:
+        logger.warning("rank %d could not take back that it left (%s)", context.rank, error)
