@@ -43,6 +43,7 @@ from distcomm.errors import InvalidArgumentError
 from distcomm.instrument.fingerprints import signature_of, tensor_layout
 from distcomm.instrument.flight_recorder import default_recorder
 from distcomm.instrument.hooks import Call, Hook, HookChain, HookHandle, Recorder, collective, describe_filled
+from distcomm.instrument.switches import environment_hooks
 from distcomm.values.conversion import check_rank, describe
 from distcomm.values.mesh import Mesh, coordinates, parse_mesh
 from distcomm.values.ops import ReduceOp, ReduceOpLike, parse_reduce_op
@@ -139,14 +140,14 @@ class Communicator(abc.ABC):
             self._context = WireContext(backend, self._state)
             self.group_name = str(getattr(backend.group, "group_name", "") or backend.name)
             """The name of the group it talks over, the same on every rank (what the flight recorder keys on)."""
-            if hooks is None:
-                recorder = default_recorder()
-                hooks = () if recorder is None else (recorder,)
         else:
             self._state, self._context, self.group_name = viewed._state, viewed._context, viewed.group_name
         self._device_types = self._context.device_types  # the hot path reads it directly
         # Plain attributes rather than properties: read on every hot-path call.
         self.rank, self.world_size, self.local_rank = backend.rank, backend.world_size, backend.local_rank
+        if hooks is None and viewed is None:  # the process's recorder, and what the environment switches on
+            recorder = default_recorder()
+            hooks = ((recorder,) if recorder is not None else ()) + environment_hooks(self)
         self._hook_chain = HookChain(hooks or (), None if viewed is None else viewed._hook_chain)
 
     def with_hooks(self, *hooks: Hook) -> Communicator:
