@@ -20,6 +20,7 @@ from distcomm import (
     use_communicator,
 )
 from distcomm.cli.trace import analyse, load, render
+from distcomm.environment.job import job_name
 from distcomm.instrument import flight_recorder
 from distcomm.instrument.hooks import Call
 from distcomm.testing import World
@@ -52,7 +53,7 @@ def two_good_calls(comm, directory: str) -> None:
 
 def dump_by_signal(comm) -> None:
     """What an operator does to a rank that is still alive: ``kill -USR1`` (the world opted in)."""
-    path = comm.flight_recorder.directory / f"job-rank{comm.rank}.jsonl"
+    path = comm.flight_recorder.directory / f"{job_name()}-rank{comm.rank}.jsonl"
     before = path.stat().st_mtime_ns if path.exists() else None
     os.kill(os.getpid(), signal.SIGUSR1)
     deadline = time.monotonic() + 20
@@ -109,7 +110,8 @@ def test_a_rank_that_skips_a_collective_is_named(world, tmp_path) -> None:
     started = time.monotonic()
     outcomes = world.run_outcomes(rank_1_skips, str(tmp_path))
     assert isinstance(outcomes[0].error, CollectiveError) and outcomes[1].ok
-    assert {p.name for p in tmp_path.glob("*.jsonl")} == {"job-rank0.jsonl", "job-rank1.jsonl"}
+    names = sorted(p.name for p in tmp_path.glob("*.jsonl"))  # one run: one name, agreed by the ranks
+    assert len(names) == 2 and names[0].startswith("run-") and names[1] == names[0].replace("rank0", "rank1")
     assert time.monotonic() - started < TIMEOUT + 10
     verdict = verdict_of(tmp_path)
     (group,) = verdict["groups"]
@@ -226,11 +228,11 @@ def test_a_dump_follows_no_planted_link_and_only_its_owner_reads_it(tmp_path, mo
     victim.write_text("precious")
     records = tmp_path / "records"
     records.mkdir()
-    (records / "job-rank0.jsonl").symlink_to(victim)  # planted where the dump goes
+    (records / f"{job_name()}-rank0.jsonl").symlink_to(victim)  # planted where the dump goes
     path = FlightRecorder(directory=records).dump("test")
-    assert path == records / "job-rank0.jsonl" and not path.is_symlink() and victim.read_text() == "precious"
+    assert path == records / f"{job_name()}-rank0.jsonl" and not path.is_symlink() and victim.read_text() == "precious"
     assert path.stat().st_mode & 0o777 == 0o600
-    assert [p.name for p in records.iterdir()] == ["job-rank0.jsonl"]  # no temporary file left behind
+    assert [p.name for p in records.iterdir()] == [f"{job_name()}-rank0.jsonl"]  # no temporary file left behind
     linked = tmp_path / "linked"
     linked.symlink_to(records)
     assert FlightRecorder(directory=linked).dump("test") is None  # a directory that is a link is refused

@@ -11,6 +11,7 @@ from distcomm.environment.job import (
     identity_from_environment,
     job_name,
     local_rank_from_environment,
+    run_id,
 )
 
 
@@ -33,7 +34,10 @@ def test_missing_or_malformed_variables_are_named() -> None:
 def test_local_rank_and_job_name() -> None:
     assert local_rank_from_environment(5, {"SLURM_LOCALID": "1"}) == 1
     assert local_rank_from_environment(5, {}) == 5  # one machine: the global rank
-    assert job_name({"SLURM_JOB_ID": "123/4 x"}) == "123_4_x" and job_name({}) == "job"
+    assert job_name({"SLURM_JOB_ID": "123/4 x"}) == "123_4_x"
+    assert job_name({}) == f"run-{run_id()}" and run_id()  # no launcher names the run: its own id
+    assert job_name({"TORCHELASTIC_RUN_ID": "none"}) == f"run-{run_id()}"  # torchrun's default is no id
+    assert job_name({"TORCHELASTIC_RUN_ID": "r7", "TORCHELASTIC_RESTART_COUNT": "2"}) == "r7-restart2"  # another run
     assert job_name({"DISTCOMM_JOB": "mine", "SLURM_JOB_ID": "1"}) == "mine"
 
 

@@ -115,6 +115,41 @@ def test_records_of_several_jobs_are_never_mixed(tmp_path, capsys) -> None:
     other = {"kind": "header", "rank": 1, "world_size": 2, "job": "other", "wall_time": 2.0}
     (tmp_path / "other-rank1.jsonl").write_text(json.dumps(other) + "\n")
     assert main(["trace", str(tmp_path)]) == 2
-    assert "records of 2 jobs" in capsys.readouterr().err
+    assert "records of 2 runs" in capsys.readouterr().err
     assert main(["trace", str(tmp_path), "--job", "other"]) == 1
     assert "rank(s) 0 left no record" in capsys.readouterr().out
+
+
+def test_with_no_directory_it_reads_the_newest_run(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DISTCOMM_FLIGHT_RECORDER_DIR", raising=False)
+    with pytest.raises(SystemExit):  # nothing recorded yet: it asks for a directory
+        main(["trace"])
+    assert "no flight records" in capsys.readouterr().err
+    old, new = tmp_path / "distcomm-flight-records" / "run-1", tmp_path / "distcomm-flight-records" / "run-2"
+    old.mkdir(parents=True)
+    new.mkdir()
+    write(old, 0, [(1, "all_reduce", "op=sum", 10, "started")], world_size=1)
+    write(new, 0, [(1, "all_reduce", "op=sum", 10, "completed")], world_size=1)
+    os.utime(old / "job-rank0.jsonl", (1e9, 1e9))  # run-1's dump is the older
+    assert main(["trace"]) == 0  # run-2: every call completed
+    assert "run-2" in capsys.readouterr().out
+    monkeypatch.setenv("DISTCOMM_FLIGHT_RECORDER_DIR", str(old))  # where the recorder was told to write
+    assert main(["trace"]) == 1
+
+
+def run_names(comm):
+    from distcomm.environment.job import job_name
+
+    return job_name()
+
+
+def test_every_rank_of_a_run_shares_one_name_and_runs_differ() -> None:
+    from distcomm.testing import World
+
+    names = []
+    for _ in range(2):
+        with World(2, timeout=5.0) as world:
+            names.append(world.run(run_names))
+    assert names[0][0] == names[0][1] and names[1][0] == names[1][1] and names[0][0] != names[1][0]
+    assert all(name.startswith("run-") for name in names[0] + names[1])

@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import secrets
+import time
 import weakref
 from typing import Any
 
@@ -16,7 +18,7 @@ from distcomm.backends.torch_dist import TorchDistBackend
 from distcomm.communicator import Communicator
 from distcomm.environment.backend_choice import BACKENDS, backend_available, default_backend
 from distcomm.environment.devices import nccl_device
-from distcomm.environment.job import identity_from_environment, local_rank_from_environment
+from distcomm.environment.job import identity_from_environment, local_rank_from_environment, run_id_agreed, set_run_id
 from distcomm.errors import ConfigurationError, DistCommError, InvalidArgumentError, call_torch
 from distcomm.values.timeouts import DEFAULT_TIMEOUT, as_timeout
 
@@ -52,6 +54,8 @@ class TorchDistCommunicator(Communicator):
         _owns_group: bool = False,
     ) -> None:
         self._opening = (group, local_rank, _owns_group)
+        if group is None:
+            agree_on_run_id()  # before the flight recorder names its directory
         super().__init__()
 
     def _open_backend(self) -> Backend:
@@ -132,6 +136,22 @@ class TorchDistCommunicator(Communicator):
 
 _owner: weakref.ReferenceType[TorchDistCommunicator] | None = None
 """The communicator that :meth:`TorchDistCommunicator.init` made with the default group."""
+
+
+def agree_on_run_id() -> None:
+    """Give every rank of the job one run id, through the job's store (the first proposal wins), so
+    that its flight records are named after this run and never mix with another's. Once per process."""
+    if run_id_agreed():
+        return
+    try:
+        store = dist.distributed_c10d._get_default_store()
+        restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")  # a restarted job is another run
+        proposal = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+        agreed = store.compare_set(f"distcomm/run-id/{restart}", "", proposal)
+    except (AttributeError, RuntimeError, ValueError) as error:  # no store to agree through: a run id of its own
+        logger.debug("no run id agreed through the store (%s)", error)
+        return
+    set_run_id(agreed.decode() if isinstance(agreed, bytes) else str(agreed))
 
 
 def owner_of_default_group() -> TorchDistCommunicator | None:

@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import Any, TypeGuard
 
 from distcomm.errors import TraceError
-from distcomm.instrument.record_format import CALL, CALL_FIELDS, HEADER, SOME_RANKS, STATES
+from distcomm.instrument.record_format import (
+    CALL,
+    CALL_FIELDS,
+    DEFAULT_DIRECTORY,
+    DIRECTORY_VARIABLE,
+    HEADER,
+    SOME_RANKS,
+    STATES,
+)
 
 Record = dict[str, Any]
 
@@ -99,7 +107,7 @@ def load(
         by_rank[rank] = ({**header, "path": str(path)}, calls)
     if job is None and len(dumps) > 1:
         listing = "; ".join(f"{name} (ranks {_ranks(sorted(ranks))})" for name, ranks in sorted(dumps.items()))
-        raise TraceError(f"records of {len(dumps)} jobs are in {directory}: {listing}; choose one with --job")
+        raise TraceError(f"records of {len(dumps)} runs are in {directory}: {listing}; they are never combined: choose one with --job")
     chosen = dumps.get(job, {}) if job is not None else next(iter(dumps.values()), {})
     return {rank: header for rank, (header, _) in chosen.items()}, {rank: calls for rank, (_, calls) in chosen.items()}
 
@@ -207,14 +215,32 @@ def has_problem(verdict: dict[str, Any]) -> bool:
     )
 
 
+def newest_run(base: Path | None = None) -> str | None:
+    """The directory of the newest run's records: ``$DISTCOMM_FLIGHT_RECORDER_DIR``, else the
+    subdirectory of ``./distcomm-flight-records`` (or ``base``) whose newest dump is the newest."""
+    chosen = os.environ.get(DIRECTORY_VARIABLE)
+    if chosen and base is None:
+        return chosen
+    runs = [(max(p.stat().st_mtime for p in dumps), str(d)) for d in (base or Path(DEFAULT_DIRECTORY)).glob("*/")
+            if d.is_dir() and not d.is_symlink() and (dumps := list(d.glob("*.jsonl")))]  # fmt: skip
+    return max(runs)[1] if runs else None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Exit 0 when every recorded call completed on every rank, 1 when the records show a
     problem, 2 when there is no verdict to give (no records, several jobs and none chosen)."""
     parser = argparse.ArgumentParser(prog="python -m distcomm trace", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("directory", help="the flight recorder's directory (default ./distcomm-flight-records/<job>)")
+    parser.add_argument(
+        "directory", nargs="?",
+        help="the run's flight-record directory (default: $DISTCOMM_FLIGHT_RECORDER_DIR, else the newest run in ./distcomm-flight-records)",
+    )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print the verdict as JSON")
     parser.add_argument("--job", help="the job to read, where the directory holds records of several")
     args = parser.parse_args(argv)
+    if args.directory is None:
+        args.directory = newest_run()
+        if args.directory is None:
+            parser.error(f"no flight records in ${DIRECTORY_VARIABLE} or ./{DEFAULT_DIRECTORY}: name the directory")
     if not Path(args.directory).is_dir():
         parser.error(f"{args.directory} is not a directory")
     skipped: list[str] = []

@@ -10,6 +10,7 @@ read them the same way.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
 
 from distcomm.errors import ConfigurationError
@@ -88,12 +89,41 @@ def local_rank_from_environment(rank: int, environ: Mapping[str, str] | None = N
     return rank
 
 
+_run_id: str | None = None
+"""This run's id, agreed by its ranks when the first communicator over the whole job was made."""
+_own_run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+"""The id of a process that agreed on none (a single process): when it started, and its pid."""
+
+
+def set_run_id(run_id: str) -> None:
+    """Remember ``run_id``, the id every rank of this run agreed on (see :func:`run_id`)."""
+    global _run_id
+    _run_id = _file_name(run_id)
+
+
+def run_id_agreed() -> bool:
+    """Whether this process's ranks agreed on a run id already."""
+    return _run_id is not None
+
+
+def run_id() -> str:
+    """This run's id, unique to it: the one its ranks agreed on through the job's store when the
+    first communicator was made (a time and a random part), else this process's own."""
+    return _run_id or _own_run_id
+
+
 def job_name(environ: Mapping[str, str] | None = None) -> str:
-    """The run's name as a file name: ``DISTCOMM_JOB``, else the SLURM or LSF job id or torchrun's
-    run id, else ``"job"``."""
+    """The run's name as a file name: ``DISTCOMM_JOB``, else the SLURM or LSF job id, else torchrun's
+    run id (with its restart count), else ``run-`` and this run's own id (:func:`run_id`), so that
+    records of different runs never share a name."""
     environ = os.environ if environ is None else environ
     for name in JOB_VARIABLES:
         value = environ.get(name)
-        if value:
-            return "".join(c if c.isalnum() or c in "-_." else "_" for c in value)
-    return "job"
+        if value and not (name == "TORCHELASTIC_RUN_ID" and value == "none"):  # torchrun's default is no id
+            restart = environ.get("TORCHELASTIC_RESTART_COUNT") if name == "TORCHELASTIC_RUN_ID" else None
+            return _file_name(value if not restart or restart == "0" else f"{value}-restart{restart}")
+    return f"run-{run_id()}"
+
+
+def _file_name(value: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in value)

@@ -43,7 +43,16 @@ from distcomm.environment.job import environment_flag, identity_from_environment
 from distcomm.errors import CollectiveError, ConfigurationError
 from distcomm.instrument.dump_signal import dump_on_signal, parse_signal
 from distcomm.instrument.hooks import Call, CollectiveSpec, Recorder
-from distcomm.instrument.record_format import CALL, COMPLETED, FAILED, HEADER, SOME_RANKS, STARTED
+from distcomm.instrument.record_format import (
+    CALL,
+    COMPLETED,
+    DEFAULT_DIRECTORY,
+    DIRECTORY_VARIABLE,
+    FAILED,
+    HEADER,
+    SOME_RANKS,
+    STARTED,
+)
 from distcomm.values.conversion import dtype_name
 
 if TYPE_CHECKING:
@@ -54,13 +63,11 @@ logger = logging.getLogger(__name__)
 SWITCH = "DISTCOMM_FLIGHT_RECORDER"
 """``0`` (or false, no, off) turns the recorder off."""
 SIZE_VARIABLE = "DISTCOMM_FLIGHT_RECORDER_SIZE"
-DIRECTORY_VARIABLE = "DISTCOMM_FLIGHT_RECORDER_DIR"
 SIGNAL_VARIABLE = "DISTCOMM_FLIGHT_RECORDER_SIGNAL"
 """A signal (``SIGUSR2``) on which the recorder writes a dump; unset: none (nothing is installed)."""
 WATCHDOG_VARIABLE = "DISTCOMM_FLIGHT_RECORDER_WATCHDOG"
 """Seconds a call may be in flight before the watchdog writes a dump (unset: no watchdog)."""
 DEFAULT_SIZE = 4096
-DEFAULT_DIRECTORY = "distcomm-flight-records"
 
 _getframe, _now, _Tensor = sys._getframe, time.monotonic_ns, torch.Tensor  # looked up on every call
 
@@ -129,9 +136,9 @@ class FlightRecorder(Recorder):
         self.entries: collections.deque[RecordedCall] = collections.deque(maxlen=size)
         self._append = self.entries.append
         chosen = directory or os.environ.get(DIRECTORY_VARIABLE)
-        self.directory = chosen or Path.cwd() / DEFAULT_DIRECTORY / job_name()
-        self._library_base: Path | None = None if chosen else Path.cwd()
-        """Below this, every level of :attr:`directory` is the library's own (the default place)."""
+        self._directory: Path | None = Path(chosen) if chosen else None
+        self._library_base = Path.cwd()
+        """Where the default place is (``./distcomm-flight-records/<run>``): every level below is the library's own."""
         self._counters: dict[str, Iterator[int]] = {}
         self._lock = threading.Lock()
         self.watchdog_seconds: float | None = None
@@ -154,14 +161,14 @@ class FlightRecorder(Recorder):
 
     @property
     def directory(self) -> Path:
-        """Where dumps go: one ``<job>-rank<R>.jsonl`` per rank (``DISTCOMM_FLIGHT_RECORDER_DIR``,
-        else ``./distcomm-flight-records/<job>``, so records of different jobs never mix)."""
-        return self._directory
+        """Where dumps go: one ``<job>-rank<R>.jsonl`` per rank (``DISTCOMM_FLIGHT_RECORDER_DIR``, else
+        ``./distcomm-flight-records/<job>``, the job's name being unique to the run where no launcher
+        names it: records of different runs never mix)."""
+        return self._directory or self._library_base / DEFAULT_DIRECTORY / job_name()
 
     @directory.setter
     def directory(self, value: str | os.PathLike[str]) -> None:
         self._directory = Path(value)
-        self._library_base = None
 
     def watch(self, seconds: float) -> None:
         """Start a watchdog thread that dumps once for each call in flight longer than ``seconds``."""
@@ -241,7 +248,7 @@ class FlightRecorder(Recorder):
         try:
             rank, world_size = _identity()
             directory = self.directory
-            _check_directory(directory, self._library_base)
+            _check_directory(directory, None if self._directory is not None else self._library_base)
             path = directory / f"{job_name()}-rank{rank}.jsonl"
             header = {
                 "kind": HEADER, "rank": rank, "world_size": world_size, "job": job_name(), "host": socket.gethostname(),

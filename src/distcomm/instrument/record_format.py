@@ -8,6 +8,11 @@ Tested by tests/instrument/test_flight_recorder.py and tests/cli/test_trace.py.
 
 from __future__ import annotations
 
+DIRECTORY_VARIABLE = "DISTCOMM_FLIGHT_RECORDER_DIR"
+"""Where dumps go, when set."""
+DEFAULT_DIRECTORY = "distcomm-flight-records"
+"""Where dumps go otherwise, below the working directory: one subdirectory per run."""
+
 HEADER, CALL = "header", "call"
 """The ``kind`` of a dump's first line and of every line after it."""
 
