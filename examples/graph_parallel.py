@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import tempfile
 
 import torch
-import torch.multiprocessing as mp
 
-from distcomm import Communicator, LocalCommunicator, TorchDistCommunicator
+import distcomm
+from distcomm import Communicator, LocalCommunicator
 
 log = logging.getLogger("graph_parallel")
 GRAPHS, NODES, FEATURES, HIDDEN = 8, 7, 4, 8
@@ -73,18 +72,18 @@ def train(comm: Communicator, dp: int, gp: int, steps: int, lr: float = 0.05) ->
     return losses
 
 
-def run_rank(rank: int, world_size: int, rendezvous: str, dp: int, gp: int, steps: int) -> None:
+def run_rank(comm: Communicator, dp: int, gp: int, steps: int) -> None:
+    rank = comm.rank
     logging.basicConfig(level=logging.INFO, format=f"[rank {rank}] %(message)s")
-    with TorchDistCommunicator.init("gloo", rank=rank, world_size=world_size, init_method=rendezvous, timeout=60) as comm:
-        losses = train(comm, dp, gp, steps)
-        reference = train(LocalCommunicator(), 1, 1, steps)  # one process, whole graphs, every graph
-        worst = max(abs(a - b) for a, b in zip(losses, reference))
-        if worst > 1e-9:
-            raise SystemExit(f"rank {rank}: losses differ from the single-process run by {worst:.3g}")
-        if rank == 0:
-            for step in range(0, steps, max(1, steps // 5)):
-                log.info("step %3d  loss %.6f  (single process %.6f)", step, losses[step], reference[step])
-            log.info("dp=%d x gp=%d: every step's loss equals the single-process run's (largest difference %.2g)", dp, gp, worst)
+    losses = train(comm, dp, gp, steps)
+    reference = train(LocalCommunicator(), 1, 1, steps)  # one process, whole graphs, every graph
+    worst = max(abs(a - b) for a, b in zip(losses, reference))
+    if worst > 1e-9:
+        raise SystemExit(f"rank {rank}: losses differ from the single-process run by {worst:.3g}")
+    if rank == 0:
+        for step in range(0, steps, max(1, steps // 5)):
+            log.info("step %3d  loss %.6f  (single process %.6f)", step, losses[step], reference[step])
+        log.info("dp=%d x gp=%d: every step's loss equals the single-process run's (largest difference %.2g)", dp, gp, worst)
 
 
 def main() -> None:
@@ -96,8 +95,7 @@ def main() -> None:
     if GRAPHS % args.dp:
         raise SystemExit(f"--dp must divide the {GRAPHS} graphs")
     world_size = args.dp * args.gp
-    with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(run_rank, args=(world_size, f"file://{tmp}/rendezvous", args.dp, args.gp, args.steps), nprocs=world_size)
+    distcomm.spawn(run_rank, args.dp, args.gp, args.steps, world_size=world_size, timeout=60)
     print(f"trained on {world_size} Gloo ranks (dp={args.dp} x gp={args.gp}); losses match one process: OK")
 
 

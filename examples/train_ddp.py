@@ -20,11 +20,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import tempfile
 
 import torch
-import torch.multiprocessing as mp
 
+import distcomm
 from distcomm import Communicator, LocalCommunicator, TorchDistCommunicator
 
 log = logging.getLogger("train_ddp")
@@ -90,10 +89,10 @@ def train(comm: Communicator, steps: int, device: str = "cpu") -> list[float]:
     return weights.tolist()
 
 
-def run_rank(rank: int, world_size: int, rendezvous: str, steps: int, backend: str, device: str) -> None:
-    logging.basicConfig(level=logging.INFO, format=f"[rank {rank}] %(message)s")
-    with TorchDistCommunicator.init(backend, rank=rank, world_size=world_size, init_method=rendezvous, timeout=60, local_rank=rank) as comm:
-        train(comm, steps, device)
+def train_on_rank(comm: Communicator, steps: int, device: str) -> list[float]:
+    """One rank of a local run (``distcomm.spawn`` gives it its communicator)."""
+    logging.basicConfig(level=logging.INFO, format=f"[rank {comm.rank}] %(message)s")
+    return train(comm, steps, device)
 
 
 def main() -> None:
@@ -115,9 +114,7 @@ def main() -> None:
         train(LocalCommunicator(), args.steps, device)
     else:
         backend, device = choose(args.backend, args.device, args.world_size, gpus)
-        with tempfile.TemporaryDirectory() as tmp:
-            rendezvous = f"file://{tmp}/rendezvous"
-            mp.spawn(run_rank, args=(args.world_size, rendezvous, args.steps, backend, device), nprocs=args.world_size)
+        distcomm.spawn(train_on_rank, args.steps, device, world_size=args.world_size, backend=backend, timeout=60)
         print(f"trained on {args.world_size} {'NCCL' if backend == 'nccl' else 'Gloo'} ranks: OK")
 
 

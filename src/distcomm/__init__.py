@@ -22,6 +22,9 @@ from distcomm.errors import (
     InconsistentInputError,
     InvalidArgumentError,
     ObjectDecodeError,
+    RankDiedError,
+    RankFailure,
+    RankTimeoutError,
     TraceError,
     UnsafeObjectError,
 )
@@ -30,6 +33,7 @@ from distcomm.instrument.flight_recorder import FlightRecorder
 from distcomm.instrument.hooks import Call, Hook, HookHandle
 from distcomm.launch.active import get_communicator, set_communicator, use_communicator
 from distcomm.launch.launcher import LaunchPlan, cleanup, plan_launch, setup
+from distcomm.launch.local_world import LocalWorld, spawn
 from distcomm.local import LocalCommunicator
 from distcomm.resilience import Resilient
 from distcomm.torch_dist import TorchDistCommunicator
@@ -67,8 +71,12 @@ __all__ = [
     "InconsistentInputError",
     "InvalidArgumentError",
     "LaunchPlan",
+    "LocalWorld",
     "LocalCommunicator",
     "ObjectDecodeError",
+    "RankDiedError",
+    "RankFailure",
+    "RankTimeoutError",
     "ReduceOp",
     "TraceError",
     "Resilient",
@@ -88,6 +96,7 @@ __all__ = [
     "register_safe_class",
     "set_communicator",
     "setup",
+    "spawn",
     "split_between_ranks",
     "use_communicator",
 ]

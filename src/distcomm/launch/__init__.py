@@ -14,8 +14,11 @@ from distcomm.launch.launcher import (
     setup_env_local,
     slurm_hostnames,
 )
+from distcomm.launch.local_world import LocalWorld, spawn
 
 __all__ = [
+    "LocalWorld",
+    "spawn",
     "LaunchPlan",
     "cleanup",
     "detect_launcher",
