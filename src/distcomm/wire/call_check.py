@@ -23,7 +23,7 @@ own body is parsed by its module (:mod:`~distcomm.wire.layout_agreement`, :mod:`
 :mod:`~distcomm.wire.gather`), with the same rule.
 
 Collectives that move a lone tensor as it is (the hot paths) take no opening step; the
-README's "When ranks call different collectives" says which pairs torch cannot tell
+docs/semantics.md ("When ranks call different collectives") says which pairs torch cannot tell
 apart there, and :class:`~distcomm.CheckedCommunicator` catches them.
 """
 
@@ -175,7 +175,7 @@ def read_prefixes(table: np.ndarray, operation: str, step: str, size: int, rows:
         raise WireFormatError(
             f"{operation}: rank(s) {', '.join(map(str, strangers))} sent bytes that are not a distcomm call header: "
             "they are in a collective that sends a lone tensor as it is, in a raw torch.distributed call, or "
-            "run another version of distcomm (see 'When ranks call different collectives' in the README)"
+            "run another version of distcomm (see 'When ranks call different collectives' in docs/semantics.md)"
         )
     tags = [bytes(row[len(MAGIC) : len(MAGIC) + TAG_BYTES]) for row in table]
     if any(tag != mine for tag in tags):
