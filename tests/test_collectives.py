@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-from transports import BackendCommunicator
+from support.transports import BackendCommunicator
 
 import distcomm
 from distcomm import (

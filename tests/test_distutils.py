@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import api_spec
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
+from support import api_spec
 
 import distcomm
 from distcomm import ConfigurationError, DistCommError, InvalidArgumentError, distutils

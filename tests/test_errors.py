@@ -2,7 +2,7 @@ import pickle
 
 import pytest
 import torch
-from transports import BackendCommunicator
+from support.transports import BackendCommunicator
 
 from distcomm import (
     CollectiveError,

@@ -13,6 +13,8 @@ from distcomm import CollectiveError
 from distcomm.testing import RankDiedError, World
 from distcomm.testing.soak import soak
 
+pytestmark = pytest.mark.integration  # real jobs or subprocesses: left out of the fast loop
+
 TIMEOUT = 2.0
 
 OPERATIONS = {

@@ -10,6 +10,8 @@ import torch
 
 from distcomm.testing import World
 
+pytestmark = pytest.mark.integration  # real jobs or subprocesses: left out of the fast loop
+
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 needs_two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs (NCCL puts one rank on each)")
 

@@ -11,6 +11,8 @@ import torch
 from distcomm import InvalidArgumentError, LocalCommunicator, Resilient
 from distcomm.testing import RankDiedError, World
 
+pytestmark = pytest.mark.integration  # real jobs or subprocesses: left out of the fast loop
+
 
 def count_to_five(comm):
     state = {"total": torch.zeros(()), "step": torch.zeros((), dtype=torch.int64)}

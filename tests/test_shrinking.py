@@ -15,6 +15,8 @@ from distcomm import ClosedCommunicatorError, CollectiveError, ExcludedRankError
 from distcomm.testing import RankDiedError, World
 from distcomm.wire.survivors import arrive
 
+pytestmark = pytest.mark.integration  # real jobs or subprocesses: left out of the fast loop
+
 TIMEOUT = 2.0
 
 

@@ -1,6 +1,6 @@
 """Command line: ``python -m distcomm info``, ``bench`` and ``trace``.
 
-Its commands are tested where they live: tests/test_info.py, tests/test_bench.py, tests/test_trace.py.
+Its commands are tested where they live: tests/cli/test_info.py, tests/cli/test_bench.py, tests/cli/test_trace.py.
 """
 
 from __future__ import annotations

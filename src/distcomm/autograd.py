@@ -18,7 +18,7 @@ concatenates every rank's part (backward: keep this rank's part of the gradient,
 ``sum_grad=True`` the sum over ranks of it), and :meth:`Differentiable.reduce_from_group`
 sums over the group with the gradient passed back as it is.
 
-Tested on 2 and 3 real ranks against single-process computations: tests/test_differentiable.py.
+Tested on 2 and 3 real ranks against single-process computations: tests/test_autograd.py.
 """
 
 from __future__ import annotations

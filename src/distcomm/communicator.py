@@ -21,7 +21,7 @@ every rank raises it at once; the lone-tensor paths (``all_reduce(tensor)``, the
 no opening, and there only :class:`~distcomm.CheckedCommunicator` sees such differences.
 
 Tested by every collective's tests: tests/test_collectives.py, tests/test_exchange_collectives.py,
-tests/test_point_to_point.py, tests/test_invariance.py, tests/test_agreement.py, tests/test_opening.py.
+tests/test_point_to_point.py, tests/test_invariance.py, tests/wire/test_layout_agreement.py, tests/wire/test_call_check.py.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 The base of :class:`~distcomm.CheckedCommunicator` and :class:`~distcomm.ProfiledCommunicator`;
 ``comm.with_hooks(...)`` makes such views too.
 
-Tested by tests/test_hooks.py and tests/debug/.
+Tested by tests/instrument/test_hooks.py and tests/debug/.
 """
 
 from __future__ import annotations

@@ -31,12 +31,16 @@ class CheckedCommunicator(CommunicatorView):
     def __init__(self, inner: Communicator, timeout: datetime.timedelta | float | None = None) -> None:
         if not isinstance(inner, Communicator):
             raise TypeError(f"CheckedCommunicator wraps a Communicator, got {type(inner).__name__}")
-        super().__init__(inner, CheckHook(inner, timeout))
+        existing = next((hook for hook in inner.hooks if isinstance(hook, CheckHook)), None)  # DISTCOMM_DEBUG=1 attached one
+        if existing is not None and timeout is None:
+            super().__init__(inner)  # check once, with the hook inner has
+        else:
+            super().__init__(inner, CheckHook(inner, timeout))
 
     @property
     def check(self) -> CheckHook:
-        """The hook that checks every call."""
-        return next(hook for hook in self._hook_chain.own if isinstance(hook, CheckHook))
+        """The hook that checks every call (its own, or the one ``inner`` had already)."""
+        return next(hook for hook in reversed(self.hooks) if isinstance(hook, CheckHook))
 
     @property
     def timeout(self) -> datetime.timedelta:

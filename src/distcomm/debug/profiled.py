@@ -22,12 +22,13 @@ class ProfiledCommunicator(CommunicatorView):
     def __init__(self, inner: Communicator, *, synchronize_cuda: bool = False) -> None:
         if not isinstance(inner, Communicator):
             raise TypeError(f"ProfiledCommunicator wraps a Communicator, got {type(inner).__name__}")
-        super().__init__(inner, ProfileHook(synchronize_cuda=synchronize_cuda))
+        timed = any(isinstance(hook, ProfileHook) for hook in inner.hooks)  # DISTCOMM_PROFILE=1 attached one: time once
+        super().__init__(inner, *(() if timed and not synchronize_cuda else (ProfileHook(synchronize_cuda=synchronize_cuda),)))
 
     @property
     def profile(self) -> ProfileHook:
-        """The hook that times every call."""
-        return next(hook for hook in self._hook_chain.own if isinstance(hook, ProfileHook))
+        """The hook that times every call (its own, or the one ``inner`` had already)."""
+        return next(hook for hook in reversed(self.hooks) if isinstance(hook, ProfileHook))
 
     @property
     def synchronize_cuda(self) -> bool:

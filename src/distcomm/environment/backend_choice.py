@@ -1,7 +1,7 @@
 """Which torch.distributed backends distcomm runs on, which this build of torch has, and the
 one to take when none is named.
 
-Tested by tests/test_backend_choice.py.
+Tested by tests/environment/test_backend_choice.py.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ dimension. Sizes along the split dimension may differ per rank: every part's siz
 exchanged, never assumed. On a world of one every group has one rank and every function is
 the identity with the identity's gradient.
 
-Tested by tests/test_gp_utils.py.
+Tested by tests/fairchem/test_gp_utils.py.
 """
 
 from __future__ import annotations

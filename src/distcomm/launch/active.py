@@ -25,8 +25,8 @@ from collections.abc import Iterator
 import torch.distributed as dist
 
 from distcomm.communicator import Communicator
-from distcomm.debug.checked import CheckedCommunicator, CheckHook
-from distcomm.debug.profiled import ProfiledCommunicator, ProfileHook
+from distcomm.debug.checked import CheckedCommunicator
+from distcomm.debug.profiled import ProfiledCommunicator
 from distcomm.environment.job import environment_flag
 from distcomm.errors import InvalidArgumentError
 from distcomm.local import LocalCommunicator
@@ -77,10 +77,8 @@ def _follow_default_group(default_group: object) -> Communicator:
         return _follower
 
 
-def _wrapped_by(comm: Communicator, kind: type, hook: type) -> bool:
-    """Whether ``comm`` is (a view of) a ``kind`` already, or has a ``hook`` of its own from the switches."""
-    if any(isinstance(h, hook) for h in comm.hooks):
-        return True
+def _wrapped_by(comm: Communicator, kind: type) -> bool:
+    """Whether ``comm`` is a ``kind`` view already, or a view of one."""
     inner: Communicator | None = comm
     while inner is not None:
         if isinstance(inner, kind):
@@ -94,9 +92,9 @@ def instrument(comm: Communicator) -> Communicator:
     collective (:class:`CheckedCommunicator`), ``DISTCOMM_PROFILE=1`` times it
     (:class:`ProfiledCommunicator`, whose timings exclude the checks). ``comm`` itself
     when neither is set, or it already has them."""
-    if environment_flag("DISTCOMM_DEBUG") and not _wrapped_by(comm, CheckedCommunicator, CheckHook):
+    if environment_flag("DISTCOMM_DEBUG") and not _wrapped_by(comm, CheckedCommunicator):
         comm = CheckedCommunicator(comm)
-    if environment_flag("DISTCOMM_PROFILE") and not _wrapped_by(comm, ProfiledCommunicator, ProfileHook):
+    if environment_flag("DISTCOMM_PROFILE") and not _wrapped_by(comm, ProfiledCommunicator):
         comm = ProfiledCommunicator(comm)
     return comm
 

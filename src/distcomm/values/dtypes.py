@@ -3,7 +3,7 @@
 On the wire a dtype is its index in :data:`DTYPES` (new ones go at the end, so old codes
 keep their meaning); Python ints outside int64 take exact paths.
 
-Tested by tests/test_dtypes.py.
+Tested by tests/values/test_dtypes.py.
 """
 
 from __future__ import annotations

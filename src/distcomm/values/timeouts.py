@@ -1,6 +1,6 @@
 """How long a collective may take: the default, and timeouts given as seconds or timedeltas.
 
-Tested by tests/test_timeouts.py.
+Tested by tests/values/test_timeouts.py.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Ranks first agree on which tensors take part (key path, dtype, shape), so a rank
 passes a tensor where ``src`` does not, or another shape, raises on every rank instead
 of reading bytes meant as something else.
 
-Tested with the communicator's broadcasts: tests/test_collectives.py, tests/test_agreement.py, tests/test_opening.py.
+Tested with the communicator's broadcasts: tests/test_collectives.py, tests/wire/test_layout_agreement.py, tests/wire/test_call_check.py.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ So two survivors can never hold different memberships of one generation (no spli
 A store that cannot be reached (its host was the rank that died, as rank 0 of an
 ``env://`` job without torchrun) is a :class:`~distcomm.CollectiveError` naming that cause.
 
-Tested in-process over a real torch store and with real ranks: tests/test_survivors.py,
+Tested in-process over a real torch store and with real ranks: tests/wire/test_survivors.py,
 tests/test_shrinking.py.
 """
 

@@ -7,7 +7,7 @@ import os
 
 import pytest
 import torch
-from transports import BackendCommunicator
+from support.transports import BackendCommunicator
 
 import distcomm
 from distcomm import (

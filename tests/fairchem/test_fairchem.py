@@ -8,9 +8,9 @@ import subprocess
 import sys
 import textwrap
 
-import api_spec
 import pytest
 import torch
+from support import api_spec
 
 from distcomm import ConfigurationError, distutils, fairchem
 

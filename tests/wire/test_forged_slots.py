@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from wire import forged_slot
+from support.forged_slots import forged_slot
 
 from distcomm import InconsistentInputError, RestrictedCodec
 from distcomm.errors import DistCommError, ObjectDecodeError, WireFormatError

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from transports import BackendCommunicator
+from support.transports import BackendCommunicator
 
 from distcomm import LocalCommunicator
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 import torch
-from environment import active_with_flag
+from support.flags import active_with_flag
 
 from distcomm import LocalCommunicator, ProfiledCommunicator
 from distcomm.debug.profiled import algorithm_bytes, bus_factor

@@ -9,6 +9,8 @@ import torch
 from distcomm import InvalidArgumentError
 from distcomm.cli.bench import calls_for, format_size, parse_size
 
+pytestmark = pytest.mark.integration  # real jobs or subprocesses: left out of the fast loop
+
 
 @pytest.mark.parametrize(("text", "size"), [("4", 4), ("64K", 65536), ("1M", 2**20), ("1MiB", 2**20), ("2 gb", 2 * 2**30)])
 def test_sizes(text: str, size: int) -> None:

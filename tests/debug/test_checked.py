@@ -6,7 +6,7 @@ import time
 
 import pytest
 import torch
-from environment import active_with_flag
+from support.flags import active_with_flag
 from test_invariance import describe_all
 
 from distcomm import CheckedCommunicator, CollectiveError, CollectiveMismatchError, LocalCommunicator

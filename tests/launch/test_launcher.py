@@ -19,10 +19,12 @@ from pathlib import Path
 
 import pytest
 import torch.distributed as dist
-from launchers import base_environment, fake_scontrol, netns_supported, reports, start_rank, two_hosts
+from support.launchers import base_environment, fake_scontrol, netns_supported, reports, start_rank, two_hosts
 
 from distcomm import CollectiveError, ConfigurationError, TorchDistCommunicator, distutils, plan_launch
 from distcomm.launch.launcher import MissingEnvironmentError, detect_launcher, read_lsf_hostfile, slurm_hostnames
+
+pytestmark = pytest.mark.integration  # real jobs or subprocesses: left out of the fast loop
 
 NETNS = netns_supported()
 needs_netns = pytest.mark.skipif(not NETNS, reason="needs root and 'ip netns' to make private network namespaces")
@@ -151,7 +153,7 @@ def private_namespace():
     if not NETNS:
         yield None
         return
-    from launchers import namespace
+    from support.launchers import namespace
 
     with namespace() as name:
         yield name
@@ -196,7 +198,7 @@ def test_torchrun_job_of_three_ranks(tmp_path: Path) -> None:
     # --standalone: the agent's rendezvous binds port 0, so parallel tests cannot collide.
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "3",
-         str(Path(__file__).with_name("launch_rank.py")), config],
+         str(Path(__file__).parents[1] / "support" / "launch_rank.py"), config],
         env={**base_environment(), "REPORT_DIR": str(tmp_path)}, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr

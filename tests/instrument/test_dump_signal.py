@@ -12,6 +12,8 @@ import pytest
 from distcomm.instrument import flight_recorder
 from distcomm.instrument.dump_signal import parse_signal
 
+pytestmark = pytest.mark.integration  # real jobs or subprocesses: left out of the fast loop
+
 
 def test_signals_are_named_as_people_write_them() -> None:
     assert parse_signal("none") is None and parse_signal("") is None and parse_signal("0") is None

@@ -5,7 +5,10 @@ import re
 import subprocess
 import sys
 
-from launchers import base_environment
+import pytest
+from support.launchers import base_environment
+
+pytestmark = pytest.mark.integration  # real jobs or subprocesses: left out of the fast loop
 
 
 def info(extra: dict[str, str], *flags: str) -> subprocess.CompletedProcess[str]:

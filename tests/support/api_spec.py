@@ -11,7 +11,7 @@ from types import ModuleType
 import torch
 import torch.distributed as dist
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 
 
 def documented(name: str) -> tuple[list[str], dict[str, str]]:

@@ -9,7 +9,7 @@ import resource
 import numpy as np
 import pytest
 import torch
-from wire import forged_slot
+from support.forged_slots import forged_slot
 
 from distcomm import PickleCodec, RestrictedCodec, UnsafeObjectError
 from distcomm.wire.call_check import body_room

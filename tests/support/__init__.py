@@ -1,0 +1,1 @@
+"""Helpers the tests share: forged slots, environment flags, launcher environments, a third transport."""
