@@ -107,12 +107,11 @@ def wait_for_files(directory: Path, count: int, seconds: float) -> float:
 
 
 def test_a_rank_that_skips_a_collective_is_named(world, tmp_path) -> None:
-    started = time.monotonic()
     outcomes = world.run_outcomes(rank_1_skips, str(tmp_path))
     assert isinstance(outcomes[0].error, CollectiveError) and outcomes[1].ok
     names = sorted(p.name for p in tmp_path.glob("*.jsonl"))  # one run: one name, agreed by the ranks
     assert len(names) == 2 and names[0].startswith("run-") and names[1] == names[0].replace("rank0", "rank1")
-    assert time.monotonic() - started < TIMEOUT + 10
+    assert f"{int(TIMEOUT * 1000)}ms" in str(outcomes[0].error)  # it failed by its group's own timeout
     verdict = verdict_of(tmp_path)
     (group,) = verdict["groups"]
     stuck = group["unfinished"][0]
