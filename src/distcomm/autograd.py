@@ -34,8 +34,9 @@ from distcomm.values.conversion import check_rank, describe
 from distcomm.values.ops import ReduceOp, ReduceOpLike, parse_reduce_op
 
 
-class Communicator(Protocol):
-    """What the differentiable collectives use of a :class:`~distcomm.Communicator`."""
+class Collectives(Protocol):
+    """What the differentiable collectives call of a :class:`~distcomm.Communicator` (a protocol, so
+    that this module need not import the class that imports it)."""
 
     rank: int
     world_size: int
@@ -68,7 +69,7 @@ class Differentiable:
     :class:`~distcomm.InvalidArgumentError` on every rank.
     """
 
-    def __init__(self, comm: Communicator) -> None:
+    def __init__(self, comm: Collectives) -> None:
         self.comm = comm
 
     def _checked(self, operation: str, check: Callable[[], V]) -> V:
@@ -178,13 +179,13 @@ def _check_dim(tensor: torch.Tensor, dim: Any, operation: str) -> None:
         raise InvalidArgumentError(f"autograd.{operation}: cannot split or join a tensor of shape {list(tensor.shape)} along dim {dim!r}")
 
 
-def _rank(value: Any, name: str, comm: Communicator, operation: str) -> int:
+def _rank(value: Any, name: str, comm: Collectives, operation: str) -> int:
     return check_rank(value, name, f"autograd.{operation}", comm.world_size)
 
 
 class _AllReduce(Function):
     @staticmethod
-    def forward(ctx: Any, comm: Communicator, op: ReduceOp, tensor: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, comm: Collectives, op: ReduceOp, tensor: torch.Tensor) -> torch.Tensor:
         ctx.comm, ctx.op = comm, op
         # As a list of one: the agreed path, whose opening checks every rank's shape and dtype.
         reduced: torch.Tensor = comm.all_reduce([tensor.detach().clone()], op)[0]
@@ -197,7 +198,7 @@ class _AllReduce(Function):
 
 class _AllGather(Function):
     @staticmethod
-    def forward(ctx: Any, comm: Communicator, tensor: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(ctx: Any, comm: Collectives, tensor: torch.Tensor) -> tuple[torch.Tensor, ...]:
         ctx.comm = comm
         return tuple(comm.all_gather(tensor.detach()))
 
@@ -208,7 +209,7 @@ class _AllGather(Function):
 
 class _ReduceScatter(Function):
     @staticmethod
-    def forward(ctx: Any, comm: Communicator, op: ReduceOp, *chunks: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, comm: Collectives, op: ReduceOp, *chunks: torch.Tensor) -> torch.Tensor:
         ctx.comm, ctx.op = comm, op
         reduced: torch.Tensor = comm.reduce_scatter([c.detach() for c in chunks], op)
         return reduced
@@ -223,7 +224,7 @@ class _ReduceScatter(Function):
 
 class _AllToAll(Function):
     @staticmethod
-    def forward(ctx: Any, comm: Communicator, *chunks: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(ctx: Any, comm: Collectives, *chunks: torch.Tensor) -> tuple[torch.Tensor, ...]:
         ctx.comm = comm
         return tuple(comm.all_to_all([c.detach() for c in chunks]))
 
@@ -234,7 +235,7 @@ class _AllToAll(Function):
 
 class _Broadcast(Function):
     @staticmethod
-    def forward(ctx: Any, comm: Communicator, src: int, tensor: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, comm: Collectives, src: int, tensor: torch.Tensor) -> torch.Tensor:
         ctx.comm, ctx.src = comm, src
         received: torch.Tensor = comm.broadcast(tensor.detach().clone(), src)
         return received
@@ -246,7 +247,7 @@ class _Broadcast(Function):
 
 class _Reduce(Function):
     @staticmethod
-    def forward(ctx: Any, comm: Communicator, dst: int, tensor: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, comm: Collectives, dst: int, tensor: torch.Tensor) -> torch.Tensor:
         ctx.comm, ctx.dst = comm, dst
         summed = comm.reduce(tensor.detach().clone(), dst=dst)
         return summed if summed is not None else torch.zeros_like(tensor)
@@ -258,7 +259,7 @@ class _Reduce(Function):
 
 class _ReduceFromGroup(Function):
     @staticmethod
-    def forward(ctx: Any, comm: Communicator, tensor: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, comm: Collectives, tensor: torch.Tensor) -> torch.Tensor:
         reduced: torch.Tensor = comm.all_reduce([tensor.detach().clone()], "sum")[0]
         return reduced
 
@@ -280,7 +281,7 @@ class _ScaleBackward(Function):
 
 class _ScatterToGroup(Function):
     @staticmethod
-    def forward(ctx: Any, comm: Communicator, dim: int, tensor: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, comm: Collectives, dim: int, tensor: torch.Tensor) -> torch.Tensor:
         ctx.comm, ctx.dim = comm, dim
         return torch.tensor_split(tensor.detach(), comm.world_size, dim)[comm.rank].contiguous()
 
@@ -291,7 +292,7 @@ class _ScatterToGroup(Function):
 
 class _GatherFromGroup(Function):
     @staticmethod
-    def forward(ctx: Any, comm: Communicator, dim: int, sum_grad: bool, tensor: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, comm: Collectives, dim: int, sum_grad: bool, tensor: torch.Tensor) -> torch.Tensor:
         ctx.comm, ctx.dim, ctx.sum_grad = comm, dim, sum_grad
         parts = comm.all_gather(tensor.detach())
         ctx.sizes = [p.shape[dim] for p in parts]

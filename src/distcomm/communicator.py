@@ -20,8 +20,8 @@ every rank raises it at once; the lone-tensor paths (``all_reduce(tensor)``, the
 ``all_gather(..., same_shape=True)``, ``reduce_scatter`` of a tensor that splits evenly) send
 no opening, and there only :class:`~distcomm.CheckedCommunicator` sees such differences.
 
-Tested by every collective's tests: tests/test_collectives.py, tests/test_exchange_collectives.py,
-tests/test_point_to_point.py, tests/test_invariance.py, tests/wire/test_layout_agreement.py, tests/wire/test_call_check.py.
+Tested by every collective's tests: tests/test_communicator.py, tests/test_exchange_collectives.py,
+tests/wire/test_point_to_point.py, tests/test_invariance.py, tests/wire/test_layout_agreement.py, tests/wire/test_call_check.py.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Small patterns every trainer needs, over any communicator (the active one by default).
 
-Tested in tests/test_collectives.py, beside the collectives they are built on.
+Tested in tests/test_communicator.py, beside the collectives they are built on.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ data, objects or reduction rules. Those are given their meaning once, for every
 backend, by :class:`~distcomm.Communicator`. Adding a transport (another library, a
 simulated world) means writing these few methods.
 
-Tested through every collective over both backends (tests/test_collectives.py) and a third transport (tests/support/transports.py, tests/instrument/test_hooks.py).
+Tested through every collective over both backends (tests/test_communicator.py) and a third transport (tests/support/transports.py, tests/instrument/test_hooks.py).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """``TorchDistBackend``: the tensor primitives over a torch.distributed process group (Gloo,
 NCCL or MPI), which :class:`~distcomm.TorchDistCommunicator` gives its meaning.
 
-Tested through every collective on real Gloo ranks (tests/test_collectives.py,
+Tested through every collective on real Gloo ranks (tests/test_communicator.py,
 tests/test_torch_dist.py, tests/test_exchange_collectives.py).
 """
 
@@ -111,14 +111,14 @@ class TorchDistBackend(Backend):
 
     def broadcast(self, tensor: torch.Tensor, src: int) -> None:
         raw = self._as_bytes(tensor)
-        carrier = tensor if raw is None else raw
-        call_torch("broadcast", self.rank, dist.broadcast, carrier, self._global_ranks[src], group=self._group)
+        buffer = tensor if raw is None else raw
+        call_torch("broadcast", self.rank, dist.broadcast, buffer, self._global_ranks[src], group=self._group)
 
     def all_reduce(self, tensor: torch.Tensor, op: ReduceOp) -> None:
         if self._gloo and tensor.dtype in _GLOO_WIDER:
-            carrier = tensor.to(_GLOO_WIDER[tensor.dtype])
-            call_torch("all_reduce", self.rank, dist.all_reduce, carrier, TO_TORCH[op], group=self._group)
-            tensor.copy_(carrier)
+            buffer = tensor.to(_GLOO_WIDER[tensor.dtype])
+            call_torch("all_reduce", self.rank, dist.all_reduce, buffer, TO_TORCH[op], group=self._group)
+            tensor.copy_(buffer)
             return
         try:  # call_torch's work, written out on the hottest path of all to save a call
             dist.all_reduce(tensor, TO_TORCH[op], self._group)
@@ -131,11 +131,11 @@ class TorchDistBackend(Backend):
         send = (tensor if raw is None else raw).reshape(-1)
         if out is not None:
             return send, out.view(-1) if raw is None else out.view(-1).view(torch.uint8), out
-        landing = torch.empty(self.world_size * send.numel(), dtype=send.dtype, device=send.device)
-        view = landing.view(self.world_size, -1)
+        received = torch.empty(self.world_size * send.numel(), dtype=send.dtype, device=send.device)
+        view = received.view(self.world_size, -1)
         if raw is not None:
             view = view.view(tensor.dtype)
-        return send, landing, view.reshape(self.world_size, *tensor.shape)
+        return send, received, view.reshape(self.world_size, *tensor.shape)
 
     def all_gather(self, tensor: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         send, out, result = self._gather_buffers(tensor, out)
@@ -157,9 +157,9 @@ class TorchDistBackend(Backend):
 
     def broadcast_async(self, tensor: torch.Tensor, src: int) -> Handle:
         raw = self._as_bytes(tensor)
-        carrier = tensor if raw is None else raw
+        buffer = tensor if raw is None else raw
         work = call_torch(
-            "broadcast", self.rank, dist.broadcast, carrier, self._global_ranks[src], group=self._group, async_op=True
+            "broadcast", self.rank, dist.broadcast, buffer, self._global_ranks[src], group=self._group, async_op=True
         )
         return WorkHandle(work, tensor, "broadcast", self.rank)
 
@@ -170,9 +170,9 @@ class TorchDistBackend(Backend):
 
     def reduce_scatter(self, output: torch.Tensor, tensor: torch.Tensor, op: ReduceOp) -> None:
         if self._gloo and tensor.dtype in _GLOO_WIDER:
-            landing = output.to(_GLOO_WIDER[tensor.dtype])
-            call_torch("reduce_scatter", self.rank, _reduce_scatter_tensor, landing, tensor.to(landing.dtype), TO_TORCH[op], group=self._group)
-            output.copy_(landing)
+            received = output.to(_GLOO_WIDER[tensor.dtype])
+            call_torch("reduce_scatter", self.rank, _reduce_scatter_tensor, received, tensor.to(received.dtype), TO_TORCH[op], group=self._group)
+            output.copy_(received)
             return
         call_torch("reduce_scatter", self.rank, _reduce_scatter_tensor, output, tensor, TO_TORCH[op], group=self._group)
 

@@ -162,15 +162,15 @@ def _exchange_runners(comm: Communicator, operation: str, tensor: torch.Tensor, 
             "distcomm": lambda: comm.all_to_all(chunks),
         }
     if operation == "send_recv":
-        landing = torch.empty_like(tensor)
+        received = torch.empty_like(tensor)
 
         def ping_pong() -> None:
             if rank == 0:
                 dist.send(tensor, dist.get_global_rank(group, 1) if group is not None else 1, group=group)
-                dist.recv(landing, dist.get_global_rank(group, 1) if group is not None else 1, group=group)
+                dist.recv(received, dist.get_global_rank(group, 1) if group is not None else 1, group=group)
             elif rank == 1:
-                dist.recv(landing, dist.get_global_rank(group, 0) if group is not None else 0, group=group)
-                dist.send(landing, dist.get_global_rank(group, 0) if group is not None else 0, group=group)
+                dist.recv(received, dist.get_global_rank(group, 0) if group is not None else 0, group=group)
+                dist.send(received, dist.get_global_rank(group, 0) if group is not None else 0, group=group)
 
         def ours() -> None:
             if rank == 0:

@@ -7,7 +7,7 @@ whole torch.distributed world the groups are those of a torch ``DeviceMesh``
 (:attr:`Mesh.device_mesh`, for DTensor and FSDP2); over a subgroup they are made by
 splitting; over a world of one every dimension has size one.
 
-Tested by tests/test_mesh.py.
+Tested by tests/values/test_mesh.py.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Ranks first agree on which tensors take part (key path, dtype, shape), so a rank
 passes a tensor where ``src`` does not, or another shape, raises on every rank instead
 of reading bytes meant as something else.
 
-Tested with the communicator's broadcasts: tests/test_collectives.py, tests/wire/test_layout_agreement.py, tests/wire/test_call_check.py.
+Tested with the communicator's broadcasts: tests/test_communicator.py, tests/wire/test_layout_agreement.py, tests/wire/test_call_check.py.
 """
 
 from __future__ import annotations
@@ -54,11 +54,11 @@ def broadcast_data(context: WireContext, data: Any, src: int) -> Any:
 
 def fill_from(context: WireContext, tensor: torch.Tensor, src: int) -> None:
     """Fill ``tensor`` in place with ``src``'s, through a copy when the backend cannot take it as it is."""
-    carrier = context.transport(tensor, "broadcast")
-    context.backend.broadcast(carrier, src)
-    if carrier is not tensor:
+    buffer = context.transport(tensor, "broadcast")
+    context.backend.broadcast(buffer, src)
+    if buffer is not tensor:
         with torch.no_grad():
-            tensor.copy_(carrier)
+            tensor.copy_(buffer)
 
 
 def start_broadcast(context: WireContext, tensor: torch.Tensor, src: int) -> Handle:

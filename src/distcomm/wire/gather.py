@@ -71,38 +71,38 @@ def gather_data(context: WireContext, data: Any, operation: str) -> list[Any]:
 def gather_same_shape(context: WireContext, tensor: Any, operation: str, out: torch.Tensor | None = None) -> list[torch.Tensor]:
     """Every rank's ``tensor``, promised to have one shape and dtype everywhere: one collective,
     into ``out`` when given (then the entries are views of it)."""
-    carrier = _same_shape_carrier(context, tensor, operation, out)
+    buffer = _same_shape_buffer(context, tensor, operation, out)
     if context.world_size == 1:  # the only rank's tensor: a copy, with no collective to wait for
-        return [carrier.clone() if out is None else out[0].copy_(carrier)]
-    gathered = context.backend.all_gather(carrier, out)
-    return list((gathered if carrier is tensor else gathered.to(tensor.device)).unbind(0))
+        return [buffer.clone() if out is None else out[0].copy_(buffer)]
+    gathered = context.backend.all_gather(buffer, out)
+    return list((gathered if buffer is tensor else gathered.to(tensor.device)).unbind(0))
 
 
 def gather_same_shape_async(context: WireContext, tensor: torch.Tensor, out: torch.Tensor | None = None) -> Handle:
     """:func:`gather_same_shape` in the background."""
-    carrier = _same_shape_carrier(context, tensor, "all_gather_async", out)
-    home = tensor.device
-    return ThenHandle(context.backend.all_gather_async(carrier, out), lambda gathered: list(gathered.to(home).unbind(0)))
+    buffer = _same_shape_buffer(context, tensor, "all_gather_async", out)
+    device_of_input = tensor.device
+    return ThenHandle(context.backend.all_gather_async(buffer, out), lambda gathered: list(gathered.to(device_of_input).unbind(0)))
 
 
-def _same_shape_carrier(context: WireContext, tensor: Any, operation: str, out: torch.Tensor | None) -> torch.Tensor:
+def _same_shape_buffer(context: WireContext, tensor: Any, operation: str, out: torch.Tensor | None) -> torch.Tensor:
     if not isinstance(tensor, torch.Tensor):
         raise InvalidArgumentError(f"{operation}(same_shape=True) takes a tensor, got {describe(tensor)}")
     if tensor.dtype not in DTYPE_CODES:
         raise InvalidArgumentError(f"{operation} does not support dtype {tensor.dtype}; convert the tensor first")
-    carrier = context.sendable(tensor, operation)  # detached: the result never joins the autograd graph
+    buffer = context.sendable(tensor, operation)  # detached: the result never joins the autograd graph
     if out is not None:
         wanted = (context.world_size, *tensor.shape)
         if (
             not isinstance(out, torch.Tensor) or tuple(out.shape) != wanted or out.dtype != tensor.dtype
-            or out.device != carrier.device or not out.is_contiguous() or carrier.device != tensor.device
+            or out.device != buffer.device or not out.is_contiguous() or buffer.device != tensor.device
         ):  # fmt: skip
             raise InvalidArgumentError(
                 f"{operation}: out must be a contiguous {dtype_name(tensor.dtype)}{list(wanted)} "
                 f"tensor on {tensor.device} (world size first, then the input's shape), for an input the backend "
                 f"takes where it is; got {describe(out)}"
             )
-    return carrier
+    return buffer
 
 
 def gather_tensor(context: WireContext, tensor: torch.Tensor, *, asynchronous: bool, operation: str = "all_gather") -> Handle:
@@ -111,20 +111,20 @@ def gather_tensor(context: WireContext, tensor: torch.Tensor, *, asynchronous: b
     The handle's result is a list of new tensors on ``tensor``'s device."""
     backend = context.backend
     try:
-        carrier = context.sendable(tensor, operation)  # a gather is not differentiable: never the graph
+        buffer = context.sendable(tensor, operation)  # a gather is not differentiable: never the graph
     except InvalidArgumentError as error:  # a meta tensor: every rank raises it
         refuse(context, operation, str(error))
-    inline, shapes = gather_headers(context, carrier, operation)
-    home = tensor.device
+    inline, shapes = gather_headers(context, buffer, operation)
+    device_of_input = tensor.device
     if inline is not None:
-        return CompletedHandle([t.to(home) for t in inline])
+        return CompletedHandle([t.to(device_of_input) for t in inline])
     if all(s == shapes[0] for s in shapes):
         if asynchronous:
-            return ThenHandle(backend.all_gather_async(carrier), lambda out: [row.to(home) for row in out.unbind(0)])
-        gathered = list(backend.all_gather(carrier).unbind(0))
+            return ThenHandle(backend.all_gather_async(buffer), lambda out: [row.to(device_of_input) for row in out.unbind(0)])
+        gathered = list(backend.all_gather(buffer).unbind(0))
     else:
-        gathered = backend.all_gather_uneven(carrier, shapes)
-    return CompletedHandle(gathered if carrier is tensor else [g.to(home) for g in gathered])
+        gathered = backend.all_gather_uneven(buffer, shapes)
+    return CompletedHandle(gathered if buffer is tensor else [g.to(device_of_input) for g in gathered])
 
 
 def gather_headers(context: WireContext, tensor: torch.Tensor, operation: str = "all_gather") -> tuple[list[torch.Tensor] | None, list[torch.Size]]:

@@ -7,7 +7,7 @@ send its object (unpicklable, too large, a bad argument) sends the reason instea
 the length negated, so every rank raises the same error instead of some of them
 waiting forever.
 
-Tested with the object collectives: tests/test_collectives.py, tests/wire/test_codec.py, tests/wire/test_forged_slots.py.
+Tested with the object collectives: tests/test_communicator.py, tests/wire/test_codec.py, tests/wire/test_forged_slots.py.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ never data. Since a larger payload follows
 its first message from the same peer, receives from one peer are read in the order they
 were started (:class:`Receive`), however their handles are waited on.
 
-Tested through send and recv: tests/test_point_to_point.py.
+Tested through send and recv: tests/wire/test_point_to_point.py.
 """
 
 from __future__ import annotations

@@ -59,13 +59,13 @@ def reduce_tensor(context: WireContext, tensor: torch.Tensor, op: ReduceOp) -> t
     if plan.mean_dtype is None and is_plain(tensor) and context.accepts(tensor.device):
         backend.all_reduce(tensor, plan.op)
         return tensor
-    carrier = context.transport(tensor, "all_reduce")
-    backend.all_reduce(carrier, plan.op)
+    buffer = context.transport(tensor, "all_reduce")
+    backend.all_reduce(buffer, plan.op)
     with torch.no_grad():  # in place even on a tensor that requires grad, as torch's collectives are
         if plan.mean_dtype is not None:
-            carrier.div_(context.world_size)
-        if carrier is not tensor:
-            tensor.copy_(carrier)
+            buffer.div_(context.world_size)
+        if buffer is not tensor:
+            tensor.copy_(buffer)
     return tensor
 
 
