@@ -99,25 +99,31 @@ def through_torch(case: str, group, x: torch.Tensor, n: int) -> list[torch.Tenso
     return [functional.broadcast(x, 1, group=group)]
 
 
-def gradients_both_ways(comm, case: str) -> tuple[torch.Tensor, torch.Tensor]:
+def derivatives_both_ways(comm, case: str, order: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rank ``comm.rank``'s first (of the linear loss) or second (of the cubic loss) derivative,
+    through distcomm and through torch.distributed.nn.functional."""
     import warnings
 
-    grads = []
+    results = []
     for use_torch in (False, True):
         x = data(comm.rank, 2 * comm.world_size).requires_grad_()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch 2.13 deprecates these functions
             outputs = through_torch(case, comm.group, x, comm.world_size) if use_torch else distributed(case, comm, x)
-            loss(outputs, comm.rank).backward()
-        grads.append(x.grad)
-    return grads[0], grads[1]
+            if order == 1:
+                loss(outputs, comm.rank).backward()
+                results.append(x.grad)
+            else:
+                (grad,) = torch.autograd.grad(cubic_loss(outputs, comm.rank), x, create_graph=True)
+                results.append(torch.autograd.grad((grad * direction(comm.rank, grad)).sum(), x)[0])
+    return results[0], results[1]
 
 
 @pytest.mark.parametrize("n", [2, 3])
 def test_gradients_equal_torchs_differentiable_collectives(dist_world, n: int) -> None:
     world = dist_world(n)
     for case in TORCH_CASES:
-        for r, (ours, torchs) in enumerate(world.run(gradients_both_ways, case)):
+        for r, (ours, torchs) in enumerate(world.run(derivatives_both_ways, case)):
             torch.testing.assert_close(ours, torchs, msg=lambda m, case=case, r=r: f"{case}, rank {r}: {m}")
 
 
@@ -199,25 +205,10 @@ def test_second_derivatives_equal_a_single_process_computation(dist_world, n: in
             torch.testing.assert_close(second, expected_second, msg=lambda m, case=case, r=r: f"{case}, rank {r}: {m}")
 
 
-def second_derivatives_both_ways(comm, case: str) -> tuple[torch.Tensor, torch.Tensor]:
-    import warnings
-
-    seconds = []
-    for use_torch in (False, True):
-        x = data(comm.rank, 2 * comm.world_size).requires_grad_()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # torch 2.13 deprecates these functions
-            outputs = through_torch(case, comm.group, x, comm.world_size) if use_torch else distributed(case, comm, x)
-            (grad,) = torch.autograd.grad(cubic_loss(outputs, comm.rank), x, create_graph=True)
-            (second,) = torch.autograd.grad((grad * direction(comm.rank, grad)).sum(), x)
-        seconds.append(second)
-    return seconds[0], seconds[1]
-
-
 def test_second_derivatives_equal_torchs_differentiable_collectives(dist_world) -> None:
     world = dist_world(2)
     for case in TORCH_CASES:
-        for r, (ours, torchs) in enumerate(world.run(second_derivatives_both_ways, case)):
+        for r, (ours, torchs) in enumerate(world.run(derivatives_both_ways, case, 2)):
             torch.testing.assert_close(ours, torchs, msg=lambda m, case=case, r=r: f"{case}, rank {r}: {m}")
 
 
