@@ -220,6 +220,7 @@ def split_timeouts(comm):
     return timeouts, failure
 
 
+@pytest.mark.integration  # a world of its own
 def test_a_split_inherits_its_parents_timeout_unless_given_one() -> None:
     with World(3, timeout=3.0, call_timeout=30) as world:
         (timeouts, failure), (others, _), (outside, _) = world.run(split_timeouts)

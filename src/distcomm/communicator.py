@@ -48,7 +48,8 @@ from distcomm.values.conversion import check_rank, describe
 from distcomm.values.mesh import Mesh, coordinates, parse_mesh
 from distcomm.values.ops import ReduceOp, ReduceOpLike, parse_reduce_op
 from distcomm.values.timeouts import as_timeout
-from distcomm.wire import all_to_all, broadcast, gather, objects, point_to_point, reduce, reduce_scatter, survivors
+from distcomm.wire import all_to_all, broadcast, gather, point_to_point, reduce, reduce_scatter, survivors
+from distcomm.wire import objects as object_wire
 from distcomm.wire.call_check import check_call, refuse
 from distcomm.wire.codec import ObjectCodec
 from distcomm.wire.context import SharedState, WireContext
@@ -66,7 +67,7 @@ FALLBACK_TIMEOUT = datetime.timedelta(minutes=5)
 """The bound on making the survivors' group where the communicator's own timeout is not known."""
 
 __all__ = ["OBJECT_SLOT_BYTES", "Communicator", "Handle"]
-OBJECT_SLOT_BYTES = objects.OBJECT_SLOT_BYTES
+OBJECT_SLOT_BYTES = object_wire.OBJECT_SLOT_BYTES
 
 
 def _dims(call: Call) -> str:
@@ -490,12 +491,12 @@ class Communicator(abc.ABC):
         Small payloads (under about 4 KB) take one collective; larger ones two. An
         object that cannot be pickled on one rank raises on every rank.
         """
-        return objects.all_gather_objects(self._context, obj, "all_gather_object", device)
+        return object_wire.all_gather_objects(self._context, obj, "all_gather_object", device)
 
     @collective(None, local=("device",))
     def gather_object(self, obj: T, dst: int = 0, *, device: DeviceLike = None) -> list[T] | None:
         """Every rank's picklable ``obj`` as a list on rank ``dst``; ``None`` on the others."""
-        return objects.gather_object(self._context, obj, self._root(dst, "dst", "gather_object"), device)
+        return object_wire.gather_object(self._context, obj, self._root(dst, "dst", "gather_object"), device)
 
     @collective(None, local=("device",))
     def broadcast_object(self, obj: T, src: int = 0, *, device: DeviceLike = None) -> T:
@@ -504,7 +505,7 @@ class Communicator(abc.ABC):
         An object that cannot be pickled on ``src`` raises on every rank.
         """
         src = self._root(src, "src", "broadcast_object")
-        return cast(T, objects.broadcast_object(self._context, obj, src, "broadcast_object", device))
+        return cast(T, object_wire.broadcast_object(self._context, obj, src, "broadcast_object", device))
 
     @collective(None, local=("device",))
     def broadcast_object_list(self, object_list: list[Any], src: int = 0, *, device: DeviceLike = None) -> None:
@@ -517,15 +518,15 @@ class Communicator(abc.ABC):
             self._refuse("broadcast_object_list", InvalidArgumentError(
                 f"broadcast_object_list needs a list to fill in place, got {describe(object_list)}"
             ))  # fmt: skip
-        objects.broadcast_object_list(self._context, object_list, src, device)
+        object_wire.broadcast_object_list(self._context, object_list, src, device)
 
     @collective(None)
-    def scatter_object(self, items: Sequence[T] | None, src: int = 0) -> T:
-        """Give rank ``i`` the item ``items[i]`` of ``src``'s sequence (others pass ``None``).
+    def scatter_object(self, objects: Sequence[T] | None, src: int = 0) -> T:
+        """Give rank ``i`` the item ``objects[i]`` of ``src``'s sequence (others pass ``None``).
 
         A ``src`` sequence of the wrong length fails on every rank, not only on ``src``.
         """
-        return cast(T, objects.scatter_object(self._context, items, self._root(src, "src", "scatter_object")))
+        return cast(T, object_wire.scatter_object(self._context, objects, self._root(src, "src", "scatter_object")))
 
     def all_gather_objects(self, obj: T, *, device: DeviceLike = None) -> list[T]:
         """Deprecated name of :meth:`all_gather_object` (kept for one release)."""
@@ -537,10 +538,10 @@ class Communicator(abc.ABC):
         _deprecated("gather_objects", "gather_object")
         return self.gather_object(obj, dst, device=device)
 
-    def scatter_objects(self, items: Sequence[T] | None, src: int = 0) -> T:
+    def scatter_objects(self, objects: Sequence[T] | None, src: int = 0) -> T:
         """Deprecated name of :meth:`scatter_object` (kept for one release)."""
         _deprecated("scatter_objects", "scatter_object")
-        return self.scatter_object(items, src)
+        return self.scatter_object(objects, src)
 
     # ------------------------------------------------------------ point to point
 

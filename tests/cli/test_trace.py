@@ -144,6 +144,7 @@ def run_names(comm):
     return job_name()
 
 
+@pytest.mark.integration  # a world of its own
 def test_every_rank_of_a_run_shares_one_name_and_runs_differ() -> None:
     from distcomm.testing import World
 

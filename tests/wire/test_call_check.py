@@ -129,6 +129,7 @@ def test_one_slot_size_for_every_call_of_a_world() -> None:
     assert len(tag_of("a" * 40, "b")) == TAG_BYTES
 
 
+@pytest.mark.integration  # a world of its own
 def test_above_sixteen_ranks_the_smaller_slot_still_meets_every_call() -> None:
     """Over 16 ranks every call's slot is 512 bytes: different calls still meet (no process aborts)."""
     from distcomm.testing import World
