@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import warm
 
 pytestmark = pytest.mark.integration  # real jobs or subprocesses: left out of the fast loop
 
@@ -13,14 +14,16 @@ EXAMPLE = EXAMPLES / "train_ddp.py"
 
 
 def run_example(name: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run ``examples/<name>`` as a user does; it must succeed."""
-    done = subprocess.run([sys.executable, str(EXAMPLES / name), *args], capture_output=True, text=True, timeout=120)
+    """Run ``python examples/<name> ARGS`` in a warm process; it must succeed."""
+    done = warm.run([str(EXAMPLES / name), *args])
     assert done.returncode == 0, done.stderr
     return done
 
 
 def test_demo_trains_on_two_gloo_ranks_and_the_weights_agree() -> None:
-    done = run_example("train_ddp.py", "--steps", "30")
+    # The README's quick start, exactly as a user types it: a cold interpreter.
+    done = subprocess.run([sys.executable, str(EXAMPLE), "--steps", "30"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
     assert "all 2 ranks hold identical weights" in done.stderr
     assert "trained on 2 Gloo ranks: OK" in done.stdout
 

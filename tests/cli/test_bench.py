@@ -5,6 +5,7 @@ import sys
 
 import pytest
 import torch
+from support import warm
 
 from distcomm import InvalidArgumentError
 from distcomm.cli.bench import calls_for, format_size, parse_size
@@ -25,10 +26,7 @@ def test_bad_size_and_formatting() -> None:
 
 
 def test_a_real_run_prints_a_table_and_progress() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "distcomm", "bench", "--ranks", "2", "--ops", "all_reduce,broadcast", "--sizes", "4,1K", "--calls", "20"],
-        capture_output=True, text=True, timeout=180,
-    )  # fmt: skip
+    done = warm.run(["-m", "distcomm", "bench", "--ranks", "2", "--ops", "all_reduce,broadcast", "--sizes", "4,1K", "--calls", "20"], timeout=180)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert any("algbw" in line and "ratio" in line for line in lines)
@@ -57,8 +55,6 @@ def test_bad_options_are_usage_errors(argv, message, capsys) -> None:
 
 def test_bench_emits_no_torch_deprecation_warning() -> None:
     """torch 2.13 deprecates all_gather_into_tensor: nothing distcomm runs may print that warning."""
-    import subprocess
-    import sys
 
     script = (
         "import warnings; warnings.simplefilter('error', FutureWarning)\n"

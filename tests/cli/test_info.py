@@ -1,11 +1,11 @@
-"""``python -m distcomm info``: the report, in a real subprocess, for each launcher."""
+"""``python -m distcomm info``: the report, in a real (warm) process, for each launcher."""
 
 import json
 import re
 import subprocess
-import sys
 
 import pytest
+from support import warm
 from support.launchers import base_environment
 
 pytestmark = pytest.mark.integration  # real jobs or subprocesses: left out of the fast loop
@@ -13,7 +13,7 @@ pytestmark = pytest.mark.integration  # real jobs or subprocesses: left out of t
 
 def info(extra: dict[str, str], *flags: str) -> subprocess.CompletedProcess[str]:
     env = {**base_environment(), **extra}
-    return subprocess.run([sys.executable, "-m", "distcomm", "info", *flags], env=env, capture_output=True, text=True, timeout=60)
+    return warm.run(["-m", "distcomm", "info", *flags], env=env, timeout=60)
 
 
 def test_text_report_of_a_lone_process() -> None:

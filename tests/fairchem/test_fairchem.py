@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
 from support import api_spec
+from support.warm import WarmProcess
 
 from distcomm import ConfigurationError, distutils, fairchem
 
@@ -124,7 +123,7 @@ RANK_SCRIPT = textwrap.dedent(
 def test_setup_through_a_shared_file(tmp_path) -> None:
     environ = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "LOCAL_RANK")}
     ranks = [
-        subprocess.Popen([sys.executable, "-c", RANK_SCRIPT, str(tmp_path)], env={**environ, "RANK": str(r)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        WarmProcess(["-c", RANK_SCRIPT, str(tmp_path)], env={**environ, "RANK": str(r)})
         for r in range(2)
     ]  # fmt: skip
     outputs = [rank.communicate(timeout=90) for rank in ranks]

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch.distributed as dist
+from support import warm
 from support.launchers import base_environment, fake_scontrol, netns_supported, reports, start_rank, two_hosts
 
 from distcomm import CollectiveError, ConfigurationError, TorchDistCommunicator, distutils, plan_launch
@@ -243,8 +244,7 @@ distutils.cleanup()
 @pytest.mark.parametrize("init_method", [None, "env://", "env:///", "env://?x=1"])
 def test_a_lone_process_opens_no_rendezvous_to_the_network(init_method: str | None) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    argv = [sys.executable, "-c", LONE_SETUP] + ([init_method] if init_method else [])
-    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    result = warm.run(["-c", LONE_SETUP] + ([init_method] if init_method else []), env=env)
     assert result.returncode == 0, result.stderr
     store, addresses = result.stdout.split(" ", 1)
     assert "FileStore" in store  # no TCP store at all
@@ -267,7 +267,7 @@ except ConfigurationError as error:
 
 def test_cleanup_takes_back_what_setup_exported() -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    result = subprocess.run([sys.executable, "-c", SETUP_AGAIN], env=env, capture_output=True, text=True, timeout=120)
+    result = warm.run(["-c", SETUP_AGAIN], env=env)
     assert result.stdout.strip() == "[] True True", result.stderr
 
 

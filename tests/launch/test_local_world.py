@@ -8,6 +8,7 @@ import sys
 import textwrap
 
 import pytest
+from support import warm
 
 import distcomm
 from distcomm import RankFailure
@@ -60,5 +61,5 @@ def test_a_function_the_ranks_cannot_load_is_named_as_the_cause() -> None:
 def test_a_script_that_starts_ranks_at_import_is_told_what_to_do(tmp_path) -> None:
     script = tmp_path / "unguarded.py"
     script.write_text("import distcomm\n\ndef train(comm):\n    return comm.rank\n\nprint(distcomm.spawn(train, world_size=2, timeout=10))\n")
-    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    result = warm.run([str(script)])
     assert result.returncode != 0 and 'if __name__ == "__main__":' in result.stderr + result.stdout, result

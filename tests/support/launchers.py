@@ -12,6 +12,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from support.warm import WarmProcess
+
 RANK_SCRIPT = Path(__file__).with_name("launch_rank.py")
 LAUNCHER_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID", "CURRRENT_DEVICE")
 _names = itertools.count()
@@ -82,14 +84,12 @@ def two_hosts() -> Iterator[tuple[tuple[str, str, str], tuple[str, str, str]]]:
         yield hosts[0], hosts[1]
 
 
-def start_rank(config: dict, env: dict[str, str], netns: str | None = None) -> subprocess.Popen[str]:
-    command = [sys.executable, str(RANK_SCRIPT), json.dumps(config)]
-    if netns is not None:
-        command = ["ip", "netns", "exec", netns, *command]
-    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def start_rank(config: dict, env: dict[str, str], netns: str | None = None) -> WarmProcess:
+    """``python launch_rank.py CONFIG`` with ``env``, inside namespace ``netns`` where given (a warm process)."""
+    return WarmProcess([str(RANK_SCRIPT), json.dumps(config)], env=env, netns=netns)
 
 
-def reports(processes: list[subprocess.Popen[str]], timeout: float = 90) -> list[dict]:
+def reports(processes: list[WarmProcess], timeout: float = 90) -> list[dict]:
     """Each rank's JSON report, in start order; fails with the ranks' output when one fails."""
     results = []
     try:

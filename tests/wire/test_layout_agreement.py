@@ -249,6 +249,10 @@ def test_the_world_stays_usable_after_an_inconsistent_call(dist_world) -> None:
     world.run_outcomes(run_case, "keys_differ", False)
     assert world.run(run_case, "int64_sum_overflows", False) == [2**63, 2**63]
     assert world.starts == starts  # an InconsistentInputError leaves the group healthy
+    outcomes = world.run_outcomes(run_case, "keys_differ", True)
+    assert all(isinstance(o.error, CollectiveMismatchError) for o in outcomes)
+    assert world.run(run_case, "int64_sum_overflows", True) == [2**63, 2**63]
+    assert world.starts == starts  # so does a mismatch the call check found before any data moved
 
 
 # ------------------------------------------------------------- message helpers

@@ -37,7 +37,7 @@ from typing import Any, cast
 
 import attrs
 
-from distcomm.errors import InvalidArgumentError, RankDiedError, RankFailure, RankTimeoutError
+from distcomm.errors import CollectiveMismatchError, InvalidArgumentError, RankDiedError, RankFailure, RankTimeoutError
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ class LocalWorld:
         """Start the rank processes (``run`` does this when needed)."""
         if self.running:
             return
-        context = _context()
+        context = process_context()
         self.starts += 1
         self._workdir = tempfile.mkdtemp(prefix="distcomm-world-")
         init_method = f"file://{self._workdir}/rendezvous-{next(self._generation)}"
@@ -328,23 +328,29 @@ def _main_without_a_missing_file() -> Iterator[None]:
 
 
 def _clean(outcomes: list[RankOutcome]) -> bool:
-    """Whether the group is certainly still usable after a call."""
+    """Whether the group is certainly still usable after a call: every rank returned, or every rank
+    refused the same call before its data moved (a bad or inconsistent argument, or a call that
+    :class:`~distcomm.CheckedCommunicator` found to differ between the ranks)."""
     if all(o.ok for o in outcomes):
         return True
-    return all(isinstance(o.error, InvalidArgumentError) for o in outcomes)
+    return all(isinstance(o.error, InvalidArgumentError) for o in outcomes) or all(
+        isinstance(o.error, CollectiveMismatchError) for o in outcomes
+    )
 
 
 _preloaded = False
 
 
-def _context() -> Any:
-    """A fork server with torch and distcomm already imported: new ranks start in milliseconds."""
+def process_context() -> Any:
+    """The multiprocessing context that starts ranks: a fork server that has already imported torch
+    and distcomm (see :mod:`distcomm.launch.forkserver_preload`), so a new rank starts in
+    milliseconds; ``spawn`` where there is no fork server."""
     global _preloaded
     if sys.platform == "win32" or "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
     if not _preloaded:
-        context.set_forkserver_preload(["torch", "torch.distributed", "distcomm"])
+        context.set_forkserver_preload(["distcomm.launch.forkserver_preload"])
         _preloaded = True
     return context
 
