@@ -216,3 +216,52 @@ def death_to_new_communicator(comm: Communicator, clock: str) -> float | None:
             survivors.all_reduce(torch.ones(4))
             return time.time() - float(Path(clock).read_text())
     return None
+
+
+def _flatten_mean(grads: dict[str, torch.Tensor], world_size: int) -> None:
+    """torch's flatten idiom for averaging a dict of tensors in place (what DDP's buckets do)."""
+    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+    leaves = list(grads.values())
+    flat = _flatten_dense_tensors(leaves)  # type: ignore[no-untyped-call]
+    dist.all_reduce(flat)
+    flat.div_(world_size)
+    torch._foreach_copy_(leaves, _unflatten_dense_tensors(flat, leaves))  # type: ignore[no-untyped-call]
+
+
+def promise_price(comm: Communicator, case: str, calls: int) -> dict[str, float]:
+    """One checked call against the raw torch.distributed idiom a user writes instead (which checks
+    nothing), alternating call by call: what the promise costs."""
+    n = comm.world_size
+    small, large = torch.ones(1), torch.ones(2**18)  # 4 B and 1 MiB of float32
+    buffers = [torch.empty_like(large) for _ in range(n)]
+    scalars = {f"layer{i}": torch.ones(()) for i in range(50)}
+    blocks = {f"layer{i}": torch.ones(4096) for i in range(200)}
+    metrics = {f"metric{i}": torch.tensor(float(i)) for i in range(50)}
+
+    def stack_idiom() -> dict[str, float]:
+        flat = torch.stack(list(metrics.values()))
+        dist.all_reduce(flat)
+        return dict(zip(metrics, flat.div_(n).tolist()))
+
+    runners: dict[str, dict[str, Callable[[], Any]]] = {
+        "barrier": {"distcomm": comm.barrier, "raw": dist.barrier},
+        "broadcast 4 B": {"distcomm": lambda: comm.broadcast(small, 0), "raw": lambda: dist.broadcast(small, 0)},
+        "broadcast 1 MiB": {"distcomm": lambda: comm.broadcast(large, 0), "raw": lambda: dist.broadcast(large, 0)},
+        "all_gather 1 MiB": {"distcomm": lambda: comm.all_gather(large), "raw": lambda: dist.all_gather(buffers, large)},
+        "dict of 50 scalars, mean": {"distcomm": lambda: comm.all_reduce(scalars, "mean"), "raw": lambda: _flatten_mean(scalars, n)},
+        "dict of 200 x 4096 floats, mean": {"distcomm": lambda: comm.all_reduce(blocks, "mean"), "raw": lambda: _flatten_mean(blocks, n)},
+        "reduce_dict of 50 scalars": {"distcomm": lambda: comm.reduce_dict(metrics, "mean"), "raw": stack_idiom},
+    }
+    return interleaved(runners[case], calls, comm.barrier)
+
+
+PROMISE_CASES = {
+    "barrier": 2000,
+    "broadcast 4 B": 2000,
+    "broadcast 1 MiB": 200,
+    "all_gather 1 MiB": 100,
+    "dict of 50 scalars, mean": 1000,
+    "dict of 200 x 4096 floats, mean": 60,
+    "reduce_dict of 50 scalars": 1000,
+}

@@ -73,8 +73,8 @@ def metrics_in_one_collective_per_dtype(comm):
 
 def test_reduce_dict_takes_one_collective_per_dtype_and_leaves_inputs_alone(dist_world) -> None:
     for result in dist_world(2).run(metrics_in_one_collective_per_dtype):
-        # float64 (the fifty floats), float32 (the loss tensor), int64 (the counts)
-        assert result == (3, 1.0, 6.0, False, {"correct": 3, "seen": [20, 40]}, True)
+        # the call check, then float64 (the fifty floats), float32 (the loss tensor), int64 (the counts)
+        assert result == (4, 1.0, 6.0, False, {"correct": 3, "seen": [20, 40]}, True)
 
 
 def test_reduce_dict_needs_a_dict(local_comm) -> None:

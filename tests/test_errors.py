@@ -30,10 +30,13 @@ def test_collective_error_names_operation_rank_and_cause_and_pickles() -> None:
 
 
 class _FailingGathers(LocalBackend):
-    """Rank 0 of a world of two whose gather primitive fails, as a lost peer would make it
-    (over one rank, object collectives exchange nothing)."""
+    """Rank 0 of a world of two whose primitives fail, as a lost peer would make them (over one
+    rank, object collectives exchange nothing); the first to fail is the call check's all_reduce."""
 
     world_size = 2
+
+    def all_reduce(self, tensor, op):
+        raise CollectiveError("all_reduce", 0, "connection closed by peer")
 
     def all_gather(self, tensor, out=None):
         raise CollectiveError("all_gather", 0, "connection closed by peer")
@@ -52,7 +55,7 @@ def test_a_failed_step_is_reported_under_the_method_the_caller_called(method, ca
     with pytest.raises(CollectiveError) as raised:
         call(BackendCommunicator(_FailingGathers()))
     assert raised.value.operation == method
-    assert str(raised.value) == f"{method} failed on rank 0: its all_gather step failed: connection closed by peer"
+    assert str(raised.value) == f"{method} failed on rank 0: its all_reduce step failed: connection closed by peer"
     assert isinstance(raised.value.__cause__, CollectiveError)
 
 
@@ -65,9 +68,9 @@ class _FailingPeers(_FailingGathers):
 
 
 def test_a_failed_agreement_is_reported_under_the_reduction() -> None:
-    with pytest.raises(CollectiveError, match="^all_reduce failed on rank 0: its all_gather step failed"):
+    with pytest.raises(CollectiveError, match="^all_reduce failed on rank 0: its all_reduce step failed"):
         BackendCommunicator(_FailingPeers()).all_reduce({"loss": 1.0})
-    with pytest.raises(CollectiveError, match="^reduce_dict failed on rank 0: its all_gather step failed"):
+    with pytest.raises(CollectiveError, match="^reduce_dict failed on rank 0: its all_reduce step failed"):
         BackendCommunicator(_FailingPeers()).reduce_dict({"loss": 1.0})
 
 

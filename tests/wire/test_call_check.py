@@ -20,7 +20,19 @@ import torch
 
 from distcomm import CheckedCommunicator, CollectiveMismatchError, Communicator, InconsistentInputError
 from distcomm.errors import WireFormatError
-from distcomm.wire.call_check import MAGIC, PREFIX_BYTES, TAG_BYTES, body_room, read_prefixes, slot_bytes, tag_of
+from distcomm.wire.call_check import (
+    CHECK_WORDS,
+    MAGIC,
+    PREFIX_BYTES,
+    TAG_BYTES,
+    body_room,
+    pack_words,
+    read_prefixes,
+    slot_bytes,
+    slot_room,
+    tag_of,
+    unpack_words,
+)
 
 CASES: dict[str, Callable[[Communicator], Any]] = {
     "barrier": lambda c: c.barrier(),
@@ -124,9 +136,18 @@ def test_prefixes_are_checked_before_any_body_is_read() -> None:
         read_prefixes(np.stack([good, prefix(b"\xff" * TAG_BYTES, 0)]), "all_reduce", "layout", slot_bytes(2))
 
 
-def test_one_slot_size_for_every_call_of_a_world() -> None:
-    assert slot_bytes(16) == 4096 and slot_bytes(17) == 512 and body_room(17) == 512 - PREFIX_BYTES
+def test_one_check_size_for_every_call_and_world_and_one_slot_size_for_every_call_of_a_world() -> None:
+    assert CHECK_WORDS * 8 <= 4096  # what each rank sends to check a call, whatever the world size
+    assert slot_bytes(16) == 4096 and slot_bytes(17) == 512 and slot_room(17) == 512 - PREFIX_BYTES
+    assert body_room(2) > body_room(4) > body_room(16) > 0 == body_room(512)  # a rank's share of the check
     assert len(tag_of("a" * 40, "b")) == TAG_BYTES
+
+
+@pytest.mark.parametrize("raw", [b"", b"x", bytes(range(256)) * 3, b"\xff" * 13])
+def test_bodies_pack_into_words_that_sum_exactly(raw: bytes) -> None:
+    words = pack_words(raw)
+    assert (words < 2**48).all() and (words == np.floor(words)).all()
+    assert unpack_words(words + np.zeros_like(words), len(raw)).tobytes() == raw
 
 
 @pytest.mark.integration  # a world of its own

@@ -9,10 +9,10 @@ import resource
 import numpy as np
 import pytest
 import torch
-from support.forged_slots import forged_slot
+from support.forged_slots import send_forged_opening
 
 from distcomm import PickleCodec, RestrictedCodec, UnsafeObjectError
-from distcomm.wire.call_check import body_room
+from distcomm.wire.call_check import slot_room
 
 
 class _Calls:
@@ -83,8 +83,8 @@ def send_a_lying_slot(comm, claimed: int, safe: bool):
     if safe:
         comm.object_codec = RestrictedCodec()
     if comm.rank == 1:  # a peer whose slot announces a payload it never sends
-        body = claimed.to_bytes(8, "little") + bytes(body_room(2) - 8)  # a full head, then nothing more
-        comm.tensor_backend.all_gather(forged_slot(2, "all_gather_object objects", body))
+        body = claimed.to_bytes(8, "little") + bytes(slot_room(2) - 8)  # a full head, then nothing more
+        send_forged_opening(comm, "all_gather_object objects", body)
         return "sent"
     before = _peak_rss_mib()
     try:

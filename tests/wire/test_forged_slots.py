@@ -15,11 +15,12 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from support.forged_slots import forged_slot
+from support.forged_slots import forge_next_opening, forged_check, forged_slot, send_forged_opening
 
 from distcomm import InconsistentInputError, RestrictedCodec
 from distcomm.errors import DistCommError, ObjectDecodeError, WireFormatError
-from distcomm.wire.call_check import PREFIX_BYTES, CallSlots, body_room, read_prefixes, slot_bytes, tag_of
+from distcomm.values.ops import ReduceOp
+from distcomm.wire.call_check import CHECK_WORDS, PREFIX_BYTES, CallSlots, read_prefixes, slot_bytes, slot_room, tag_of
 from distcomm.wire.codec import PickleCodec
 from distcomm.wire.gather import HEADER_WORDS, _read_header
 from distcomm.wire.layout_agreement import _read_headers
@@ -62,7 +63,7 @@ def parse_every_layout(opening_for: Any, world_size: int, codec: Any) -> None:
 @pytest.mark.parametrize("codec", [PickleCodec(), RestrictedCodec()], ids=["pickle", "safe"])
 def test_random_and_truncated_slots_raise_distcomm_errors_or_parse(world_size: int, codec: Any) -> None:
     rng = random.Random(world_size)
-    room = body_room(world_size)
+    room = slot_room(world_size)
     honest = {
         "all_gather_object objects": (5).to_bytes(8, "little") + b"hello",
         "all_reduce layout": np.array([0, 7, 1, 24, 0, 0], dtype="<i8").tobytes() + bytes(24),
@@ -114,10 +115,14 @@ def forge_then_call(comm, layout: str, body: bytes, safe: bool) -> Any:
     if safe:
         comm.object_codec = RestrictedCodec()
     if comm.rank == 1:
-        if layout == "torch-bytes":  # what a lone tensor's collective sends: no distcomm header
-            comm.tensor_backend.all_gather(torch.ones(slot_bytes(comm.world_size), dtype=torch.uint8))
+        if layout == "torch-bytes":  # what a lone tensor's collective sends: no distcomm check
+            comm.tensor_backend.all_reduce(torch.ones(CHECK_WORDS, dtype=torch.float64), ReduceOp.SUM)
+        elif layout == "share":  # a check whose own share announces more than it holds
+            words = forged_check("all_gather_object objects", overflow=False)
+            words[11 + (CHECK_WORDS - 11) // 2] = 2.0**40
+            comm.tensor_backend.all_reduce(torch.from_numpy(words), ReduceOp.SUM)
         else:
-            comm.tensor_backend.all_gather(forged_slot(comm.world_size, layout, body))
+            send_forged_opening(comm, layout, body)
         return "forged"
     calls = {
         "all_gather_object objects": lambda: comm.all_gather_object("honest"),
@@ -125,6 +130,7 @@ def forge_then_call(comm, layout: str, body: bytes, safe: bool) -> Any:
         "all_gather tensor": lambda: comm.all_gather(torch.ones(2)),
         "broadcast_object object from 1": lambda: comm.broadcast_object(None, src=1),
         "torch-bytes": lambda: comm.all_gather_object("honest"),
+        "share": lambda: comm.all_gather_object("honest"),
     }
     try:
         return ("returned", calls[layout]())
@@ -142,6 +148,7 @@ FORGED = {
     "broadcast refusal of 0 bytes": ("broadcast_object object from 1", (-5).to_bytes(8, "little", signed=True), WireFormatError),
     "garbage object": ("broadcast_object object from 1", (6).to_bytes(8, "little") + b"\x80\x05junk", ObjectDecodeError),
     "no header at all": ("torch-bytes", b"", WireFormatError),
+    "share size 2**40": ("share", b"", WireFormatError),
 }
 
 
@@ -213,16 +220,9 @@ def fuzzed_call(comm, layout: str, seed: int, safe: bool) -> Any:
     if safe:
         comm.object_codec = RestrictedCodec()
     backend = comm.tensor_backend
-    if comm.rank == 1:
-        rng = random.Random(seed)
-        real = backend.all_gather
-
-        def forged_once(tensor, out=None):
-            backend.all_gather = real  # only the opening is forged
-            body, announced = random_body(rng, body_room(comm.world_size), HEADER_WORDS)
-            return real(forged_slot(comm.world_size, layout, body, announced=announced), out)
-
-        backend.all_gather = forged_once
+    if comm.rank == 1:  # only the opening is forged
+        body, announced = random_body(random.Random(seed), slot_room(comm.world_size), HEADER_WORDS)
+        forge_next_opening(comm, forged_slot(comm.world_size, layout, body, announced=announced))
     try:
         result = FUZZ_CALLS[layout](comm)
         return ("returned", repr(result)[:200])
@@ -232,6 +232,7 @@ def fuzzed_call(comm, layout: str, seed: int, safe: bool) -> Any:
         return ("RAW " + type(error).__name__, str(error)[:200])
     finally:
         backend.__dict__.pop("all_gather", None)
+        backend.__dict__.pop("all_reduce", None)
 
 
 @pytest.mark.parametrize("safe", [False, True], ids=["pickle", "safe"])
