@@ -1,4 +1,4 @@
-"""Openings as a forged peer would send them: distcomm's check and slot around any body."""
+"""Openings as a forged peer would send them: a check that matches nobody's, then a slot around any body."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import numpy as np
 import torch
 
 from distcomm.values.ops import ReduceOp
-from distcomm.wire import call_check
-from distcomm.wire.call_check import CHECK_MARK, CHECK_WORDS, MAGIC, TAG_BYTES, slot_bytes
+from distcomm.wire.call_check import MAGIC, TAG_BYTES, slot_bytes
 
 
 def forged_slot(world_size: int, tag: str, body: bytes, *, magic: bytes = MAGIC, announced: int | None = None) -> torch.Tensor:
@@ -22,33 +21,26 @@ def forged_slot(world_size: int, tag: str, body: bytes, *, magic: bytes = MAGIC,
     return torch.from_numpy(slot)
 
 
-def forged_check(tag: str, *, overflow: bool = True) -> np.ndarray:
-    """The check of the call ``tag`` (``"operation step"``), saying this rank's body did not fit its
-    share (so every rank takes the second step, where the forged slot follows)."""
-    operation, step = tag.split(" ", 1)
-    words = np.zeros(CHECK_WORDS, dtype=np.float64)
-    words[call_check._MARK] = CHECK_MARK
-    words[call_check._CHUNKS : call_check._HEAD_WORDS] = call_check._fingerprint(call_check._prefix(operation, step), 0)
-    words[call_check._OVERFLOWS] = 1.0 if overflow else 0.0
-    return words
+def forged_check() -> torch.Tensor:
+    """A check no honest rank sends (its digest is out of range), so every rank takes the second
+    step, where the forged slot follows."""
+    return torch.tensor([2**62, -(2**62)], dtype=torch.int64)
 
 
 def send_forged_opening(comm, tag: str, body: bytes, *, magic: bytes = MAGIC, announced: int | None = None) -> None:  # type: ignore[no-untyped-def]
     """As one rank of ``comm``: the opening of call ``tag`` with a forged slot carrying ``body``."""
-    comm.tensor_backend.all_reduce(torch.from_numpy(forged_check(tag)), ReduceOp.SUM)
+    comm.tensor_backend.all_reduce(forged_check(), ReduceOp.MAX)
     comm.tensor_backend.all_gather(forged_slot(comm.world_size, tag, body, magic=magic, announced=announced))
 
 
 def forge_next_opening(comm, slot: torch.Tensor) -> None:  # type: ignore[no-untyped-def]
     """Make this rank's next opening send ``slot`` in its second step, whatever its call: its check
-    says its body did not fit, so every rank takes that step."""
+    matches no honest rank's, so every rank takes that step."""
     backend = comm.tensor_backend
 
     def check_once(tensor: torch.Tensor, op: ReduceOp) -> None:
         del backend.all_reduce
-        words = tensor.numpy()
-        words[call_check._HEAD_WORDS :] = 0.0
-        words[call_check._OVERFLOWS] = 1.0
+        tensor.copy_(forged_check())
         backend.all_reduce(tensor, op)
 
     def gather_once(tensor: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:

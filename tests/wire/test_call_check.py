@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from support.transports import BackendCommunicator
 
 from distcomm import CheckedCommunicator, CollectiveMismatchError, Communicator, InconsistentInputError
 from distcomm.errors import WireFormatError
@@ -26,12 +27,9 @@ from distcomm.wire.call_check import (
     PREFIX_BYTES,
     TAG_BYTES,
     body_room,
-    pack_words,
     read_prefixes,
     slot_bytes,
-    slot_room,
     tag_of,
-    unpack_words,
 )
 
 CASES: dict[str, Callable[[Communicator], Any]] = {
@@ -137,17 +135,49 @@ def test_prefixes_are_checked_before_any_body_is_read() -> None:
 
 
 def test_one_check_size_for_every_call_and_world_and_one_slot_size_for_every_call_of_a_world() -> None:
-    assert CHECK_WORDS * 8 <= 4096  # what each rank sends to check a call, whatever the world size
-    assert slot_bytes(16) == 4096 and slot_bytes(17) == 512 and slot_room(17) == 512 - PREFIX_BYTES
-    assert body_room(2) > body_room(4) > body_room(16) > 0 == body_room(512)  # a rank's share of the check
+    assert CHECK_WORDS == 2  # what each rank sends to check a call, whatever the world size
+    assert slot_bytes(16) == 4096 and slot_bytes(17) == 512 and body_room(17) == 512 - PREFIX_BYTES
     assert len(tag_of("a" * 40, "b")) == TAG_BYTES
 
 
-@pytest.mark.parametrize("raw", [b"", b"x", bytes(range(256)) * 3, b"\xff" * 13])
-def test_bodies_pack_into_words_that_sum_exactly(raw: bytes) -> None:
-    words = pack_words(raw)
-    assert (words < 2**48).all() and (words == np.floor(words)).all()
-    assert unpack_words(words + np.zeros_like(words), len(raw)).tobytes() == raw
+def steps_of_openings(comm):
+    """The collectives of three openings: equal bodies, bodies that differ, and ranks in different calls."""
+    from distcomm.backends.torch_dist import TorchDistBackend
+    from distcomm.wire.call_check import check_call
+
+    steps = []
+
+    class Counting(TorchDistBackend):
+        def all_reduce(self, tensor, op):
+            steps.append(("all_reduce", tensor.numel()))
+            super().all_reduce(tensor, op)
+
+        def all_gather(self, tensor, out=None):
+            steps.append(("all_gather", tensor.numel()))
+            return super().all_gather(tensor, out)
+
+    context = BackendCommunicator(Counting())._context
+    equal = check_call(context, "x", "same", b"body")
+    seen = [list(steps), equal.sizes, bytes(equal.body(comm.world_size - 1))]
+    steps.clear()
+    differ = check_call(context, "x", "differ", bytes([comm.rank]) * (comm.rank + 1))
+    seen += [list(steps), differ.sizes, [bytes(differ.body(r)) for r in range(comm.world_size)]]
+    steps.clear()
+    try:
+        check_call(context, "x", f"call {comm.rank % 2}")
+    except InconsistentInputError as error:
+        seen += [list(steps), str(error)]
+    return seen
+
+
+@pytest.mark.parametrize("world_size", [2, 4])
+def test_equal_openings_take_one_two_word_check_and_others_a_second_step(dist_world, world_size: int) -> None:
+    n = world_size
+    slot = ("all_gather", slot_bytes(n))
+    for seen in dist_world(n).run(steps_of_openings):
+        assert seen[:3] == [[("all_reduce", 2)], (4,) * n, b"body"]
+        assert seen[3:6] == [[("all_reduce", 2), slot], tuple(range(1, n + 1)), [bytes([r]) * (r + 1) for r in range(n)]]
+        assert seen[6] == [("all_reduce", 2), slot] and "rank 0: x call 0; rank 1: x call 1" in seen[7]
 
 
 @pytest.mark.integration  # a world of its own

@@ -12,7 +12,7 @@ import torch
 from support.forged_slots import send_forged_opening
 
 from distcomm import PickleCodec, RestrictedCodec, UnsafeObjectError
-from distcomm.wire.call_check import slot_room
+from distcomm.wire.call_check import body_room
 
 
 class _Calls:
@@ -83,7 +83,7 @@ def send_a_lying_slot(comm, claimed: int, safe: bool):
     if safe:
         comm.object_codec = RestrictedCodec()
     if comm.rank == 1:  # a peer whose slot announces a payload it never sends
-        body = claimed.to_bytes(8, "little") + bytes(slot_room(2) - 8)  # a full head, then nothing more
+        body = claimed.to_bytes(8, "little") + bytes(body_room(2) - 8)  # a full head, then nothing more
         send_forged_opening(comm, "all_gather_object objects", body)
         return "sent"
     before = _peak_rss_mib()

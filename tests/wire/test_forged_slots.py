@@ -20,7 +20,7 @@ from support.forged_slots import forge_next_opening, forged_check, forged_slot, 
 from distcomm import InconsistentInputError, RestrictedCodec
 from distcomm.errors import DistCommError, ObjectDecodeError, WireFormatError
 from distcomm.values.ops import ReduceOp
-from distcomm.wire.call_check import CHECK_WORDS, PREFIX_BYTES, CallSlots, read_prefixes, slot_bytes, slot_room, tag_of
+from distcomm.wire.call_check import PREFIX_BYTES, CallSlots, body_room, read_prefixes, slot_bytes, tag_of
 from distcomm.wire.codec import PickleCodec
 from distcomm.wire.gather import HEADER_WORDS, _read_header
 from distcomm.wire.layout_agreement import _read_headers
@@ -55,7 +55,7 @@ def random_body(rng: random.Random, room: int, words: int) -> tuple[bytes, int |
 def parse_every_layout(opening_for: Any, world_size: int, codec: Any) -> None:
     comm = SimpleNamespace(world_size=world_size, object_codec=codec)
     read_body(comm, opening_for("all_gather_object objects"), 1, "all_gather_object")
-    _read_headers(opening_for("all_reduce layout"), "all_reduce", 6, 48, torch.zeros(3, dtype=torch.float64))
+    _read_headers(opening_for("all_reduce layout"), "all_reduce", 5)
     _read_header(comm, opening_for("all_gather tensor"), 1)
 
 
@@ -63,10 +63,10 @@ def parse_every_layout(opening_for: Any, world_size: int, codec: Any) -> None:
 @pytest.mark.parametrize("codec", [PickleCodec(), RestrictedCodec()], ids=["pickle", "safe"])
 def test_random_and_truncated_slots_raise_distcomm_errors_or_parse(world_size: int, codec: Any) -> None:
     rng = random.Random(world_size)
-    room = slot_room(world_size)
+    room = body_room(world_size)
     honest = {
         "all_gather_object objects": (5).to_bytes(8, "little") + b"hello",
-        "all_reduce layout": np.array([0, 7, 1, 24, 0, 0], dtype="<i8").tobytes() + bytes(24),
+        "all_reduce layout": np.array([0, 7, 1, 0, 0], dtype="<i8").tobytes(),
         "all_gather tensor": np.array([1, 8, 3] + [-1] * (HEADER_WORDS - 3), dtype="<i8").tobytes() + bytes(12),
     }
     outcomes = {"parsed": 0, "refused": 0}
@@ -96,13 +96,12 @@ def test_what_a_slot_announces_is_bounded_before_anything_is_allocated() -> None
     dims = np.array([40, 8] + [1] * (HEADER_WORDS - 2), dtype="<i8").tobytes()
     with pytest.raises(WireFormatError, match="with 40 dimensions"):
         _read_header(comm, received(2, "all_gather tensor", dims, dims), 1)
-    good = np.array([0, 1, 1, -1, 0, 0], dtype="<i8").tobytes()
-    inline = np.array([0, 1, 1, 2**40, 0, 0], dtype="<i8").tobytes()
-    with pytest.raises(WireFormatError, match=r"rank 1 sent 1099511627776 bytes of inline data"):
-        _read_headers(received(2, "all_reduce layout", good, inline), "all_reduce", 6, 48, None)
-    status = np.array([9, 1, 1, -1, 0, 0], dtype="<i8").tobytes()
+    good = np.array([0, 1, 1, 0, 0], dtype="<i8").tobytes()
+    status = np.array([9, 1, 1, 0, 0], dtype="<i8").tobytes()
     with pytest.raises(WireFormatError, match="status 9"):
-        _read_headers(received(2, "all_reduce layout", good, status), "all_reduce", 6, 48, None)
+        _read_headers(received(2, "all_reduce layout", good, status), "all_reduce", 5)
+    with pytest.raises(WireFormatError, match="shorter than the 40-byte agreement header"):
+        _read_headers(received(2, "all_reduce layout", good, good[:12]), "all_reduce", 5)
     with pytest.raises(WireFormatError, match="announced 100 bytes and sent 3"):
         read_body(comm, received(2, "x objects", b"", (100).to_bytes(8, "little") + b"abc"), 1, "x")
 
@@ -115,12 +114,9 @@ def forge_then_call(comm, layout: str, body: bytes, safe: bool) -> Any:
     if safe:
         comm.object_codec = RestrictedCodec()
     if comm.rank == 1:
-        if layout == "torch-bytes":  # what a lone tensor's collective sends: no distcomm check
-            comm.tensor_backend.all_reduce(torch.ones(CHECK_WORDS, dtype=torch.float64), ReduceOp.SUM)
-        elif layout == "share":  # a check whose own share announces more than it holds
-            words = forged_check("all_gather_object objects", overflow=False)
-            words[11 + (CHECK_WORDS - 11) // 2] = 2.0**40
-            comm.tensor_backend.all_reduce(torch.from_numpy(words), ReduceOp.SUM)
+        if layout == "torch-bytes":  # what a raw torch.distributed peer sends: no distcomm header
+            comm.tensor_backend.all_reduce(forged_check(), ReduceOp.MAX)
+            comm.tensor_backend.all_gather(torch.ones(slot_bytes(comm.world_size), dtype=torch.uint8))
         else:
             send_forged_opening(comm, layout, body)
         return "forged"
@@ -130,7 +126,6 @@ def forge_then_call(comm, layout: str, body: bytes, safe: bool) -> Any:
         "all_gather tensor": lambda: comm.all_gather(torch.ones(2)),
         "broadcast_object object from 1": lambda: comm.broadcast_object(None, src=1),
         "torch-bytes": lambda: comm.all_gather_object("honest"),
-        "share": lambda: comm.all_gather_object("honest"),
     }
     try:
         return ("returned", calls[layout]())
@@ -139,7 +134,7 @@ def forge_then_call(comm, layout: str, body: bytes, safe: bool) -> Any:
 
 
 FORGED = {
-    "inline length 2**40": ("all_reduce layout", np.array([0, 1, 1, 2**40, 0, 0], dtype="<i8").tobytes(), WireFormatError),
+    "agreement status 9": ("all_reduce layout", np.array([9, 1, 1, 0, 0], dtype="<i8").tobytes(), WireFormatError),
     "negative dimension": ("all_gather tensor", np.array([1, 8, -5] + [0] * 15, dtype="<i8").tobytes(), WireFormatError),
     "dimension 2**50": ("all_gather tensor", np.array([1, 8, 2**50] + [0] * 15, dtype="<i8").tobytes(), WireFormatError),
     "unknown dtype code": ("all_gather tensor", np.array([1, 99, 2] + [0] * 15, dtype="<i8").tobytes(), WireFormatError),
@@ -148,7 +143,6 @@ FORGED = {
     "broadcast refusal of 0 bytes": ("broadcast_object object from 1", (-5).to_bytes(8, "little", signed=True), WireFormatError),
     "garbage object": ("broadcast_object object from 1", (6).to_bytes(8, "little") + b"\x80\x05junk", ObjectDecodeError),
     "no header at all": ("torch-bytes", b"", WireFormatError),
-    "share size 2**40": ("share", b"", WireFormatError),
 }
 
 
@@ -221,7 +215,7 @@ def fuzzed_call(comm, layout: str, seed: int, safe: bool) -> Any:
         comm.object_codec = RestrictedCodec()
     backend = comm.tensor_backend
     if comm.rank == 1:  # only the opening is forged
-        body, announced = random_body(random.Random(seed), slot_room(comm.world_size), HEADER_WORDS)
+        body, announced = random_body(random.Random(seed), body_room(comm.world_size), HEADER_WORDS)
         forge_next_opening(comm, forged_slot(comm.world_size, layout, body, announced=announced))
     try:
         result = FUZZ_CALLS[layout](comm)

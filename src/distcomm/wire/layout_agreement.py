@@ -16,10 +16,9 @@ from typing import TYPE_CHECKING
 
 import attrs
 import numpy as np
-import torch
 
 from distcomm.errors import InconsistentInputError, WireFormatError
-from distcomm.wire.call_check import CallSlots, body_room, check_call
+from distcomm.wire.call_check import CallSlots, check_call
 from distcomm.wire.mismatch import Layout, digest64, explain
 from distcomm.wire.objects import all_gather_payloads
 
@@ -45,54 +44,33 @@ class Claim:
 def agree(context: WireContext, operation: str, claim: Claim) -> np.ndarray:
     """Every rank's ``claim.numbers``, one row per rank, once every layout matches.
 
+    The agreement is the call's opening (:mod:`distcomm.wire.call_check`): when every rank
+    makes the same claim, its check is the only collective; ranks in another call raise too.
     Raises :class:`~distcomm.InconsistentInputError` on every rank when some rank has a
     problem or the layouts differ.
     """
-    return agree_with_data(context, operation, claim, None)[0]
-
-
-def agree_with_data(context: WireContext, operation: str, claim: Claim, data: torch.Tensor | None) -> tuple[np.ndarray, torch.Tensor | None]:
-    """:func:`agree`, carrying ``data`` (a small flat tensor on ``context.device``) in the same collective.
-
-    Returns every rank's numbers and, when every rank sent data (so every rank made the
-    same kind of call), every rank's data as a ``(world_size, n)`` tensor; else ``None``,
-    and every rank goes on with its data as if it had sent none. The agreement is the
-    call's opening step (:mod:`distcomm.wire.call_check`), so ranks in another call raise too.
-    """
-    words = 4 + len(claim.numbers)
-    header_bytes = -(-8 * words // 16) * 16  # a multiple of 16: any dtype's view of the data is aligned
-    nbytes = -1 if data is None else data.numel() * data.element_size()
-    fits = data is not None and header_bytes + nbytes <= body_room(context.world_size)
-    header = np.zeros(header_bytes // 8, dtype="<i8")
-    header[:words] = (_REFUSED if claim.problem else _OK, digest64(repr(claim.layout).encode()), len(claim.layout),
-                      nbytes if fits else -1, *claim.numbers)  # fmt: skip
-    slots = check_call(context, operation, "layout", header.view(np.uint8), data if fits else None, context.device)
-    table = _read_headers(slots, operation, words, header_bytes, data)
+    words = 3 + len(claim.numbers)
+    header = np.array(
+        (_REFUSED if claim.problem else _OK, digest64(repr(claim.layout).encode()), len(claim.layout), *claim.numbers),
+        dtype="<i8",
+    )
+    slots = check_call(context, operation, "layout", header.view(np.uint8), device=context.device)
+    table = _read_headers(slots, operation, words)
     if not table[:, 0].any() and (table[:, 1:3] == table[0, 1:3]).all():
-        sizes = table[:, 3]
-        if fits and (sizes == sizes[0]).all():
-            gathered = slots.data(header_bytes, int(sizes[0])).view(data.dtype)  # type: ignore[union-attr]
-            return table[:, 4:words], gathered
-        return table[:, 4:words], None
+        return table[:, 3:words]
     claims = gather_claims(context, operation, (claim.problem, claim.layout))
     raise InconsistentInputError(explain(operation, claims))
 
 
-def _read_headers(slots: CallSlots, operation: str, words: int, header_bytes: int, data: torch.Tensor | None) -> np.ndarray:
+def _read_headers(slots: CallSlots, operation: str, words: int) -> np.ndarray:
     """Every rank's agreement header, one row per rank, each checked against the wire format."""
     rows: list[np.ndarray] = []
-    itemsize = 1 if data is None else data.element_size()
     for rank, size in enumerate(slots.sizes):
         row = slots.words(rank, words)
-        problem = None
         if row is None:
-            problem = f"a body of {size} bytes, shorter than the {8 * words}-byte agreement header"
-        elif row[0] not in (_OK, _REFUSED) or row[2] < 0:
-            problem = f"an agreement header with status {row[0]} and {row[2]} layout entries"
-        elif row[3] != -1 and not (0 <= row[3] == size - header_bytes and row[3] % itemsize == 0):
-            problem = f"{row[3]} bytes of inline data in a body of {size} bytes"
-        if problem is not None or row is None:
-            raise WireFormatError(f"{operation}: rank {rank} sent {problem}")
+            raise WireFormatError(f"{operation}: rank {rank} sent a body of {size} bytes, shorter than the {8 * words}-byte agreement header")
+        if row[0] not in (_OK, _REFUSED) or row[2] < 0:
+            raise WireFormatError(f"{operation}: rank {rank} sent an agreement header with status {row[0]} and {row[2]} layout entries")
         rows.append(row)
     return np.stack(rows)
 

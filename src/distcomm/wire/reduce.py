@@ -17,7 +17,6 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from distcomm.backends.handles import CompletedHandle, Handle
 from distcomm.errors import InvalidArgumentError, WireFormatError
 from distcomm.values.conversion import check_fillable, from_tensor, is_plain, to_tensor
-from distcomm.values.dtypes import fits_int64
 from distcomm.values.nested import flatten, map_leaves, unflatten
 from distcomm.values.ops import ReduceOp
 from distcomm.values.reduction_rules import (
@@ -33,9 +32,8 @@ from distcomm.values.reduction_rules import (
     promote,
     reduce_exactly,
     reduce_if_alone,
-    reduce_rows,
 )
-from distcomm.wire.layout_agreement import Claim, agree_with_data
+from distcomm.wire.layout_agreement import Claim, agree
 from distcomm.wire.mismatch import digest64
 from distcomm.wire.objects import all_gather_objects
 
@@ -80,12 +78,8 @@ def reduce_structure(context: WireContext, data: Any, op: ReduceOp, operation: s
     leaves, paths, spec = flatten(data)
     order = sorted(range(len(leaves)), key=paths.__getitem__)
     leaves, paths = [leaves[i] for i in order], [paths[i] for i in order]
-    numbers = _numbers_inline(context, leaves)
-    leaves, exact, rows = agree_on_leaves(context, leaves, paths, op, operation, numbers)
-    if rows is not None:  # Python numbers of one kind rode with the agreement: reduce them here
-        reduced = _reduce_numbers(context, leaves[0], rows, op)
-    else:
-        reduced = reduce_leaves(context, leaves, paths, op, exact=exact, operation=operation, detach=detach)
+    leaves, exact = agree_on_leaves(context, leaves, paths, op, operation)
+    reduced = reduce_leaves(context, leaves, paths, op, exact=exact, operation=operation, detach=detach)
     results: list[Any] = [None] * len(order)
     for position, value in zip(order, reduced):
         results[position] = value
@@ -134,14 +128,9 @@ def reduce_tensor_dict(context: WireContext, data: dict[Any, Any], op: ReduceOp,
             flat = _flatten_dense_tensors(ordered)  # type: ignore[no-untyped-call]
             if len(ordered) == 1 and detach:
                 flat = flat.clone()  # a lone tensor comes back as a view of itself: leave the input alone
-        gathered = None
-        if context.world_size > 1:
+        if context.world_size > 1:  # over one rank a reduction is the identity: no collective to wait for
             layout = (("(op)", f"{operation} {op.value}"), *((paths[k], ("tensor", dtype, t.shape, device.type)) for k, t in zip(keys, ordered)))
-            small = flat if device == context.device and dtype is not torch.bool else None
-            gathered = agree_with_data(context, operation, Claim(layout, (_NO_NUMBERS, 0)), small)[1]
-        if gathered is not None:  # the data came with the agreement: reduce it here, in rank order
-            reduce_rows(gathered, plan.op, out=flat.view(-1))
-        elif context.world_size > 1:  # over one rank a reduction is the identity: no collective to wait for
+            agree(context, operation, Claim(layout, (_NO_NUMBERS, 0)))
             context.backend.all_reduce(flat, plan.op)
         if plan.mean_dtype is not None:
             flat.div_(context.world_size)
@@ -158,13 +147,11 @@ _NO_NUMBERS = digest64(b"")
 
 
 def agree_on_leaves(
-    context: WireContext, leaves: list[Any], paths: list[str], op: ReduceOp, operation: str, numbers: torch.Tensor | None = None
-) -> tuple[list[Any], bool, torch.Tensor | None]:
+    context: WireContext, leaves: list[Any], paths: list[str], op: ReduceOp, operation: str
+) -> tuple[list[Any], bool]:
     """Check the leaves, agree on their layout with the other ranks, and widen Python
-    numbers to the kind every rank can share. Returns the leaves, whether Python numbers
-    must be reduced exactly (an int result could leave int64), and, when ``numbers`` (the
-    leaves as one tensor) rode with the agreement on every rank and may be used as they
-    are, every rank's row of them."""
+    numbers to the kind every rank can share. Returns the leaves, and whether Python numbers
+    must be reduced exactly (an int result could leave int64)."""
     alone = context.world_size == 1  # nothing to agree with: only check the leaves
     layout: list[tuple[str, Any]] = [("(op)", f"{operation} {op.value}")]
     kinds = bytearray()
@@ -192,16 +179,14 @@ def agree_on_leaves(
     if alone:
         if problem is not None:
             raise problem
-        return leaves, needs_exact(op, [bits], 1), None
+        return leaves, needs_exact(op, [bits], 1)
     claim = Claim(tuple(layout), (digest64(bytes(kinds)), bits), str(problem) if problem else None)
-    table, rows = agree_with_data(context, operation, claim, numbers)
+    table = agree(context, operation, claim)
     if (table[:, 0] != table[0, 0]).any():
         widest = [max(column) for column in zip(*_every_ranks_kinds(context, bytes(kinds), operation))]
         wider = iter(PYTHON_KINDS[code] for code in widest)
         leaves = [promote(leaf, next(wider)) if type(leaf) in KIND_CODES else leaf for leaf in leaves]
-        rows = None  # some rank widens its numbers: they travel again, as the widest kind
-    exact = needs_exact(op, table[:, 1].tolist(), context.world_size)
-    return leaves, exact, None if exact else rows
+    return leaves, needs_exact(op, table[:, 1].tolist(), context.world_size)
 
 
 def _every_ranks_kinds(context: WireContext, kinds: bytes, operation: str) -> list[bytes]:
@@ -212,29 +197,6 @@ def _every_ranks_kinds(context: WireContext, kinds: bytes, operation: str) -> li
         if not (isinstance(theirs, bytes) and len(theirs) == len(kinds) and all(c < len(PYTHON_KINDS) for c in theirs)):
             raise WireFormatError(f"{operation}: rank {rank} sent number kinds {theirs!r:.80} that do not fit the agreed layout")
     return every
-
-
-def _numbers_inline(context: WireContext, leaves: list[Any]) -> torch.Tensor | None:
-    """The leaves as one tensor when they are Python floats, or Python ints, all of one kind
-    (what may ride with the layout agreement); else ``None``."""
-    if context.world_size == 1 or not leaves:
-        return None
-    kind = type(leaves[0])
-    if kind not in (float, int) or any(type(leaf) is not kind for leaf in leaves):
-        return None
-    if kind is int and not all(fits_int64(leaf) for leaf in leaves):
-        return None
-    return torch.tensor(leaves, dtype=PYTHON_PROTOTYPES[kind].dtype, device=context.device)
-
-
-def _reduce_numbers(context: WireContext, first: Any, rows: torch.Tensor, op: ReduceOp) -> list[Any]:
-    """Python numbers reduced from every rank's row, in rank order, as the general path would."""
-    plan = cached_plan(first, PYTHON_PROTOTYPES[type(first)], op, "all_reduce")
-    out = torch.empty_like(rows[0])
-    reduce_rows(rows, plan.op, out=out)
-    if plan.mean_dtype is not None:
-        out = out.to(plan.mean_dtype).div_(context.world_size)
-    return out.tolist()
 
 
 def _leaf_layout(context: WireContext, leaf: Any, tensor: torch.Tensor) -> tuple[Any, ...]:
