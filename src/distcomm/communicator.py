@@ -50,7 +50,7 @@ from distcomm.values.ops import ReduceOp, ReduceOpLike, parse_reduce_op
 from distcomm.values.timeouts import as_timeout
 from distcomm.wire import all_to_all, broadcast, gather, point_to_point, reduce, reduce_scatter, survivors
 from distcomm.wire import objects as object_wire
-from distcomm.wire.call_check import check_call, refuse
+from distcomm.wire.call_check import check, refuse
 from distcomm.wire.codec import ObjectCodec
 from distcomm.wire.context import SharedState, WireContext
 from distcomm.wire.layout_agreement import Claim, agree
@@ -274,8 +274,7 @@ class Communicator(abc.ABC):
     @collective(None)
     def barrier(self) -> None:
         """Block until every rank has called ``barrier`` (a rank in another collective makes every rank raise)."""
-        if self.world_size > 1:
-            check_call(self._context, "barrier", "")
+        check(self._context, "barrier")
 
     @collective(_broadcast_layout)
     def broadcast(self, data: T, src: int = 0) -> T:

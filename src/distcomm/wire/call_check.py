@@ -82,6 +82,8 @@ class CallSlots:
     rows: torch.Tensor
     host: np.ndarray
     sizes: tuple[int, ...]
+    uniform: bool = False
+    """Whether every rank's body is known to be this rank's (the check held: one step)."""
 
     def body(self, rank: int) -> np.ndarray:
         """Rank ``rank``'s body bytes (a view)."""
@@ -145,7 +147,15 @@ def check_call(
         return _gather_slots(context, operation, step, head, target)  # the second step
     row = np.frombuffer(prefix + len(head).to_bytes(8, "little") + head, dtype=np.uint8)
     host = np.broadcast_to(row, (world, len(row)))  # every rank's body is this rank's
-    return CallSlots(_on(torch.from_numpy(row.copy()), target).expand(world, -1), host, (len(head),) * world)
+    return CallSlots(_on(torch.from_numpy(row.copy()), target).expand(world, -1), host, (len(head),) * world, uniform=True)
+
+
+def check(context: WireContext, operation: str, step: str = "") -> None:
+    """:func:`check_call` for a call with no body (a barrier): nothing to show, only the check."""
+    if context.world_size > 1:
+        prefix = _prefix(operation, step)
+        if not _same_everywhere(context, prefix, context.device):
+            _gather_slots(context, operation, step, b"", context.device)  # raises: the ranks are in different calls
 
 
 _DIGESTS: dict[bytes, int] = {}
@@ -164,9 +174,18 @@ def _digest(opening: bytes) -> int:
 def _same_everywhere(context: WireContext, opening: bytes, target: torch.device) -> bool:
     """The check: whether every rank sent this ``opening`` (one all-reduce of two words)."""
     digest = _digest(opening)
-    words = _on(torch.tensor([digest, -digest], dtype=torch.int64), target)
-    context.backend.all_reduce(words, ReduceOp.MAX)
-    largest, negated_smallest = words.tolist()
+    if context.check_words is None:
+        host = np.zeros(CHECK_WORDS, dtype=np.int64)
+        context.check_words = (host, torch.from_numpy(host))
+    host, words = context.check_words
+    host[0], host[1] = digest, -digest
+    if target.type == "cpu":
+        context.backend.all_reduce(words, ReduceOp.MAX)
+    else:
+        moved = words.to(target)
+        context.backend.all_reduce(moved, ReduceOp.MAX)
+        host[:] = moved.cpu().numpy()
+    largest, negated_smallest = host.tolist()
     return bool(largest == digest == -negated_smallest)
 
 

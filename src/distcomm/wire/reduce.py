@@ -33,7 +33,7 @@ from distcomm.values.reduction_rules import (
     reduce_exactly,
     reduce_if_alone,
 )
-from distcomm.wire.layout_agreement import Claim, agree
+from distcomm.wire.layout_agreement import Claim, agree, claim_header
 from distcomm.wire.mismatch import digest64
 from distcomm.wire.objects import all_gather_objects
 
@@ -118,8 +118,7 @@ def reduce_tensor_dict(context: WireContext, data: dict[Any, Any], op: ReduceOp,
     if context.world_size == 1:  # no other rank to match: the caller's order serves
         keys, ordered = list(data), values
     else:
-        paths = {key: f"[{key!r}]" for key in data}
-        keys = sorted(data, key=paths.__getitem__)
+        keys, claim, header = _dict_layout(data, values, op, operation)
         ordered = [data[key] for key in keys]
     with torch.no_grad():
         if alike:  # one stack, and one unbind back
@@ -129,8 +128,7 @@ def reduce_tensor_dict(context: WireContext, data: dict[Any, Any], op: ReduceOp,
             if len(ordered) == 1 and detach:
                 flat = flat.clone()  # a lone tensor comes back as a view of itself: leave the input alone
         if context.world_size > 1:  # over one rank a reduction is the identity: no collective to wait for
-            layout = (("(op)", f"{operation} {op.value}"), *((paths[k], ("tensor", dtype, t.shape, device.type)) for k, t in zip(keys, ordered)))
-            agree(context, operation, Claim(layout, (_NO_NUMBERS, 0)))
+            agree(context, operation, claim, header)
             context.backend.all_reduce(flat, plan.op)
         if plan.mean_dtype is not None:
             flat.div_(context.world_size)
@@ -140,6 +138,26 @@ def reduce_tensor_dict(context: WireContext, data: dict[Any, Any], op: ReduceOp,
             return dict(data)
     reduced = dict(zip(keys, views))
     return reduced if context.world_size == 1 else {key: reduced[key] for key in data}
+
+
+_DICT_LAYOUTS: dict[tuple[Any, ...], tuple[list[Any], Claim, bytes]] = {}
+
+
+def _dict_layout(data: dict[Any, Any], values: list[torch.Tensor], op: ReduceOp, operation: str) -> tuple[list[Any], Claim, bytes]:
+    """A plain dict of tensors' keys in the order every rank shares, its claim and the claim's
+    header: made once for each dict seen (its keys, dtype, device and shapes), then remembered."""
+    first = values[0]
+    key = (operation, op, first.dtype, first.device.type, tuple(data), tuple(v.shape for v in values))
+    known = _DICT_LAYOUTS.get(key)
+    if known is None:
+        paths = {k: f"[{k!r}]" for k in data}
+        keys = sorted(data, key=paths.__getitem__)
+        entries = ((paths[k], ("tensor", first.dtype, data[k].shape, first.device.type)) for k in keys)
+        claim = Claim((("(op)", f"{operation} {op.value}"), *entries), (_NO_NUMBERS, 0))
+        known = (keys, claim, claim_header(claim))
+        if len(_DICT_LAYOUTS) < 1024:
+            _DICT_LAYOUTS[key] = known
+    return known
 
 
 _NO_NUMBERS = digest64(b"")
