@@ -17,7 +17,7 @@ from distcomm.backends.handles import CompletedHandle, Handle
 from distcomm.errors import InvalidArgumentError
 from distcomm.values.conversion import check_fillable, describe, is_plain
 from distcomm.values.nested import flatten, unflatten
-from distcomm.wire.layout_agreement import Claim, agree
+from distcomm.wire.layout_agreement import Claim, agree, claim_header
 from distcomm.wire.objects import broadcast_object
 
 if TYPE_CHECKING:
@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 def broadcast_data(context: WireContext, data: Any, src: int) -> Any:
     """``src``'s ``data`` on every rank, tensors filled in place (see :meth:`Communicator.broadcast`)."""
+    if type(data) is torch.Tensor and context.world_size > 1:
+        return _broadcast_tensor(context, data, src)
     leaves, paths, spec = flatten(data)
     tensors = sorted((path, i) for i, (path, leaf) in enumerate(zip(paths, leaves)) if isinstance(leaf, torch.Tensor))
     problem = None
@@ -50,6 +52,30 @@ def broadcast_data(context: WireContext, data: Any, src: int) -> Any:
     for _, i in tensors:
         fill_from(context, leaves[i], src)
     return unflatten(src_spec, [own.get(path, leaf) for path, leaf in zip(src_paths, others)])
+
+
+_TENSOR_CLAIMS: dict[tuple[int, torch.dtype, torch.Size], tuple[Claim, bytes]] = {}
+
+
+def _broadcast_tensor(context: WireContext, tensor: torch.Tensor, src: int) -> torch.Tensor:
+    """A lone tensor: the claim the general path makes for it (so ranks on either path meet),
+    remembered by ``src``, dtype and shape."""
+    operation = f"broadcast from {src}"
+    try:
+        check_fillable(tensor, "broadcast", "")
+    except InvalidArgumentError as error:  # refused on every rank, in the agreement
+        agree(context, operation, Claim((("", describe(tensor)),), problem=str(error)))
+        raise AssertionError("a refusal was not raised") from error  # pragma: no cover
+    key = (src, tensor.dtype, tensor.shape)
+    known = _TENSOR_CLAIMS.get(key)
+    if known is None:
+        claim = Claim((("", describe(tensor)),))
+        known = (claim, claim_header(claim))
+        if len(_TENSOR_CLAIMS) < 1024:
+            _TENSOR_CLAIMS[key] = known
+    agree(context, operation, *known)
+    fill_from(context, tensor, src)
+    return tensor
 
 
 def fill_from(context: WireContext, tensor: torch.Tensor, src: int) -> None:

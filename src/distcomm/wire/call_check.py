@@ -76,14 +76,23 @@ def body_room(world_size: int) -> int:
 
 @attrs.frozen
 class CallSlots:
-    """Every rank's opening slot: ``rows`` on the device the call used, ``host`` on the CPU
-    (the prefixes and bodies), and each rank's body size (already checked)."""
+    """Every rank's opening: ``host`` on the CPU (one row per rank: prefix, then body), each
+    rank's body size (already checked), and ``gathered``, the rows as the second step gathered
+    them on the call's device (``None`` when the check held and every body is this rank's)."""
 
-    rows: torch.Tensor
+    gathered: torch.Tensor | None
     host: np.ndarray
     sizes: tuple[int, ...]
     uniform: bool = False
     """Whether every rank's body is known to be this rank's (the check held: one step)."""
+    device: torch.device = attrs.field(factory=lambda: torch.device("cpu"))
+
+    @property
+    def rows(self) -> torch.Tensor:
+        """Every rank's row on the call's device (made from ``host`` when nothing was gathered)."""
+        if self.gathered is not None:
+            return self.gathered
+        return _on(torch.from_numpy(np.array(self.host)), self.device)  # a copy: the host rows may be a read-only view
 
     def body(self, rank: int) -> np.ndarray:
         """Rank ``rank``'s body bytes (a view)."""
@@ -147,7 +156,7 @@ def check_call(
         return _gather_slots(context, operation, step, head, target)  # the second step
     row = np.frombuffer(prefix + len(head).to_bytes(8, "little") + head, dtype=np.uint8)
     host = np.broadcast_to(row, (world, len(row)))  # every rank's body is this rank's
-    return CallSlots(_on(torch.from_numpy(row.copy()), target).expand(world, -1), host, (len(head),) * world, uniform=True)
+    return CallSlots(None, host, (len(head),) * world, uniform=True, device=target)
 
 
 def check(context: WireContext, operation: str, step: str = "") -> None:
