@@ -92,7 +92,7 @@ class CallSlots:
         """Every rank's row on the call's device (made from ``host`` when nothing was gathered)."""
         if self.gathered is not None:
             return self.gathered
-        return _on(torch.from_numpy(np.array(self.host)), self.device)  # a copy: the host rows may be a read-only view
+        return _on(torch.from_numpy(np.array(self.host, order="C")), self.device)  # a copy: the host rows may be a read-only view
 
     def body(self, rank: int) -> np.ndarray:
         """Rank ``rank``'s body bytes (a view)."""
@@ -175,7 +175,7 @@ def _digest(opening: bytes) -> int:
     known = _DIGESTS.get(opening)
     if known is None:
         known = int.from_bytes(hashlib.blake2b(opening, digest_size=8).digest(), "little") & _DIGEST_MASK
-        if len(_DIGESTS) < 4096:
+        if len(opening) <= 256 and len(_DIGESTS) < 4096:  # call headers, not payloads
             _DIGESTS[opening] = known
     return known
 

@@ -17,6 +17,7 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from distcomm.backends.handles import CompletedHandle, Handle
 from distcomm.errors import InvalidArgumentError, WireFormatError
 from distcomm.values.conversion import check_fillable, from_tensor, is_plain, to_tensor
+from distcomm.values.dtypes import fits_int64
 from distcomm.values.nested import flatten, map_leaves, unflatten
 from distcomm.values.ops import ReduceOp
 from distcomm.values.reduction_rules import (
@@ -78,8 +79,12 @@ def reduce_structure(context: WireContext, data: Any, op: ReduceOp, operation: s
     leaves, paths, spec = flatten(data)
     order = sorted(range(len(leaves)), key=paths.__getitem__)
     leaves, paths = [leaves[i] for i in order], [paths[i] for i in order]
-    leaves, exact = agree_on_leaves(context, leaves, paths, op, operation)
-    reduced = reduce_leaves(context, leaves, paths, op, exact=exact, operation=operation, detach=detach)
+    kind = _one_number_kind(context, leaves)
+    leaves, exact, widened = agree_on_leaves(context, leaves, paths, op, operation)
+    if kind is not None and not exact and not widened:  # every rank has numbers of this one kind
+        reduced = _reduce_numbers(context, leaves, op)
+    else:
+        reduced = reduce_leaves(context, leaves, paths, op, exact=exact, operation=operation, detach=detach)
     results: list[Any] = [None] * len(order)
     for position, value in zip(order, reduced):
         results[position] = value
@@ -166,10 +171,11 @@ _NO_NUMBERS = digest64(b"")
 
 def agree_on_leaves(
     context: WireContext, leaves: list[Any], paths: list[str], op: ReduceOp, operation: str
-) -> tuple[list[Any], bool]:
+) -> tuple[list[Any], bool, bool]:
     """Check the leaves, agree on their layout with the other ranks, and widen Python
-    numbers to the kind every rank can share. Returns the leaves, and whether Python numbers
-    must be reduced exactly (an int result could leave int64)."""
+    numbers to the kind every rank can share. Returns the leaves, whether Python numbers
+    must be reduced exactly (an int result could leave int64), and whether the ranks' number
+    kinds differed (then some widened theirs): the same two answers on every rank."""
     alone = context.world_size == 1  # nothing to agree with: only check the leaves
     layout: list[tuple[str, Any]] = [("(op)", f"{operation} {op.value}")]
     kinds = bytearray()
@@ -197,14 +203,15 @@ def agree_on_leaves(
     if alone:
         if problem is not None:
             raise problem
-        return leaves, needs_exact(op, [bits], 1)
+        return leaves, needs_exact(op, [bits], 1), False
     claim = Claim(tuple(layout), (digest64(bytes(kinds)), bits), str(problem) if problem else None)
     table = agree(context, operation, claim)
-    if (table[:, 0] != table[0, 0]).any():
+    widened = bool((table[:, 0] != table[0, 0]).any())
+    if widened:
         widest = [max(column) for column in zip(*_every_ranks_kinds(context, bytes(kinds), operation))]
         wider = iter(PYTHON_KINDS[code] for code in widest)
         leaves = [promote(leaf, next(wider)) if type(leaf) in KIND_CODES else leaf for leaf in leaves]
-    return leaves, needs_exact(op, table[:, 1].tolist(), context.world_size)
+    return leaves, needs_exact(op, table[:, 1].tolist(), context.world_size), widened
 
 
 def _every_ranks_kinds(context: WireContext, kinds: bytes, operation: str) -> list[bytes]:
@@ -215,6 +222,29 @@ def _every_ranks_kinds(context: WireContext, kinds: bytes, operation: str) -> li
         if not (isinstance(theirs, bytes) and len(theirs) == len(kinds) and all(c < len(PYTHON_KINDS) for c in theirs)):
             raise WireFormatError(f"{operation}: rank {rank} sent number kinds {theirs!r:.80} that do not fit the agreed layout")
     return every
+
+
+def _one_number_kind(context: WireContext, leaves: list[Any]) -> type | None:
+    """``float`` or ``int`` when the leaves are Python numbers all of that kind (ints within
+    int64), which travel as one tensor; else ``None``."""
+    if context.world_size == 1 or not leaves:
+        return None
+    kind = type(leaves[0])
+    if kind not in (float, int) or any(type(leaf) is not kind for leaf in leaves):
+        return None
+    if kind is int and not all(fits_int64(leaf) for leaf in leaves):
+        return None
+    return kind
+
+
+def _reduce_numbers(context: WireContext, leaves: list[Any], op: ReduceOp) -> list[Any]:
+    """Python numbers of one kind reduced as one tensor, with the result kinds the general path gives."""
+    plan = cached_plan(leaves[0], PYTHON_PROTOTYPES[type(leaves[0])], op, "all_reduce")
+    flat = torch.tensor(leaves, dtype=PYTHON_PROTOTYPES[type(leaves[0])].dtype, device=context.device)
+    context.backend.all_reduce(flat, plan.op)
+    if plan.mean_dtype is not None:
+        flat = flat.to(plan.mean_dtype).div_(context.world_size)
+    return flat.tolist()
 
 
 def _leaf_layout(context: WireContext, leaf: Any, tensor: torch.Tensor) -> tuple[Any, ...]:
