@@ -63,3 +63,14 @@ def test_a_script_that_starts_ranks_at_import_is_told_what_to_do(tmp_path) -> No
     script.write_text("import distcomm\n\ndef train(comm):\n    return comm.rank\n\nprint(distcomm.spawn(train, world_size=2, timeout=10))\n")
     result = warm.run([str(script)])
     assert result.returncode != 0 and 'if __name__ == "__main__":' in result.stderr + result.stdout, result
+
+
+def frozen_objects(comm) -> bool:
+    import gc
+
+    return gc.get_freeze_count() > 0
+
+
+def test_ranks_are_forked_from_a_server_whose_imports_are_frozen() -> None:
+    # What each rank inherited is never scanned by its garbage collector, so its pages stay shared.
+    assert distcomm.spawn(frozen_objects, world_size=2, timeout=20) == [True, True]
