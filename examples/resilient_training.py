@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import multiprocessing
 import os
 import signal
 import tempfile
@@ -109,8 +110,12 @@ def main() -> None:
     parser.add_argument("--kill-step", type=int, default=7)
     args = parser.parse_args()
     kill = (args.kill_rank, args.kill_step)
+    # Ranks are forked from a server that imports torch once, not four fresh interpreters.
+    multiprocessing.set_forkserver_preload(["torch", "distcomm"])
     with tempfile.TemporaryDirectory() as tmp:  # a file rendezvous: its store outlives any rank
-        context = mp.start_processes(run_rank, args=(f"file://{tmp}/rendezvous", args.steps, kill), nprocs=4, join=False)
+        context = mp.start_processes(
+            run_rank, args=(f"file://{tmp}/rendezvous", args.steps, kill), nprocs=4, join=False, start_method="forkserver"
+        )
         for process in context.processes:
             process.join(120)
         codes = [process.exitcode for process in context.processes]
