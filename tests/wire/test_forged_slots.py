@@ -22,9 +22,10 @@ from distcomm.errors import DistCommError, ObjectDecodeError, WireFormatError
 from distcomm.values.ops import ReduceOp
 from distcomm.wire.call_check import PREFIX_BYTES, CallSlots, body_room, read_prefixes, slot_bytes, tag_of
 from distcomm.wire.codec import PickleCodec
-from distcomm.wire.gather import HEADER_WORDS, _read_header
+from distcomm.wire.gather import _read_header
 from distcomm.wire.layout_agreement import _read_headers
 from distcomm.wire.objects import read_body
+from distcomm.wire.tensor_header import WORDS as HEADER_WORDS
 
 EXTREMES = [0, 1, -1, 2, 15, 16, 17, 63, 64, 4096, 2**31, 2**40, 2**50, 2**62, -(2**63), 2**63 - 1]
 

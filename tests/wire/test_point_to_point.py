@@ -110,7 +110,8 @@ def forged_first_message(nbytes: int, sent_bytes: int, *, cut_first: bool = Fals
 
     first = np.zeros(pairwise.FIRST_BYTES, dtype=np.uint8)
     header = first[: pairwise.PAYLOAD_OFFSET].view("<i8")
-    header[:7] = (pairwise.MAGIC, pairwise.TENSOR, 8, 1, nbytes, 0, nbytes // 4)  # float32 is dtype code 8
+    header[:4] = (pairwise.MAGIC, pairwise.TENSOR, nbytes, 0)
+    header[4:7] = (1, 8, nbytes // 4)  # the tensor header: one dimension of float32 (dtype code 8)
     first[-8:].view("<i8")[0] = pairwise.END
     messages = [torch.from_numpy(first[: pairwise.FIRST_BYTES // 2] if cut_first else first)]
     if sent_bytes:

@@ -27,12 +27,11 @@ from distcomm.values.dtypes import DTYPES
 from distcomm.wire.call_check import body_room
 from distcomm.wire.codec import max_payload_bytes
 from distcomm.wire.objects import all_gather_objects, broadcast_object
+from distcomm.wire.tensor_header import MAX_DIMENSIONS
 
 if TYPE_CHECKING:
     from distcomm.wire.context import WireContext
 
-MAX_DIMENSIONS = 16
-"""The most dimensions a chunk may have (as in every distcomm header)."""
 _BY_NAME = {dtype_name(dtype): dtype for dtype in DTYPES}
 OBJECTS = "object"
 """The dtype a rank states when its chunks are not tensors: they travel pickled."""

@@ -18,19 +18,18 @@ import torch
 from distcomm.backends.handles import CompletedHandle, Handle, ThenHandle
 from distcomm.errors import InconsistentInputError, InvalidArgumentError, WireFormatError
 from distcomm.values.conversion import describe, dtype_name
-from distcomm.values.dtypes import DTYPE_CODES, DTYPES
+from distcomm.values.dtypes import DTYPE_CODES
 from distcomm.values.nested import flatten, is_container, unflatten
 from distcomm.wire.call_check import CallSlots, body_room, check_call, refuse
 from distcomm.wire.codec import max_payload_bytes
 from distcomm.wire.layout_agreement import gather_claims
 from distcomm.wire.mismatch import by_rank, explain
 from distcomm.wire.objects import all_gather_objects, all_gather_payloads
+from distcomm.wire.tensor_header import WORDS, header_words, read_tensor_header, unsupported
 
 if TYPE_CHECKING:
     from distcomm.wire.context import WireContext
 
-MAX_GATHER_DIMS = 16
-HEADER_WORDS = 2 + MAX_GATHER_DIMS
 
 
 def gather_data(context: WireContext, data: Any, operation: str) -> list[Any]:
@@ -135,26 +134,18 @@ def gather_headers(context: WireContext, tensor: torch.Tensor, operation: str = 
     format (a dimension out of bounds, an unknown dtype code) is a
     :class:`~distcomm.errors.WireFormatError`.
     """
-    problem = None
-    code = DTYPE_CODES.get(tensor.dtype)
-    if code is None:
-        problem = f"{operation} does not support dtype {tensor.dtype}; convert the tensor first"
-    elif tensor.dim() > MAX_GATHER_DIMS:
-        problem = f"{operation} takes at most {MAX_GATHER_DIMS} dimensions, got {tensor.dim()}"
-    header = np.full(HEADER_WORDS, -1, dtype="<i8")
+    problem = unsupported(tensor, operation)
+    header = header_words(None if problem else tensor)
     nbytes = tensor.numel() * tensor.element_size()
     inline = None
-    if problem is None:
-        header[0], header[1] = tensor.dim(), code
-        header[2 : 2 + tensor.dim()] = tensor.shape
-        if nbytes <= body_room(context.world_size) - header.nbytes:
-            inline = tensor
+    if problem is None and nbytes <= body_room(context.world_size) - header.nbytes:
+        inline = tensor
     slots = check_call(context, operation, "tensor", header.view(np.uint8), inline, tensor.device)
     headers = [_read_header(context, slots, rank, operation) for rank in range(context.world_size)]
     if any(h is None for h in headers):
         claims = gather_claims(context, operation, (problem, ()))
         raise InconsistentInputError(explain(operation, claims))
-    dtypes = [DTYPES[code] for code, _, _ in headers]  # type: ignore[misc]
+    dtypes = [dtype for dtype, _, _ in headers]  # type: ignore[misc]
     shapes = [shape for _, shape, _ in headers]  # type: ignore[misc]
     if len(set(dtypes)) > 1 or len({len(s) for s in shapes}) > 1:
         listing = "; ".join(f"rank {r}: {dtype_name(d)}{list(s)}" for r, (d, s) in enumerate(zip(dtypes, shapes)))
@@ -170,31 +161,20 @@ def gather_headers(context: WireContext, tensor: torch.Tensor, operation: str = 
     return [row[:n].view(tensor.dtype).reshape(shape).clone() for row, n, shape in zip(rows, sizes, shapes)], shapes
 
 
-def _read_header(context: WireContext, slots: CallSlots, rank: int, operation: str = "all_gather") -> tuple[int, torch.Size, bool] | None:
-    """``rank``'s dtype code, shape and whether its data came inline; ``None`` for a refusal.
+def _read_header(context: WireContext, slots: CallSlots, rank: int, operation: str = "all_gather") -> tuple[torch.dtype, torch.Size, bool] | None:
+    """``rank``'s dtype, shape and whether its data came inline; ``None`` for a refusal.
     Anything outside the wire format raises :class:`~distcomm.errors.WireFormatError`."""
-    words = slots.words(rank, HEADER_WORDS)
+    words = slots.words(rank, WORDS)
     if words is None:
         raise WireFormatError(f"{operation}: rank {rank} sent a tensor header of {slots.sizes[rank]} bytes")
-    dims, code = int(words[0]), int(words[1])
-    if dims == -1 and code == -1:
+    announced = read_tensor_header(words, f"{operation}: rank {rank}", max_payload_bytes(context.object_codec))
+    if announced is None:
         return None
-    shape = words[2 : 2 + dims] if 0 <= dims <= MAX_GATHER_DIMS else np.zeros(0, dtype="<i8")
-    if not (0 <= dims <= MAX_GATHER_DIMS and 0 <= code < len(DTYPES)) or (shape < 0).any():
-        raise WireFormatError(f"{operation}: rank {rank} sent a tensor header with {dims} dimensions, dtype code {code}, shape {shape.tolist()}")
-    nbytes = DTYPES[code].itemsize
-    for n in shape.tolist():
-        nbytes *= n
-    limit = max_payload_bytes(context.object_codec)
-    if nbytes > limit:
-        raise WireFormatError(
-            f"{operation}: rank {rank} announced a tensor of shape {shape.tolist()} ({nbytes} bytes), over the "
-            f"limit of {limit} bytes a peer may make this rank allocate (the object codec's max_bytes)"
-        )
-    body = slots.sizes[rank] - 8 * HEADER_WORDS
+    dtype, shape, nbytes = announced
+    body = slots.sizes[rank] - 8 * WORDS
     if body not in (0, nbytes):
         raise WireFormatError(f"{operation}: rank {rank} announced {nbytes} bytes of tensor data and sent {body}")
-    return code, torch.Size(shape.tolist()), body == nbytes
+    return dtype, shape, body == nbytes
 
 
 def start_gather(context: WireContext, tensor: torch.Tensor, same_shape: bool, out: torch.Tensor | None) -> Handle:

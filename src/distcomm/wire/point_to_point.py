@@ -26,8 +26,8 @@ import torch
 from distcomm.backends.handles import Handle, JoinedHandle
 from distcomm.errors import InvalidArgumentError, WireFormatError
 from distcomm.values.conversion import readable
-from distcomm.values.dtypes import DTYPE_CODES, DTYPES
 from distcomm.wire.codec import max_payload_bytes
+from distcomm.wire.tensor_header import WORDS, header_words, read_tensor_header, unsupported
 
 if TYPE_CHECKING:
     from distcomm.wire.context import WireContext
@@ -36,9 +36,8 @@ MAGIC = 0x64636F6D70327031  # "dcomp2p1" as a number
 END = 0x646E6570327064  # the last word of every first message: a first message cut short lacks it
 TENSOR, OBJECT, REFUSAL = 0, 1, 2
 """What a message carries: a tensor's bytes, a pickled object, or why the sender could not send."""
-MAX_DIMENSIONS = 16
-HEADER_WORDS = 6 + MAX_DIMENSIONS
-"""magic, kind, dtype code, number of dimensions, byte count, the payload's last 8 bytes, then the dimensions."""
+HEADER_WORDS = 4 + WORDS
+"""magic, kind, byte count, the payload's last 8 bytes, then a tensor header (:mod:`~distcomm.wire.tensor_header`)."""
 PAYLOAD_OFFSET = 16 * ((8 * HEADER_WORDS + 15) // 16)
 """Where an inline payload starts: after the header, aligned for every dtype (16 bytes)."""
 FIRST_BYTES = 4096
@@ -64,10 +63,10 @@ def encode(context: WireContext, data: Any, operation: str) -> tuple[torch.Tenso
     cannot be sent gives a refusal to send instead (the receiver raises its reason) and the error
     the sender raises once it is sent."""
     try:
-        kind, dtype_code, shape, payload = _payload(context, data, operation)
+        kind, tensor, payload = _payload(context, data, operation)
     except InvalidArgumentError as error:
         reason = str(error).encode("utf-8", errors="replace")[:INLINE_BYTES]
-        kind, dtype_code, shape, payload = REFUSAL, 0, (), torch.frombuffer(bytearray(reason), dtype=torch.uint8)
+        kind, tensor, payload = REFUSAL, None, torch.frombuffer(bytearray(reason), dtype=torch.uint8)
         refusal: InvalidArgumentError | None = error
     else:
         refusal = None
@@ -75,8 +74,8 @@ def encode(context: WireContext, data: Any, operation: str) -> tuple[torch.Tenso
     header = first[:PAYLOAD_OFFSET].view("<i8")
     fits = payload.numel() <= INLINE_BYTES
     tail = 0 if fits else int(payload[-8:].cpu().numpy().view("<i8")[0])
-    header[:6] = (MAGIC, kind, dtype_code, len(shape), payload.numel(), tail)
-    header[6 : 6 + len(shape)] = shape
+    header[:4] = (MAGIC, kind, payload.numel(), tail)
+    header[4:HEADER_WORDS] = header_words(tensor)
     first[-8:].view("<i8")[0] = END
     if fits:
         first[PAYLOAD_OFFSET : PAYLOAD_OFFSET + payload.numel()] = payload.cpu().numpy()
@@ -84,25 +83,24 @@ def encode(context: WireContext, data: Any, operation: str) -> tuple[torch.Tenso
     return torch.from_numpy(first).to(context.device), rest, refusal
 
 
-def _payload(context: WireContext, data: Any, operation: str) -> tuple[int, int, tuple[int, ...], torch.Tensor]:
-    """``data`` as a kind, a dtype code, a shape and its bytes, or a clear error."""
+def _payload(context: WireContext, data: Any, operation: str) -> tuple[int, torch.Tensor | None, torch.Tensor]:
+    """``data`` as a kind, the tensor it is (``None`` for an object) and its bytes, or a clear error."""
     limit = max_payload_bytes(context.object_codec)
     if isinstance(data, torch.Tensor):
-        if data.dim() > MAX_DIMENSIONS:
-            raise InvalidArgumentError(f"{operation}: a tensor of {data.dim()} dimensions; at most {MAX_DIMENSIONS}")
-        if data.dtype not in DTYPE_CODES:
-            raise InvalidArgumentError(f"{operation} does not support dtype {data.dtype}; convert the tensor first")
+        problem = unsupported(data, operation)
+        if problem is not None:
+            raise InvalidArgumentError(problem)
         payload = readable(data, operation).reshape(-1).view(torch.uint8)
         if payload.numel() > limit:
             raise InvalidArgumentError(f"{operation}: a tensor of {payload.numel()} bytes, over the codec's limit of {limit}")
-        return TENSOR, DTYPE_CODES[data.dtype], tuple(data.shape), payload
+        return TENSOR, data, payload
     try:
         raw = context.object_codec.encode(data)
     except Exception as error:
         raise InvalidArgumentError(f"{operation}: the object cannot be pickled: {error}") from error
     if len(raw) > limit:
         raise InvalidArgumentError(f"{operation}: the object encodes to {len(raw)} bytes, over the codec's limit of {limit}")
-    return OBJECT, 0, (), torch.frombuffer(bytearray(raw), dtype=torch.uint8) if raw else torch.empty(0, dtype=torch.uint8)
+    return OBJECT, None, torch.frombuffer(bytearray(raw), dtype=torch.uint8) if raw else torch.empty(0, dtype=torch.uint8)
 
 
 def empty_first(context: WireContext) -> torch.Tensor:
@@ -121,8 +119,8 @@ def read_header(context: WireContext, first: torch.Tensor, peer: int) -> Header:
     """What a peer's first message announces, every field checked before anything is allocated."""
     host = first.cpu().numpy()
     words = host[:PAYLOAD_OFFSET].view("<i8").tolist()
-    magic, kind, code, dims, nbytes, tail = words[:6]
-    if magic != MAGIC or kind not in (TENSOR, OBJECT, REFUSAL) or not 0 <= dims <= MAX_DIMENSIONS or nbytes < 0:
+    magic, kind, nbytes, tail = words[:4]
+    if magic != MAGIC or kind not in (TENSOR, OBJECT, REFUSAL) or nbytes < 0:
         raise WireFormatError(f"rank {peer} sent a message that is not a distcomm point-to-point header")
     if int(host[-8:].view("<i8")[0]) != END:
         raise WireFormatError(f"rank {peer} sent a first message shorter than the {FIRST_BYTES} bytes of one")
@@ -134,13 +132,10 @@ def read_header(context: WireContext, first: torch.Tensor, peer: int) -> Header:
         )
     if kind != TENSOR:
         return Header(kind, None, torch.Size(), nbytes, tail)
-    shape = words[6 : 6 + dims]
-    if not 0 <= code < len(DTYPES) or any(d < 0 for d in shape):
-        raise WireFormatError(f"rank {peer} sent a tensor header with dtype code {code} and shape {shape}")
-    dtype = DTYPES[code]
-    size = torch.Size(shape)
-    if size.numel() * dtype.itemsize != nbytes:
-        raise WireFormatError(f"rank {peer} announced {nbytes} bytes for a {dtype} tensor of shape {shape}")
+    announced = read_tensor_header(words[4:HEADER_WORDS], f"rank {peer}", limit)
+    if announced is None or announced[2] != nbytes:
+        raise WireFormatError(f"rank {peer} announced {nbytes} bytes and a tensor header of {announced}")
+    dtype, size, _ = announced
     return Header(kind, dtype, size, nbytes, tail)
 
 
