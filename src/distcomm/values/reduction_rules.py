@@ -8,7 +8,7 @@ a world of many give the same answer:
 * Python numbers that differ in kind across ranks combine as Python would: an ``int`` on
   one rank and a ``float`` on another give a ``float`` everywhere;
 * Python ints whose result could leave int64 are reduced exactly, as Python ints;
-* rows reduced locally (data that rode with an agreement) are reduced in rank order, so every
+* rows reduced locally (every rank's part of a reduce_scatter, for one) are reduced in rank order, so every
   rank computes the same bits (:func:`reduce_rows`).
 """
 
