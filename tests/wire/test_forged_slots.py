@@ -242,3 +242,34 @@ def test_random_slots_from_a_real_peer_never_give_the_honest_rank_a_raw_error(di
             if kind == "returned" and layout != "broadcast_object object from 1":
                 assert "'rank': 0" in honest[1] or "1.0" in honest[1] or "tensor" in honest[1], (layout, seed, honest)
     assert seen.get("WireFormatError", 0) > 20, seen
+
+
+def lying_source_of_a_broadcast(comm, length: int, body: bytes) -> Any:
+    """Rank 1, the source, makes the call's check as an honest rank would, then broadcasts a head
+    that announces ``length`` bytes and carries ``body``."""
+    from distcomm.wire.call_check import check_call
+    from distcomm.wire.objects import OBJECT_SLOT_BYTES
+
+    if comm.rank == 1:
+        check_call(comm._context, "broadcast_object", "object from 1")
+        head = np.zeros(OBJECT_SLOT_BYTES, dtype=np.uint8)
+        head[:8] = np.array([length], dtype="<i8").view(np.uint8)
+        head[8 : 8 + len(body)] = np.frombuffer(body, dtype=np.uint8)
+        comm.tensor_backend.broadcast(torch.from_numpy(head), 1)
+        return "forged"
+    try:
+        return ("returned", comm.broadcast_object(None, src=1))
+    except DistCommError as error:
+        return (type(error).__name__, str(error))
+
+
+@pytest.mark.parametrize(
+    ("length", "body", "expected", "words"),
+    [(2**40, b"", "UnsafeObjectError", "announced a payload of 1099511627776 bytes"),
+     (-7, b"", "UnsafeObjectError", "announced a payload of -7 bytes"),
+     (6, b"\x80\x05junk", "ObjectDecodeError", "")],
+)  # fmt: skip
+def test_a_broadcast_source_that_lies_in_its_head_gets_the_others_a_distcomm_error(dist_world, length, body, expected, words) -> None:
+    honest, forger = dist_world(2).run(lying_source_of_a_broadcast, length, body)
+    assert forger == "forged"
+    assert issubclass(_error_class(honest[0]), _error_class(expected)) and words in honest[1], honest

@@ -1,11 +1,12 @@
 """Object collectives: picklable objects between ranks, and the wire format they travel in.
 
-An object travels in the call's opening slot (:mod:`distcomm.wire.call_check`): an 8-byte
-little-endian length, then as much of the payload as fits. Payloads that fit (most of
-them) take one collective; larger ones take a second for the rest. A rank that cannot
-send its object (unpicklable, too large, a bad argument) sends the reason instead, with
-the length negated, so every rank raises the same error instead of some of them
-waiting forever.
+A gathered object travels in the call's opening slot (:mod:`distcomm.wire.call_check`): an
+8-byte little-endian length, then as much of the payload as fits; a larger one takes a
+second collective for the rest. A broadcast object opens with the call check alone, then
+travels from ``src`` in a fixed-size head of the same form (and the rest, if any). A rank
+that cannot send its object (unpicklable, too large, a bad argument) sends the reason
+instead (the length negated, or a refusal in the check), so every rank raises the same
+error instead of some of them waiting forever.
 
 Tested with the object collectives: tests/test_communicator.py, tests/wire/test_codec.py, tests/wire/test_forged_slots.py.
 """
@@ -135,11 +136,13 @@ def all_gather_objects(context: WireContext, obj: Any, operation: str = "all_gat
 def broadcast_object(
     context: WireContext, obj: Any, src: int, operation: str, device: DeviceLike = None, problem: str | None = None
 ) -> Any:
-    """``src``'s ``obj`` on every rank; ``src`` sends ``problem`` instead of ``obj`` when it has one.
+    """``src``'s ``obj`` on every rank; ``src`` refuses the call with ``problem`` instead when it has one.
 
-    The first step is the slots (every rank's slot, ``src``'s carrying the object's
-    head), so a rank in another call fails on every rank; a larger object's rest follows
-    in one broadcast.
+    Every rank opens with the call check alone (a body-less opening, so it holds in one step
+    when every rank is in this call), then ``src`` broadcasts a fixed-size head (the payload's
+    length and as much of it as fits) and, for a larger object, the rest in one more broadcast:
+    two collectives for a small object, as torch takes. An object ``src`` cannot send is
+    refused in the check, and every rank raises ``src``'s reason.
     """
     target = _target_or_refuse(context, device, operation)
     refusal: InvalidArgumentError | None = None
@@ -153,19 +156,35 @@ def broadcast_object(
         if refusal is not None:
             raise_refusals(operation, [payload.decode(errors="replace")], refusal)
         return obj
-    body = slot_body(payload, body_room(context.world_size), refused=refusal is not None)
-    slots = check_call(context, operation, f"object from {src}", body, device=target)
-    length, head = read_body(context, slots, src, operation)
-    if length < 0:
-        reason = head.decode(errors="replace")
-        raise_refusals(operation, [reason if rank == src else None for rank in range(context.world_size)], refusal)
-    if len(head) < length:
-        rest = torch.empty(length - len(head), dtype=torch.uint8, device=target)
+    if refusal is not None:
+        refuse(context, operation, payload.decode(errors="replace"))
+    opened = check_call(context, operation, f"object from {src}", device=target)
+    if not opened.uniform:  # every rank's opening named this call, yet the checks differed: not a distcomm peer
+        raise WireFormatError(f"{operation}: a rank's call check does not match its opening, which names this call")
+    head = torch.zeros(OBJECT_SLOT_BYTES, dtype=torch.uint8)
+    if context.rank == src:
+        head[:LENGTH_BYTES] = torch.frombuffer(bytearray(len(payload).to_bytes(LENGTH_BYTES, "little")), dtype=torch.uint8)
+        inline = payload[: OBJECT_SLOT_BYTES - LENGTH_BYTES]
+        if inline:
+            head[LENGTH_BYTES : LENGTH_BYTES + len(inline)] = torch.frombuffer(bytearray(inline), dtype=torch.uint8)
+    head = head.to(target)
+    context.backend.broadcast(head, src)
+    host = head.cpu().numpy()
+    length = int(host[:LENGTH_BYTES].view("<i8")[0])
+    limit = max_payload_bytes(context.object_codec)
+    if not 0 <= length <= limit:
+        raise UnsafeObjectError(
+            f"{operation}: rank {src} announced a payload of {length} bytes, outside 0..{limit} (the codec's "
+            "limit); nothing was allocated for it (raise the codec's max_bytes if it is genuine)"
+        )
+    received = host[LENGTH_BYTES : LENGTH_BYTES + length].tobytes()
+    if len(received) < length:
+        rest = torch.empty(length - len(received), dtype=torch.uint8, device=target)
         if context.rank == src:
-            rest.copy_(torch.frombuffer(bytearray(payload[len(head) :]), dtype=torch.uint8))
+            rest.copy_(torch.frombuffer(bytearray(payload[len(received) :]), dtype=torch.uint8))
         context.backend.broadcast(rest, src)
-        head += rest.cpu().numpy().tobytes()
-    return obj if context.rank == src else context.object_codec.decode(head)
+        received += rest.cpu().numpy().tobytes()
+    return obj if context.rank == src else context.object_codec.decode(received)
 
 
 def scatter_problem(context: WireContext, objects: Any, src: int) -> str | None:
