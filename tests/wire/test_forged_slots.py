@@ -273,3 +273,21 @@ def test_a_broadcast_source_that_lies_in_its_head_gets_the_others_a_distcomm_err
     honest, forger = dist_world(2).run(lying_source_of_a_broadcast, length, body)
     assert forger == "forged"
     assert issubclass(_error_class(honest[0]), _error_class(expected)) and words in honest[1], honest
+
+
+def forged_barrier(comm) -> Any:
+    """Rank 1 names the barrier in its slot, but its check matches nobody's."""
+    if comm.rank == 1:
+        comm.tensor_backend.all_reduce(forged_check(), ReduceOp.MAX)
+        comm.tensor_backend.all_gather(forged_slot(comm.world_size, "barrier", b""))
+        return "forged"
+    try:
+        comm.barrier()
+        return "returned"
+    except DistCommError as error:
+        return (type(error).__name__, str(error))
+
+
+def test_a_barrier_whose_peer_forged_its_check_is_a_wire_format_error(dist_world) -> None:
+    honest, forger = dist_world(2).run(forged_barrier)
+    assert forger == "forged" and honest[0] == "WireFormatError" and "does not match its opening" in honest[1]

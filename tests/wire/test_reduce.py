@@ -9,7 +9,7 @@ import pytest
 import torch
 from support.transports import BackendCommunicator
 
-from distcomm import LocalCommunicator
+from distcomm import InconsistentInputError, LocalCommunicator
 
 
 def many_leaves(comm):
@@ -140,3 +140,17 @@ def collectives_of_a_small_dict(comm):
 def test_a_dict_takes_its_two_word_check_and_one_all_reduce(dist_world) -> None:
     expected = (["all_reduce"] * 2, ["all_reduce"] * 2, ["all_reduce"] * 2, 14.0, 7.5)
     assert dist_world(2).run(collectives_of_a_small_dict) == [expected] * 2
+
+
+def keys_equal_but_not_alike(comm):
+    """Both ranks reduce {1: t} once; then rank 1 passes {True: t}: an equal dict key, another key path."""
+    comm.all_reduce({1: torch.ones(2)})
+    try:
+        comm.all_reduce({True if comm.rank == 1 else 1: torch.ones(2)})
+    except InconsistentInputError as error:
+        return str(error)
+    return "returned"
+
+
+def test_a_dict_seen_before_with_equal_keys_of_another_type_still_meets_the_agreement(dist_world) -> None:
+    assert all("first difference at [1]" in m for m in dist_world(2).run(keys_equal_but_not_alike))

@@ -4,8 +4,8 @@ with the same opening body, in one all-reduce of two words, whatever the world s
 The check: each rank sends ``[h, -h]``, where ``h`` is a 62-bit digest of its call's tag
 and body, and the ranks take the maximum. Every rank then holds the largest ``h`` and the
 smallest, and they are equal, and equal to its own, exactly when every rank sent the same.
-Two words are the cheapest all-reduce there is (Gloo sends a two-word message in fewer
-rounds than any longer one), and they do not grow with the world.
+Two words are about the cheapest all-reduce there is (on Gloo, measured, about a barrier's
+time, where three words or more cost more), and they do not grow with the world.
 
 When the check holds, every rank knows every rank's body (its own) and the call goes on.
 When it does not (ranks in different calls, a refusal, or bodies that legitimately differ,
@@ -164,7 +164,8 @@ def check(context: WireContext, operation: str, step: str = "") -> None:
     if context.world_size > 1:
         prefix = _prefix(operation, step)
         if not _same_everywhere(context, prefix, context.device):
-            _gather_slots(context, operation, step, b"", context.device)  # raises: the ranks are in different calls
+            _gather_slots(context, operation, step, b"", context.device)  # raises when the ranks are in different calls
+            raise WireFormatError(f"{operation}: a rank's call check does not match its opening, which names this call")
 
 
 _DIGESTS: dict[bytes, int] = {}

@@ -152,7 +152,8 @@ def _dict_layout(data: dict[Any, Any], values: list[torch.Tensor], op: ReduceOp,
     """A plain dict of tensors' keys in the order every rank shares, its claim and the claim's
     header: made once for each dict seen (its keys, dtype, device and shapes), then remembered."""
     first = values[0]
-    key = (operation, op, first.dtype, first.device.type, tuple(data), tuple(v.shape for v in values))
+    # Key types too: 1, 1.0 and True are equal dict keys, but their key paths differ.
+    key = (operation, op, first.dtype, first.device.type, tuple(data), tuple(map(type, data)), tuple(v.shape for v in values))
     known = _DICT_LAYOUTS.get(key)
     if known is None:
         paths = {k: f"[{k!r}]" for k in data}
