@@ -5,7 +5,7 @@ One :class:`FlightRecorder` per process keeps a ring buffer of the last ``size``
 collectives of every communicator: the group, a sequence number per group, the
 operation, the data's dtypes and shapes, the reduce op or root, the caller's file, line
 and function (the first frame outside distcomm), and the state (started, completed,
-failed) with monotonic times. It is cheap enough to stay on (about a microsecond per
+failed) with monotonic times. It is cheap enough to stay on (about two microseconds per
 call); ``DISTCOMM_FLIGHT_RECORDER=0`` turns it off, and then nothing is paid.
 
 It writes one JSON-lines file per rank (``<job>-rank<R>.jsonl`` in its directory) when a
@@ -42,7 +42,7 @@ import torch
 from distcomm.environment.job import environment_flag, identity_from_environment, job_name
 from distcomm.errors import CollectiveError, ConfigurationError
 from distcomm.instrument.dump_signal import dump_on_signal, parse_signal
-from distcomm.instrument.hooks import Call, CollectiveSpec, Recorder
+from distcomm.instrument.hooks import CollectiveSpec, Recorder
 from distcomm.instrument.record_format import (
     CALL,
     COMPLETED,
@@ -79,39 +79,45 @@ _PACKAGE_DIRECTORY = str(Path(__file__).resolve().parent.parent)  # distcomm its
 """The states of a recorded call."""
 
 
+# The fields of a row of the ring: one list per call, filled when it starts and completed when it
+# ends. A list, not an object, because one is made per call and a list is made in a tenth of the
+# time; :class:`RecordedCall` reads one. It keeps the data's dtype and shape and the caller's code
+# and line, never the data or the frame (they would keep the caller's tensors and locals alive).
+GROUP, SEQ, SPEC, DETAIL, DTYPE, SHAPE, CODE, OFFSET, START_NS, END_NS, STATE, ERROR = range(12)
+
+
 class RecordedCall:
-    """One call in the ring: filled when it starts, completed when it ends. It keeps the data's
-    dtype and shape and the caller's code and line, never the data or the frame (they would keep
-    the caller's tensors and locals alive). A plain slotted class: one is made per call."""
+    """One row of the ring, read by name: what a dump and the watchdog see of a call."""
 
-    __slots__ = ("group", "seq", "spec", "detail_value", "dtype", "shape", "code", "line", "start_ns", "end_ns", "state", "error")
+    __slots__ = ("row",)
 
-    def __init__(
-        self, group: str, seq: int, spec: CollectiveSpec, detail_value: Any, dtype: Any, shape: Any,
-        code: CodeType | None, line: int | None, start_ns: int,
-    ) -> None:  # fmt: skip
-        self.group, self.seq, self.spec, self.detail_value = group, seq, spec, detail_value
-        self.dtype, self.shape = dtype, shape
-        """The data's dtype and shape, for a tensor; else the data's type and ``None``."""
-        self.code, self.line, self.start_ns = code, line, start_ns
-        self.end_ns, self.state = 0, STARTED
-        self.error: str | None = None
+    def __init__(self, row: list[Any]) -> None:
+        self.row = row
 
     @property
     def op(self) -> str:
-        return self.spec.operation
+        return str(self.row[SPEC].operation)
+
+    @property
+    def state(self) -> str:
+        return str(self.row[STATE])
+
+    @property
+    def start_ns(self) -> int:
+        return int(self.row[START_NS])
 
     def as_record(self) -> dict[str, Any]:
         """The call as a plain dict (a line of a dump)."""
-        data = f"{dtype_name(self.dtype)}{list(self.shape)}" if self.shape is not None else self.dtype.__name__
-        end = self.end_ns or None
+        group, seq, spec, detail, dtype, shape, code, offset, start_ns, end_ns, state, error = self.row
+        data = f"{dtype_name(dtype)}{list(shape)}" if shape is not None else dtype.__name__
+        end = end_ns or None
         return {
-            "kind": CALL, "group": self.group, "seq": self.seq, "op": self.op, "data": data,
-            "detail": _detail_text(self.spec.detail_name, self.detail_value),
-            "file": self.code.co_filename if self.code else None, "line": self.line,
-            "function": self.code.co_name if self.code else None, "state": self.state,
-            "start_ns": self.start_ns, "end_ns": end,
-            "duration_ms": None if end is None else (end - self.start_ns) / 1e6, "error": self.error,
+            "kind": CALL, "group": group, "seq": seq, "op": spec.operation, "data": data,
+            "detail": _detail_text(spec.detail_name, detail),
+            "file": code.co_filename if code else None, "line": _line_of(code, offset) if code else None,
+            "function": code.co_name if code else None, "state": state,
+            "start_ns": start_ns, "end_ns": end,
+            "duration_ms": None if end is None else (end - start_ns) / 1e6, "error": error,
         }  # fmt: skip
 
 
@@ -133,7 +139,7 @@ class FlightRecorder(Recorder):
         if isinstance(size, bool) or not isinstance(size, int) or not 0 < size <= MAX_SIZE:
             raise ValueError(f"a flight recorder keeps 1 to {MAX_SIZE} calls, got size={size!r}")
         signum = None if dump_signal is None else parse_signal(dump_signal)
-        self.entries: collections.deque[RecordedCall] = collections.deque(maxlen=size)
+        self.entries: collections.deque[list[Any]] = collections.deque(maxlen=size)
         self._append = self.entries.append
         chosen = directory or os.environ.get(DIRECTORY_VARIABLE)
         self._directory: Path | None = Path(chosen) if chosen else None
@@ -188,54 +194,64 @@ class FlightRecorder(Recorder):
                 counter = self._counters[group] = itertools.count(1)
             return counter
 
-    def before(self, call: Call) -> None:
-        """Note that ``call`` starts now, with its caller: the first frame outside distcomm."""
-        frame: FrameType | None = _getframe(3)  # above the collective's wrapper, which called _through, which called this
+    def start(self, comm: Any, spec: CollectiveSpec, args: tuple[Any, ...], kwargs: dict[str, Any], caller: FrameType | None) -> list[Any]:
+        """Note that a call starts now, with its caller: the first frame outside distcomm from
+        ``caller`` up. Its row is made here and completed by :meth:`end`: the per-call price of the
+        recorder, so the caller's line is kept as its instruction offset (read as a line in a dump)."""
+        frame = caller
         while frame is not None:
-            inside = _internal_files.get(frame.f_code.co_filename)
+            code = frame.f_code
+            inside = _internal_files.get(code.co_filename)
             if inside is None:
-                inside = _internal_files[frame.f_code.co_filename] = os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIRECTORY)
+                inside = _internal_files[code.co_filename] = os.path.abspath(code.co_filename).startswith(_PACKAGE_DIRECTORY)
             if not inside:
                 break
             frame = frame.f_back
-        spec, args = call.spec, call.args
-        group = call.comm.group_name if spec.every_rank else call.comm.group_name + SOME_RANKS  # numbered apart
+        group = comm.group_name if spec.every_rank else comm.group_name + SOME_RANKS  # numbered apart
         counter = self._counters.get(group) or self._counter(group)
-        data = args[0] if args else call.data
-        detail = args[1] if len(args) > 1 else call.argument(spec.detail_name) if spec.detail_name else None
-        if type(data) is _Tensor:
-            entry = RecordedCall(group, next(counter), spec, detail, data.dtype, data.shape, None, None, _now())
+        if args:
+            data = args[0]
         else:
-            entry = RecordedCall(group, next(counter), spec, detail, type(data), None, None, None, _now())
-        if frame is not None:
-            entry.code, entry.line = frame.f_code, frame.f_lineno
-        call.record = entry
-        self._append(entry)
+            data = kwargs.get(spec.data_name) if spec.data_name else None
+        if len(args) > 1:
+            detail = args[1]
+        else:
+            detail = kwargs.get(spec.detail_name, spec.detail_default) if kwargs else spec.detail_default
+        if type(data) is _Tensor:
+            dtype, shape = data.dtype, data.shape
+        else:
+            dtype, shape = type(data), None
+        if frame is None:
+            row = [group, next(counter), spec, detail, dtype, shape, None, None, _now(), 0, STARTED, None]
+        else:
+            row = [group, next(counter), spec, detail, dtype, shape, frame.f_code, frame.f_lasti, _now(), 0, STARTED, None]
+        self._append(row)
+        return row
 
-    def after(self, call: Call, error: BaseException | None) -> None:
-        """Complete the call's entry: completed, or failed with ``error`` (a failed collective dumps)."""
-        entry: RecordedCall = call.record
-        entry.end_ns = _now()
+    def end(self, record: list[Any], error: BaseException | None) -> None:
+        """Complete the call's row: completed, or failed with ``error`` (a failed collective dumps)."""
+        record[END_NS] = _now()
         if error is None:
-            entry.state = COMPLETED
+            record[STATE] = COMPLETED
             return
-        entry.state, entry.error = FAILED, f"{type(error).__name__}: {error}"
+        record[STATE], record[ERROR] = FAILED, f"{type(error).__name__}: {error}"
         if isinstance(error, CollectiveError):
-            self.dump(f"{entry.op} #{entry.seq} failed: {error}")
+            self.dump(f"{record[SPEC].operation} #{record[SEQ]} failed: {error}")
 
     # ------------------------------------------------------------------- reading
 
     def records(self) -> list[dict[str, Any]]:
         """The recorded calls, oldest first, as plain dicts (what a dump writes)."""
         with self._lock:
-            entries = list(self.entries)
-        return [entry.as_record() for entry in entries]
+            rows = list(self.entries)
+        return [RecordedCall(row).as_record() for row in rows]
 
     def in_flight(self, longer_than_seconds: float = 0.0) -> list[dict[str, Any]]:
         """Calls started and not finished, that have run for more than ``longer_than_seconds``."""
         now = time.monotonic_ns()
         limit = longer_than_seconds * 1e9
-        return [e.as_record() for e in list(self.entries) if e.state == STARTED and now - e.start_ns > limit]
+        calls = [RecordedCall(row) for row in list(self.entries)]
+        return [call.as_record() for call in calls if call.state == STARTED and now - call.start_ns > limit]
 
     def dump(self, reason: str = "requested") -> Path | None:
         """Write this rank's records to ``<directory>/<job>-rank<R>.jsonl``; the path, or ``None``
@@ -298,6 +314,14 @@ def _check_directory(directory: Path, library_base: Path | None = None) -> None:
         raise OSError(f"{directory} is a link or not a directory: refusing to write flight records there")
     if mine and info.st_uid != os.geteuid() and info.st_mode & (stat.S_IWOTH | stat.S_IWGRP):
         raise OSError(f"{directory} belongs to another user and others may write to it: choose another directory")
+
+
+def _line_of(code: CodeType, offset: int) -> int | None:
+    """The source line of the instruction at byte ``offset`` of ``code`` (a frame's ``f_lasti``)."""
+    for start, end, line in code.co_lines():
+        if start <= offset < end:
+            return line
+    return None
 
 
 def _detail_text(name: str, value: Any) -> str:

@@ -20,6 +20,7 @@ import functools
 import inspect
 import threading
 import weakref
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Concatenate, ParamSpec, Protocol, TypeVar
 
@@ -28,12 +29,15 @@ from distcomm.instrument.fingerprints import filled_signature, op_name, payload_
 
 if TYPE_CHECKING:
     from pathlib import Path
+    from types import FrameType
 
     from distcomm.wire.context import SharedState
 
 P = ParamSpec("P")
 R = TypeVar("R")
 Self = TypeVar("Self", bound="Instrumented")
+
+_getframe = sys._getframe
 
 
 class Instrumented(Protocol):
@@ -48,7 +52,7 @@ class CollectiveSpec:
     """What the hooks know of a collective from its declaration: its name and parameters,
     and how to describe a call of it (see :attr:`Call.details`)."""
 
-    __slots__ = ("operation", "signature", "positions", "defaults", "data_name", "detail_name", "describe_data", "local", "every_rank")
+    __slots__ = ("operation", "signature", "positions", "defaults", "data_name", "detail_name", "detail_default", "describe_data", "local", "every_rank")
 
     def __init__(
         self, method: Callable[..., Any], describe_data: Callable[[Call], str] | None, local: tuple[str, ...], every_rank: bool = True
@@ -65,6 +69,7 @@ class CollectiveSpec:
         positional = [n for n in names if self.signature.parameters[n].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
         self.detail_name = positional[1] if len(positional) > 1 else ""
         """The second positional parameter (``op``, ``src``, ``dst``): what the flight recorder notes besides the data."""
+        self.detail_default = self.defaults.get(self.detail_name)
         self.describe_data = describe_data
         self.local = local
         """Parameters that are this rank's own business (a device, an output buffer): not described."""
@@ -178,6 +183,21 @@ class Recorder(Hook):
 
     order = -100  # outermost: it sees every call start, and every failure, checks included
 
+    def start(self, comm: Any, spec: CollectiveSpec, args: tuple[Any, ...], kwargs: dict[str, Any], caller: FrameType | None) -> Any:
+        """Note that a call starts: ``comm``'s ``spec`` with ``args`` and ``kwargs``, called from the
+        frame ``caller``. What it returns is handed to :meth:`end`. A call with no other hook comes
+        here straight from the collective, without a :class:`Call` (the recorder's price is per call)."""
+        return None
+
+    def end(self, record: Any, error: BaseException | None) -> None:
+        """Note that the call :meth:`start` returned ``record`` for has ended (``error``: how it failed)."""
+
+    def before(self, call: Call) -> None:
+        call.record = self.start(call.comm, call.spec, call.args, call.kwargs, _getframe(3))  # the collective's caller
+
+    def after(self, call: Call, error: BaseException | None) -> None:
+        self.end(call.record, error)
+
     def for_split(self, child: Any) -> Hook | None:
         return self
 
@@ -289,6 +309,8 @@ def collective(
             if self._state.closed:
                 raise ClosedCommunicatorError(f"{spec.operation} on a closed {type(self).__name__}: create a new communicator")
             hooks = self._hook_chain.hooks  # read once: a hook added or removed meanwhile takes effect at the next call
+            if len(hooks) == 1 and isinstance(hooks[0], Recorder):  # the default: the flight recorder alone
+                return _recorded(hooks[0], self, spec, args, kwargs, method)  # type: ignore[no-any-return]
             if hooks:
                 return _through(hooks, Call(self, spec, args, kwargs), method)  # type: ignore[no-any-return]
             try:
@@ -300,6 +322,24 @@ def collective(
         return run
 
     return decorate
+
+
+def _recorded(
+    recorder: Recorder, comm: Any, spec: CollectiveSpec, args: tuple[Any, ...], kwargs: dict[str, Any], method: Callable[..., Any]
+) -> Any:
+    """:func:`_through` for a recorder alone, without a :class:`Call`: the same order of events."""
+    record = recorder.start(comm, spec, args, kwargs, _getframe(2))  # the collective's caller
+    try:
+        result = method(comm, *args, **kwargs)
+    except CollectiveError as error:
+        named = renamed(error, spec.operation, comm.rank)
+        recorder.end(record, named)
+        raise named  # noqa: B904 (renamed() sets the cause)
+    except BaseException as error:
+        recorder.end(record, error)
+        raise
+    recorder.end(record, None)
+    return result
 
 
 def _through(hooks: tuple[Hook, ...], call: Call, method: Callable[..., Any]) -> Any:
