@@ -217,6 +217,7 @@ class FlightRecorder(Recorder):
             detail = args[1]
         else:
             detail = kwargs.get(spec.detail_name, spec.detail_default) if kwargs else spec.detail_default
+        dtype: Any
         if type(data) is _Tensor:
             dtype, shape = data.dtype, data.shape
         else:

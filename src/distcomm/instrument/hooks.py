@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 import threading
 import weakref
-import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Concatenate, ParamSpec, Protocol, TypeVar
 
