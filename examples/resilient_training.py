@@ -1,35 +1,40 @@
-"""Training that survives a lost rank: 4 Gloo ranks, one killed with SIGKILL mid-epoch, the job
-finishes on 3.
+"""Training that survives a lost rank and takes its replacement back: 4 Gloo workers under
+``python -m distcomm run``, one killed with SIGKILL mid-step; the others go on, the agent starts
+it again, it rejoins, and the job finishes on 4 ranks.
 
-    python examples/resilient_training.py                 # rank 2 dies at step 7 of 20
+    python examples/resilient_training.py                  # worker 2 dies at step 7
     python examples/resilient_training.py --kill-rank 0 --kill-step 3
+    python -m distcomm run --nproc-per-node 4 examples/resilient_training.py --worker   # the same, by hand
 
 Every rank trains a linear model on its share of a fixed data set (data parallel: gradients
-averaged with one all_reduce). At the chosen step the chosen rank kills itself after
+averaged with one all_reduce). At the chosen step the chosen worker kills itself after
 computing its gradients, in the middle of the step. The others' all_reduce fails; the
-:class:`~distcomm.Resilient` job shrinks to the 3 survivors, takes the model and the step
-counter from the new rank 0, re-splits the data by the new ranks and goes on. The losses
-must match a run that started on 3 ranks from the state the survivors had: with shares
-of equal size the data-parallel mean gradient is the whole data set's, so that run is
-computed here in one process.
+:class:`~distcomm.Resilient` job shrinks to the 3 survivors and goes on, re-splitting the data
+by the new ranks. The agent starts the dead worker again; at the next step boundary the live
+ranks take it in (ranks follow the seats the workers were launched as), it receives the model
+and the step counter, and the job goes on with 4. With shares of equal size the data-parallel
+mean gradient is the whole data set's, so every step's loss must equal that of one process
+training on all of it (computed here), whatever the number of ranks at that step.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import multiprocessing
 import os
 import signal
-import tempfile
+import sys
+import time
 
 import torch
-import torch.multiprocessing as mp
 
 from distcomm import Communicator, Resilient, TorchDistCommunicator
 
+STARTED = time.time()
 log = logging.getLogger("resilient_training")
-SAMPLES, FEATURES = 96, 4  # 96 splits evenly over 4 ranks and over 3
+SAMPLES, FEATURES, WORKERS = 96, 4, 4  # 96 splits evenly over 4 ranks and over 3
+STEP_SECONDS = 0.05
+"""Each step sleeps this long (as a real step computes): the replacement has time to arrive."""
 
 
 def data() -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,32 +55,6 @@ def loss_and_grads(state: dict[str, torch.Tensor], inputs: torch.Tensor, targets
     return loss.item(), {"weight": weight.grad, "bias": bias.grad}  # type: ignore[dict-item]
 
 
-def train(comm: Communicator, steps: int, kill: tuple[int, int], lr: float = 0.05) -> tuple[list[float], int, list[int]]:
-    """The resilient loop; rank 0's losses by step, the step it shrank at, and the lost ranks."""
-    inputs, targets = data()
-    state = {**initial_state(), "step": torch.zeros((), dtype=torch.int64)}
-    losses: dict[int, float] = {}
-    shrank_at: list[int] = []
-
-    def train_step(comm: Communicator) -> None:
-        step = int(state["step"])
-        mine = slice(comm.rank * SAMPLES // comm.world_size, (comm.rank + 1) * SAMPLES // comm.world_size)
-        loss, grads = loss_and_grads(state, inputs[mine], targets[mine])
-        if (comm.rank, step) == kill and comm.world_size == 4:
-            os.kill(os.getpid(), signal.SIGKILL)  # mid-step: after the gradients, before they are averaged
-        comm.all_reduce(grads, op="mean")
-        mean_loss = comm.all_reduce(loss, op="mean")
-        for name, grad in grads.items():
-            state[name] -= lr * grad
-        state["step"] += 1
-        losses[step] = mean_loss
-
-    job = Resilient(comm, state, on_shrink=lambda survivors: shrank_at.append(int(state["step"])))
-    while int(state["step"]) < steps:
-        job.run(train_step)
-    return [losses[s] for s in range(steps)], shrank_at[0] if shrank_at else -1, job.lost
-
-
 def reference(steps: int, lr: float = 0.05) -> list[float]:
     """The same training in one process on the whole data set (what 3 or 4 equal shares average to)."""
     inputs, targets = data()
@@ -89,41 +68,82 @@ def reference(steps: int, lr: float = 0.05) -> list[float]:
     return losses
 
 
-def run_rank(rank: int, rendezvous: str, steps: int, kill: tuple[int, int]) -> None:
-    logging.basicConfig(level=logging.WARNING, format=f"[rank {rank}] %(message)s")
+def worker(steps: int, kills: list[tuple[int, int]], lr: float = 0.05) -> None:
+    """One worker of the job: trains ``steps`` steps, and on until every seat is back (at most 400 more)."""
+    seat, replacement = int(os.environ["RANK"]), os.environ.get("DISTCOMM_JOIN") == "1"
+    logging.basicConfig(level=logging.WARNING, format=f"[seat {seat}] %(message)s")
     log.setLevel(logging.INFO)
-    with TorchDistCommunicator.init("gloo", rank=rank, world_size=4, init_method=rendezvous, timeout=2) as comm:
-        losses, shrank_at, lost = train(comm, steps, kill)
-        expected = reference(steps)
-        worst = max(abs(a - b) for a, b in zip(losses, expected))
-        if worst > 1e-9:
-            raise SystemExit(f"rank {rank}: losses differ from the run that started on 3 ranks by {worst:.3g}")
-        if rank == min(r for r in range(4) if r != kill[0]):
-            log.info("lost rank(s) %s at step %d; finished %d steps on 3 ranks", lost, shrank_at, steps)
-            log.info("every step's loss equals the run from the same state (largest difference %.2g)", worst)
+    inputs, targets = data()
+    state = {**initial_state(), "step": torch.zeros((), dtype=torch.int64)}
+    losses: dict[int, float] = {}
+    sizes: dict[int, int] = {}
+    marks: dict[str, float] = {}
+
+    def train_step(comm: Communicator) -> None:
+        step = int(state["step"])
+        mine = slice(comm.rank * SAMPLES // comm.world_size, (comm.rank + 1) * SAMPLES // comm.world_size)
+        loss, grads = loss_and_grads(state, inputs[mine], targets[mine])
+        time.sleep(STEP_SECONDS)
+        if (seat, step) in kills and not replacement:
+            print(f"TIMING died {time.time():.6f}", flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)  # mid-step: after the gradients, before they are averaged
+        comm.all_reduce(grads, op="mean")
+        mean_loss = comm.all_reduce(loss, op="mean")
+        for name, grad in grads.items():
+            state[name] -= lr * grad
+        state["step"] += 1
+        losses[step], sizes[step] = mean_loss, comm.world_size
+        marks.setdefault("first step", time.time())
+
+    with TorchDistCommunicator.init("gloo", timeout=2) as comm:
+        job = Resilient(
+            comm, state,
+            on_shrink=lambda survivors: print(f"TIMING shrank {time.time():.6f}", flush=True),
+            on_grow=lambda grown: marks.setdefault("grown", time.time()),
+        )  # fmt: skip
+        while int(state["step"]) < steps or (job.comm.world_size < WORKERS and int(state["step"]) < steps + 400):
+            job.run(train_step)
+    if replacement:
+        print(f"TIMING replacement {STARTED:.6f} {marks['first step']:.6f}", flush=True)
+    expected = reference(int(state["step"]))
+    worst = max(abs(losses[s] - expected[s]) for s in losses)
+    if worst > 1e-9:
+        raise SystemExit(f"seat {seat}: losses differ from one process training on all the data by {worst:.3g}")
+    if job.comm.world_size != WORKERS:
+        raise SystemExit(f"seat {seat}: the job ended on {job.comm.world_size} ranks, not {WORKERS}")
+    if seat == min(set(range(WORKERS)) - {s for s, _ in kills}):
+        shrunk = sum(1 for s in sizes if sizes[s] < WORKERS)
+        log.info(
+            "lost seat(s) %s at step(s) %s; %d step(s) ran on fewer ranks; seat(s) %s rejoined; finished %d steps on %d ranks",
+            job.lost, [step for _, step in kills], shrunk, job.joined, int(state["step"]), WORKERS,
+        )  # fmt: skip
+        log.info("every step's loss equals one process's on all the data (largest difference %.2g)", worst)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--kill-rank", type=int, default=2, choices=range(4))
+    parser.add_argument("--kill-rank", type=int, default=2, choices=range(WORKERS))
     parser.add_argument("--kill-step", type=int, default=7)
+    parser.add_argument("--also-kill", default="", metavar="RANK:STEP", help="a second worker to kill, at a later step")
+    parser.add_argument("--worker", action="store_true", help="run as one worker (under python -m distcomm run)")
     args = parser.parse_args()
-    kill = (args.kill_rank, args.kill_step)
-    # Ranks are forked from a server that imports torch once, not four fresh interpreters.
-    multiprocessing.set_forkserver_preload(["torch", "distcomm"])
-    with tempfile.TemporaryDirectory() as tmp:  # a file rendezvous: its store outlives any rank
-        context = mp.start_processes(
-            run_rank, args=(f"file://{tmp}/rendezvous", args.steps, kill), nprocs=4, join=False, start_method="forkserver"
-        )
-        for process in context.processes:
-            process.join(120)
-        codes = [process.exitcode for process in context.processes]
-    expected = [-signal.SIGKILL if r == args.kill_rank else 0 for r in range(4)]
-    if codes != expected:
-        raise SystemExit(f"exit codes {codes}, expected {expected}")
-    print(f"rank {args.kill_rank} was killed at step {args.kill_step}; 3 ranks finished with the same losses: OK")
+    kills = [(args.kill_rank, args.kill_step)]
+    if args.also_kill:
+        rank, step = args.also_kill.split(":")
+        kills.append((int(rank), int(step)))
+    if args.worker:
+        worker(args.steps, kills)
+        return
+    from distcomm.launch.agent import Agent, AgentConfig
+
+    logging.basicConfig(level=logging.WARNING, format="[distcomm run] %(message)s")
+    target = [os.path.abspath(__file__), "--worker", *sys.argv[1:]]
+    status = Agent(AgentConfig(target=target, nproc_per_node=WORKERS, warm_start=True)).run()
+    if status != 0:
+        raise SystemExit(f"the job failed (status {status})")
+    print(f"worker {args.kill_rank} was killed at step {args.kill_step}, started again and rejoined; 4 ranks finished with the same losses: OK")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,6 +1,6 @@
-"""Command line: ``python -m distcomm info``, ``bench`` and ``trace``.
+"""Command line: ``python -m distcomm info``, ``bench``, ``trace`` and ``run``.
 
-Its commands are tested where they live: tests/cli/test_info.py, tests/cli/test_bench.py, tests/cli/test_trace.py.
+Its commands are tested where they live: tests/cli/test_info.py, tests/cli/test_bench.py, tests/cli/test_trace.py, tests/launch/test_agent.py.
 """
 
 from __future__ import annotations
@@ -17,7 +17,12 @@ def main(argv: list[str] | None = None) -> int:
     info.add_argument("--json", action="store_true", help="print the report as JSON")
     commands.add_parser("bench", help="time collectives against raw torch.distributed (bench --help)", add_help=False)
     commands.add_parser("trace", help="read the ranks' flight records and say who is stuck where (trace --help)", add_help=False)
+    commands.add_parser("run", help="start a job's workers as torchrun does, keeping the survivors when one dies (run --help)", add_help=False)
     args, rest = parser.parse_known_args(argv)
+    if args.command == "run":
+        from distcomm.cli.run import main as run
+
+        return run(rest)
     if args.command == "bench":
         from distcomm.cli.bench import main as bench
 

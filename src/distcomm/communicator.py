@@ -48,7 +48,7 @@ from distcomm.values.conversion import check_rank, describe
 from distcomm.values.mesh import Mesh, coordinates, parse_mesh
 from distcomm.values.ops import ReduceOp, ReduceOpLike, parse_reduce_op
 from distcomm.values.timeouts import as_timeout
-from distcomm.wire import all_to_all, broadcast, gather, point_to_point, reduce, reduce_scatter, survivors
+from distcomm.wire import all_to_all, broadcast, gather, point_to_point, reduce, reduce_scatter, rejoin, survivors
 from distcomm.wire import objects as object_wire
 from distcomm.wire.call_check import check, refuse
 from distcomm.wire.codec import ObjectCodec
@@ -670,6 +670,41 @@ class Communicator(abc.ABC):
         child = self._child(survivors.form_survivors(self._context, self.group_name, timeout, float(settle)))
         self._state.closed = True  # the broken group is never used again; its resources stay with it
         return child
+
+    def admit(self, settle: float = DEFAULT_SETTLE_SECONDS) -> Communicator:
+        """This communicator, or, when replacement processes asked to join the job, a new one over
+        the ranks here and them, in seat order (the rank each was launched as); this one is closed then.
+
+        Only workers of ``python -m distcomm run`` are ever joined (elsewhere this returns at once,
+        with no collective). There, every rank calls it at the same point (:class:`~distcomm.Resilient`
+        does at each step): it reads how many newcomers asked and agrees on that number (one small
+        all-reduce); when there are new ones, all form the grown world through the job's store
+        (:mod:`distcomm.wire.rejoin`). The new communicator's :attr:`growth` names the newcomers and
+        the rank whose training state they should take.
+        """
+        job = rejoin.job_store()
+        if job is None:
+            return self
+        asked = self.all_reduce(job.pending(), op="max")
+        if asked <= job.admitted:
+            return self
+        timeout = as_timeout(self.timeout or FALLBACK_TIMEOUT)
+        seats = self.all_gather(job.seat)
+        admission = job.admit(seats, asked, timeout.total_seconds())
+        old = self._backend
+
+        def make(store: Any, rank: int, world_size: int) -> Backend:
+            return old.new_world(store, rank, world_size, timeout)
+
+        backend, growth = rejoin.form_world(job, admission, make, timeout, float(settle))
+        self._state.closed = True  # the old world is gone on every member
+        child = self._child(backend)
+        child.growth = growth
+        return child
+
+    growth: rejoin.Growth | None = None
+    """Set on a communicator formed when newcomers joined (:meth:`admit`, or a replacement's
+    ``TorchDistCommunicator.init()``): who is new, and whose training state they take."""
 
     def _leave(self, reason: str) -> bool:
         """Say in the job's store that this rank is alive but leaves with ``reason`` (its own step

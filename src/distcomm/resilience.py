@@ -41,6 +41,7 @@ class Resilient:
         *,
         settle: float = 1.0,
         on_shrink: Callable[[Communicator], None] | None = None,
+        on_grow: Callable[[Communicator], None] | None = None,
     ) -> None:
         if not isinstance(comm, Communicator):
             raise InvalidArgumentError(f"Resilient runs over a distcomm Communicator, got {type(comm).__name__}")
@@ -50,10 +51,24 @@ class Resilient:
         self.state = state
         self.settle = settle
         self.on_shrink = on_shrink
+        self.on_grow = on_grow
         self.lost: list[int] = []
-        """Every rank lost so far, numbered as in the communicator the job started with."""
-        self._original = list(range(comm.world_size))
+        """Every rank lost so far, numbered as in the communicator the job started with (its seat)."""
+        self.joined: list[int] = []
+        """Every seat a replacement took back so far (``python -m distcomm run``)."""
+        growth = comm.growth
+        self._seats = list(growth.seats) if growth is not None else list(range(comm.world_size))
+        """The seat of each rank of :attr:`comm`: the rank it was launched as."""
         self._left = False
+        self._has_state = growth is None or comm.rank not in growth.newcomers
+        self._admitted_now = growth is not None  # the live ranks took this world in at their step boundary
+        if not self._has_state:  # a replacement: take the state from a live rank, as the live ranks send it
+            assert growth is not None
+            try:
+                self._take_state(comm, growth.source)
+            except CollectiveError as error:
+                if not self._recover(error):
+                    raise
 
     @property
     def comm(self) -> Communicator:
@@ -79,6 +94,10 @@ class Resilient:
             self._comm._stay()
         while True:
             try:
+                if self._admitted_now:  # every member formed this world at this same boundary
+                    self._admitted_now = False
+                else:
+                    self._admit()
                 return step(self._comm)
             except (ExcludedRankError, CollectiveMismatchError):
                 raise
@@ -89,6 +108,27 @@ class Resilient:
                 self._left = self._comm._leave(f"{type(error).__name__}: {error}"[:500])
                 raise
 
+    def _admit(self) -> None:
+        """Take in the replacements that asked to join (only under ``python -m distcomm run``): the
+        grown world, in seat order, and the state sent from the first rank that held it."""
+        grown = self._comm.admit(self.settle)
+        if grown is self._comm:
+            return
+        self._comm = grown
+        growth = grown.growth
+        assert growth is not None
+        self._seats = list(growth.seats)
+        self.joined += [growth.seats[r] for r in growth.newcomers]
+        logger.warning("rank %d of %d: seats %s joined", grown.rank, grown.world_size, [growth.seats[r] for r in growth.newcomers])
+        self._take_state(grown, growth.source)
+        if self.on_grow is not None:
+            self.on_grow(grown)
+
+    def _take_state(self, comm: Communicator, source: int) -> None:
+        """Every rank takes ``source``'s state, in place."""
+        comm.broadcast(dict(self.state), src=source)
+        self._has_state = True
+
     def _recover(self, error: CollectiveError) -> bool:
         """Shrink to the survivors; whether a rank was lost (the same answer on every survivor)."""
         logger.warning("rank %d of %d: %s; shrinking to the survivors", self._comm.rank, self._comm.world_size, error)
@@ -97,11 +137,14 @@ class Resilient:
         self._comm = survivors
         if survivors.world_size == before.world_size:
             return False
-        kept = survivors.all_gather_object(before.rank)  # the survivors' ranks before the shrink
-        self.lost += [self._original[r] for r in range(before.world_size) if r not in kept]
-        self._original = [self._original[r] for r in kept]
-        survivors.broadcast(dict(self.state), src=0)  # every survivor takes rank 0's state, in place
+        kept = survivors.all_gather_object((before.rank, self._has_state))  # before the shrink: rank, holds the state
+        ranks = [rank for rank, _ in kept]
+        self.lost += [self._seats[r] for r in range(before.world_size) if r not in ranks]
+        self._seats = [self._seats[r] for r in ranks]
+        holders = [new for new, (_, holds) in enumerate(kept) if holds]
+        if not holders:  # only replacements that had not yet taken the state survived
+            raise CollectiveError("shrink", survivors.rank, "no survivor holds the training state: every rank that held it was lost")
+        self._take_state(survivors, holders[0])  # the first survivor that holds the state
         if self.on_shrink is not None:
             self.on_shrink(survivors)
         return True
-

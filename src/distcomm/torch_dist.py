@@ -14,13 +14,14 @@ import torch
 import torch.distributed as dist
 
 from distcomm.backends.backend import Backend
-from distcomm.backends.torch_dist import TorchDistBackend
-from distcomm.communicator import Communicator
+from distcomm.backends.torch_dist import TorchDistBackend, form_default_group
+from distcomm.communicator import DEFAULT_SETTLE_SECONDS, Communicator
 from distcomm.environment.backend_choice import BACKENDS, backend_available, default_backend
 from distcomm.environment.devices import nccl_device
 from distcomm.environment.job import identity_from_environment, local_rank_from_environment, run_id_agreed, set_run_id
 from distcomm.errors import ConfigurationError, DistCommError, InvalidArgumentError, call_torch
 from distcomm.values.timeouts import DEFAULT_TIMEOUT, as_timeout
+from distcomm.wire import rejoin
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +123,8 @@ class TorchDistCommunicator(Communicator):
                 raise InvalidArgumentError("backend 'nccl' needs CUDA, and none is available: use 'gloo'")
             device_id = nccl_device(local_rank, torch.cuda.device_count())
             torch.cuda.set_device(device_id)
+        if rejoin.joining():  # a replacement started by distcomm's agent: it joins the live job
+            return cls._join(backend, as_timeout(timeout), local_rank)
         init: dict[str, Any] = {"init_method": init_method, "rank": rank, "world_size": world_size, "timeout": timeout}
         try:
             call_torch("init_process_group", rank, dist.init_process_group, backend, device_id=device_id, **init)
@@ -129,6 +132,29 @@ class TorchDistCommunicator(Communicator):
             raise ConfigurationError(f"init_process_group failed on rank {rank}: {error}") from error
         logger.debug("initialized %s process group: rank %d of %d", backend, rank, world_size)
         comm = cls(local_rank=local_rank, _owns_group=True)
+        global _owner
+        _owner = weakref.ref(comm)
+        return comm
+
+
+    @classmethod
+    def _join(cls, backend: str, timeout: datetime.timedelta, local_rank: int) -> TorchDistCommunicator:
+        """Ask the live job to take this process in, wait to be admitted, and form (:mod:`distcomm.wire.rejoin`); the communicator over it. A job that finished
+        before admitting it leaves it nothing to do: the process ends, successfully."""
+        job = rejoin.job_store()
+        if job is None:
+            raise ConfigurationError("only workers of python -m distcomm run can join a live job")
+        admission = job.wait_admission(job.request(), rejoin.join_timeout())
+        if admission is None:
+            logger.warning("seat %d: the job finished before this replacement was admitted; nothing to do", job.seat)
+            raise SystemExit(rejoin.NOT_ADMITTED_STATUS)
+
+        def make(store: Any, rank: int, world_size: int) -> Backend:
+            return form_default_group(backend, store, rank, world_size, timeout, local_rank)
+
+        _, growth = rejoin.form_world(job, admission, make, timeout, DEFAULT_SETTLE_SECONDS)
+        comm = cls(local_rank=local_rank, _owns_group=True)
+        comm.growth = growth
         global _owner
         _owner = weakref.ref(comm)
         return comm

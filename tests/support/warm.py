@@ -15,11 +15,8 @@ given with ``-W``, ``python -``, the README's quick start as a user types it) st
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import ctypes
 import os
-import runpy
 import sys
 import tempfile
 import traceback
@@ -27,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from distcomm.launch.local_world import process_context
+from distcomm.launch.warm_start import run_target
 
 _CLONE_NEWNET = 0x40000000
 
@@ -52,38 +50,13 @@ def _run(target: list[str], env: dict[str, str], cwd: str | None, netns: str | N
         os.close(handle)
     sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 (the process's own streams)
     sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
-    code = 0
-    try:
-        if netns is not None:
+    if netns is not None:
+        try:
             _enter_network_namespace(netns)
-        os.environ.clear()
-        os.environ.update(env)
-        if cwd is not None:
-            os.chdir(cwd)
-        if target[0] == "-c":
-            sys.argv = ["-c", *target[2:]]
-            sys.path.insert(0, "")
-            exec(compile(target[1], "<string>", "exec"), {"__name__": "__main__"})  # noqa: S102 (the test's own code)
-        elif target[0] == "-m":
-            sys.argv = [target[1], *target[2:]]
-            sys.path.insert(0, os.getcwd())
-            runpy.run_module(target[1], run_name="__main__", alter_sys=True)
-        else:
-            sys.argv = list(target)
-            sys.path.insert(0, str(Path(target[0]).resolve().parent))
-            runpy.run_path(target[0], run_name="__main__")
-    except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
-        if stop.code is not None and not isinstance(stop.code, int):
-            print(stop.code, file=sys.stderr)
-    except BaseException:  # noqa: BLE001 (reported as Python reports an uncaught error)
-        traceback.print_exc()
-        code = 1
-    with contextlib.suppress(BaseException):
-        atexit._run_exitfuncs()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+        except OSError:
+            traceback.print_exc()
+            os._exit(1)
+    run_target(target, env, cwd)
 
 
 class WarmProcess:

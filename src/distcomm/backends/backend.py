@@ -65,6 +65,12 @@ class Backend(abc.ABC):
         It fails within ``timeout`` when a member does not come (it died meanwhile)."""
         raise InvalidArgumentError(f"the {self.name} backend cannot shrink: it has no way to make a group of survivors")
 
+    def new_world(self, store: Any, rank: int, world_size: int, timeout: datetime.timedelta) -> Backend:
+        """A backend over a new world of ``world_size`` processes met in ``store`` (this one is
+        ``rank``), replacing this process's default group: how live ranks take in newcomers
+        (:mod:`distcomm.wire.rejoin`). It fails within ``timeout`` when a member does not come."""
+        raise InvalidArgumentError(f"the {self.name} backend cannot take in new ranks")
+
     @abc.abstractmethod
     def accepts(self, device: torch.device) -> bool:
         """Whether tensors on ``device`` can be passed to the primitives as they are (the answer

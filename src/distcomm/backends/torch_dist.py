@@ -7,6 +7,7 @@ tests/test_torch_dist.py, tests/test_exchange_collectives.py).
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import logging
 from typing import Any
@@ -237,6 +238,9 @@ class TorchDistBackend(Backend):
         group = call_torch("shrink", self.rank, dist.new_group, global_ranks, timeout=timeout, use_local_synchronization=True)
         return TorchDistBackend(group, local_rank=self.local_rank)
 
+    def new_world(self, store: Any, rank: int, world_size: int, timeout: datetime.timedelta) -> Backend:
+        return form_default_group(self.name, store, rank, world_size, timeout, self.local_rank)
+
     def _align_group_names(self, members: list[int]) -> None:
         """Make torch give the members' new group one name. With group-local synchronization torch
         names a group from its ranks and the number of groups each process holds, which differs
@@ -272,9 +276,44 @@ class TorchDistBackend(Backend):
         return device_mesh, [TorchDistBackend(device_mesh.get_group(name), local_rank=self.local_rank) for name in names]
 
     def close(self) -> None:
-        if self._owns_group and dist.is_initialized():
+        if self._owns_group and dist.is_initialized() and self._group is dist.group.WORLD:  # not a later world's
             dist.destroy_process_group()
             logger.debug("destroyed the default process group")
         # Keep no reference: a destroyed group that lives on until interpreter exit can
         # abort the process there, when its threads are torn down out of order.
         self._group = None
+
+
+def form_default_group(
+    backend: str, store: Any, rank: int, world_size: int, timeout: datetime.timedelta, local_rank: int
+) -> TorchDistBackend:
+    """A new default process group of ``world_size`` processes met in ``store``, this one ``rank``,
+    in place of the one this process holds (destroyed first: a world that took in newcomers
+    replaces the old one on every member). It has formed once every member connected: Gloo
+    connects while it is made; other backends are asked for one small all-reduce."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    device_id = None
+    if backend == "nccl":
+        device_id = torch.device("cuda", local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device_id)
+    call_torch(
+        "admit", rank, dist.init_process_group, backend, store=store, rank=rank, world_size=world_size, timeout=timeout, device_id=device_id
+    )
+    _destroy_at_exit()
+    formed = TorchDistBackend(local_rank=local_rank, owns_group=True)
+    if backend != "gloo":
+        call_torch("admit", rank, dist.all_reduce, torch.zeros(1, device=formed.device))
+    return formed
+
+
+_exit_registered = False
+
+
+def _destroy_at_exit() -> None:
+    """Destroy the default group when the process exits, where a later world made it: its
+    communicator belongs to :class:`~distcomm.Resilient`, which nobody closes."""
+    global _exit_registered
+    if not _exit_registered:
+        _exit_registered = True
+        atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())

@@ -1,0 +1,90 @@
+"""``python -m distcomm run``: real jobs of Gloo workers under the agent, workers killed with
+SIGKILL mid-step; the survivors go on, the agent starts the dead one again, it rejoins, and the
+job finishes on every seat with the losses of one process training on all the data (the
+example checks them on every worker and fails the job otherwise)."""
+
+from pathlib import Path
+
+import pytest
+from support import warm
+from support.launchers import namespace, netns_supported
+
+from distcomm.cli.run import parser
+from distcomm.launch.agent import AgentConfig
+
+EXAMPLE = Path(__file__).parents[2] / "examples" / "resilient_training.py"
+DIES_WHILE_JOINING = Path(__file__).parents[1] / "support" / "dies_while_joining.py"
+
+
+def run_job(*arguments: str, script: Path = EXAMPLE, netns: str | None = None) -> str:
+    """``python -m distcomm run --warm-start --nproc-per-node 4 SCRIPT --worker ARGS``; its output."""
+    target = ["-m", "distcomm", "run", "--warm-start", "--nproc-per-node", "4", str(script), "--worker", *arguments]
+    process = warm.WarmProcess(target, netns=netns)
+    out, err = process.communicate(150)
+    assert process.returncode == 0, out + err
+    return out + err
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("seat", [0, 2])
+def test_a_killed_worker_is_restarted_and_the_job_finishes_on_every_seat(seat: int) -> None:
+    output = run_job("--kill-rank", str(seat), "--kill-step", "3")
+    assert f"worker {seat} ended with signal SIGKILL; starting it again (restart 1 of 3)" in output
+    assert f"lost seat(s) [{seat}] at step(s) [3]" in output and f"seat(s) [{seat}] rejoined" in output
+    assert "finished 20 steps on 4 ranks" in output or "steps on 4 ranks" in output
+
+
+@pytest.mark.integration
+def test_two_failures_in_a_row_and_both_seats_come_back() -> None:
+    output = run_job("--kill-rank", "1", "--kill-step", "3", "--also-kill", "3:30", "--steps", "40")
+    assert "lost seat(s) [1, 3] at step(s) [3, 30]" in output
+    assert output.count("starting it again (restart 1 of 3)") == 2
+    assert "steps on 4 ranks" in output
+
+
+@pytest.mark.integration
+def test_a_replacement_that_dies_while_joining_is_left_out_and_the_next_one_joins() -> None:
+    output = run_job("--kill-rank", "2", "--kill-step", "3", script=DIES_WHILE_JOINING)
+    assert "replacement of seat 2 admitted" in output
+    assert "starting it again (restart 2 of 3)" in output  # the second replacement
+    assert "seat(s) [2] rejoined" in output and "steps on 4 ranks" in output
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not netns_supported(), reason="needs root and 'ip netns' for a fixed rendezvous port")
+def test_two_agents_of_two_workers_keep_their_survivors() -> None:
+    with namespace() as ns:  # a private network: the fixed rendezvous port cannot collide
+        common = ["-m", "distcomm", "run", "--warm-start", "--nnodes", "2", "--nproc-per-node", "2", "--rdzv-endpoint",
+                  "127.0.0.1:29400", "--rdzv-id", "two-agents", "--local-addr", "127.0.0.1", str(EXAMPLE), "--worker",
+                  "--kill-rank", "0", "--kill-step", "3"]  # fmt: skip
+        agents = [warm.WarmProcess(common, netns=ns) for _ in range(2)]
+        outputs = []
+        for agent in agents:
+            out, err = agent.communicate(150)
+            assert agent.returncode == 0, out + err
+            outputs.append(out + err)
+    both = "".join(outputs)
+    assert "worker 0 ended with signal SIGKILL; starting it again" in both
+    assert "seat(s) [0] rejoined" in both and "steps on 4 ranks" in both
+    assert sorted(line.split("node ")[1][:1] for line in both.splitlines() if "distcomm run: node" in line) == ["0", "1"]
+
+
+def test_the_command_line_takes_torchruns_options() -> None:
+    args = parser().parse_args(["--nproc_per_node", "4", "--nnodes", "2", "--rdzv-endpoint", "h:1", "train.py", "--lr", "3"])
+    assert (args.nproc_per_node, args.nnodes, args.rdzv_endpoint, args.target, args.arguments) == (4, 2, "h:1", "train.py", ["--lr", "3"])
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"nproc_per_node": 0}, "nproc-per-node must be a positive whole number, got 0"),
+        ({"max_restarts": -1}, "max-restarts must be 0 or more"),
+        ({"rdzv_backend": "etcd"}, "'rdzv_backend' must be in"),
+        ({"nnodes": 2, "rdzv_backend": "static"}, "needs --node-rank and --rdzv-endpoint"),
+        ({"nnodes": 2, "node_rank": 2}, "--node-rank must be in 0..1"),
+        ({"target": ()}, "name the training script"),
+    ],
+)
+def test_bad_options_are_refused_with_what_to_do(options: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        AgentConfig(**{"target": ("train.py",), **options})
