@@ -127,6 +127,31 @@ def shrink_goal(report) -> None:  # type: ignore[no-untyped-def]
     )
 
 
+def rejoin_goals(report) -> None:  # type: ignore[no-untyped-def]
+    """Under ``python -m distcomm run`` (4 Gloo workers, timeout 2 s, warm start), worker 2 is
+    SIGKILLed mid-step, 3 jobs: the time from its death to the survivors' next step (the shrink
+    done), and from its replacement's start to its first step in the job, read from the times
+    the example's workers print."""
+    deaths, joins = [], []
+    example = ROOT / "examples" / "resilient_training.py"
+    for _ in range(3):
+        done = subprocess.run([sys.executable, str(example), "--steps", "10", "--kill-step", "4"], capture_output=True, text=True, timeout=300)
+        lines = [line.split() for line in done.stdout.splitlines() if line.startswith("TIMING")]
+        died = [float(words[2]) for words in lines if words[1] == "died"]
+        shrank = [float(words[2]) for words in lines if words[1] == "shrank"]
+        started = [(float(words[2]), float(words[3])) for words in lines if words[1] == "replacement"]
+        if done.returncode != 0 or not (died and shrank and started):
+            report(f"| rejoin under distcomm run | failed | - | NOT met | {done.stderr[-300:]!r} |")
+            return
+        deaths.append(max(shrank) - died[0])
+        joins.append(started[0][1] - started[0][0])
+    death, join = statistics.median(deaths), statistics.median(joins)
+    report(f"| worker SIGKILLed to the survivors' next step, distcomm run, 4 Gloo workers, timeout 2 s | {death:.2f} s | <= timeout + 2 s | "
+           f"{'met' if death <= 4 else 'NOT met'} | slowest survivor, median of 3 jobs ({', '.join(f'{d:.2f}' for d in deaths)}) |")  # fmt: skip
+    report(f"| replacement started to its first step in the job, same jobs | {join:.2f} s | measured | - | "
+           f"median of 3 ({', '.join(f'{j:.2f}' for j in joins)}); it waits for the survivors' shrink, then joins at their next step |")  # fmt: skip
+
+
 def single_tensor_overhead(report) -> None:  # type: ignore[no-untyped-def]
     """Added time per single-tensor all_reduce, on torch's fake process group: its collectives do
     nothing, so what remains is the Python each way runs. (On one Gloo rank a call waits tens of
@@ -208,6 +233,7 @@ def main() -> None:
                 exchange_goals(world, report)
     single_tensor_overhead(report)
     shrink_goal(report)
+    rejoin_goals(report)
 
     runs = [cases.hot_path(2000) for _ in range(3)]
     r = ratio(runs, "distutils", "old style")

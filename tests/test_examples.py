@@ -59,7 +59,8 @@ def test_graph_parallel_example_matches_one_process_on_a_two_by_two_mesh() -> No
     assert "losses match one process: OK" in done.stdout
 
 
-def test_resilient_example_loses_a_rank_and_finishes_with_the_same_losses() -> None:
+def test_resilient_example_loses_a_worker_takes_its_replacement_back_and_finishes_with_the_same_losses() -> None:
     done = run_example("resilient_training.py", "--steps", "10", "--kill-step", "4")
-    assert "lost rank(s) [2] at step 4; finished 10 steps on 3 ranks" in done.stderr
-    assert "3 ranks finished with the same losses: OK" in done.stdout
+    assert "worker 2 ended with signal SIGKILL; starting it again (restart 1 of 3)" in done.stderr
+    assert "lost seat(s) [2] at step(s) [4]" in done.stderr and "seat(s) [2] rejoined; finished" in done.stderr
+    assert "started again and rejoined; 4 ranks finished with the same losses: OK" in done.stdout

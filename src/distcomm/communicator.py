@@ -671,6 +671,7 @@ class Communicator(abc.ABC):
         self._state.closed = True  # the broken group is never used again; its resources stay with it
         return child
 
+    @collective(None)
     def admit(self, settle: float = DEFAULT_SETTLE_SECONDS) -> Communicator:
         """This communicator, or, when replacement processes asked to join the job, a new one over
         the ranks here and them, in seat order (the rank each was launched as); this one is closed then.

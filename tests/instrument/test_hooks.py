@@ -69,6 +69,7 @@ CALLS = {
     "batch_send_recv": lambda c: c.batch_send_recv({}, []),
     "mesh": lambda c: c.mesh({"dp": 1}),
     "shrink": lambda c: c.shrink(),
+    "admit": lambda c: c.admit(),
     # A world of one has no peer: these are seen failing, as themselves.
     "send": lambda c: c.send(torch.ones(2), 0),
     "recv": lambda c: c.recv(0),
