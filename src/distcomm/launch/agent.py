@@ -20,7 +20,6 @@ Tested by tests/launch/test_agent.py (one agent of 4 workers, and two agents of 
 
 from __future__ import annotations
 
-import datetime
 import logging
 import os
 import signal
@@ -34,7 +33,7 @@ import attrs
 
 from distcomm.launch.local_world import process_context
 from distcomm.launch.warm_start import run_target
-from distcomm.wire.rejoin import JOIN_VARIABLE, LAUNCHER_VARIABLE, NOT_ADMITTED_STATUS, JobStore
+from distcomm.wire.rejoin import JOIN_VARIABLE, LAUNCHER_VARIABLE, NOT_ADMITTED_STATUS, JobStore, store_client
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +146,7 @@ class Agent:
         info = self._rendezvous()
         node_rank, nnodes = info.rank, info.world_size
         address, port = info.bootstrap_store_info.master_addr, info.bootstrap_store_info.master_port
-        self._job = JobStore(_client(address, port), seat=-1)
+        self._job = JobStore(store_client(address, port), seat=-1)
         world_size = nnodes * config.nproc_per_node
         logger.warning(
             "distcomm run: node %d of %d, workers %d..%d of %d, store at %s:%d (kept by the agent of node 0)",
@@ -241,12 +240,6 @@ class Agent:
             env[JOIN_VARIABLE] = "1"
         env[RESTART_VARIABLE] = str(worker.restarts)
         return env
-
-
-def _client(address: str, port: int) -> Any:
-    import torch.distributed as dist
-
-    return dist.TCPStore(address, port, is_master=False, timeout=datetime.timedelta(seconds=60))
 
 
 def _free_port() -> int:

@@ -200,7 +200,7 @@ def form_world(
 def _prefixed(store: Any, prefix: str) -> Any:
     import torch.distributed as dist
 
-    return dist.PrefixStore(prefix, store)
+    return dist.PrefixStore(prefix, store)  # type: ignore[attr-defined]
 
 
 def _parse(value: bytes | str, number: int) -> Admission:
@@ -247,14 +247,18 @@ def job_store() -> JobStore | None:
         return None
     with _job_lock:
         if _job is None:
-            import torch.distributed as dist
-
             address, port, seat = os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", ""), os.environ.get("RANK", "")
             if not (address and port.isdigit() and seat.isdigit()):
                 raise ConfigurationError(f"{LAUNCHER_VARIABLE}=distcomm is set but MASTER_ADDR, MASTER_PORT or RANK is not: start workers with python -m distcomm run")
-            store = dist.TCPStore(address, int(port), is_master=False, timeout=datetime.timedelta(seconds=60))
-            _job = JobStore(store, int(seat))
+            _job = JobStore(store_client(address, int(port)), int(seat))
         return _job
+
+
+def store_client(address: str, port: int) -> Any:
+    """A client of the agent's TCP store at ``address:port``."""
+    import torch.distributed as dist
+
+    return dist.TCPStore(address, port, is_master=False, timeout=datetime.timedelta(seconds=60))  # type: ignore[attr-defined]
 
 
 def _forget_after_fork() -> None:
