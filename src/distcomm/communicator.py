@@ -697,10 +697,12 @@ class Communicator(abc.ABC):
         def make(store: Any, rank: int, world_size: int) -> Backend:
             return old.new_world(store, rank, world_size, timeout)
 
-        backend, growth = rejoin.form_world(job, admission, make, timeout, float(settle))
-        self._state.closed = True  # the old world is gone on every member
+        try:
+            backend, growth = rejoin.form_world(job, admission, make, timeout, float(settle))
+        finally:
+            self._state.closed = True  # the old world is gone on every member (also when no new one formed)
         child = self._child(backend)
-        child.growth = growth
+        child.growth, child.group_name = growth, rejoin.world_name(child.group_name, admission.number)
         return child
 
     growth: rejoin.Growth | None = None

@@ -7,12 +7,16 @@ the step again. Three lines in a loop::
     while step.item() < total_steps:
         job.run(train_step)          # train_step(comm) reads comm.rank and comm.world_size
 
+Under ``python -m distcomm run`` the agent starts a dead worker again, and at the next step the
+live ranks take it back in (:meth:`~distcomm.Communicator.admit`): the replacement's own
+``Resilient(comm, state)`` receives the state from a live rank, and the job is whole again.
+
 A step that picks its data by ``comm.rank`` and ``comm.world_size`` re-splits the data by
 itself. The state is a dict of tensors filled in place on every survivor (the model's
 ``state_dict()`` holds its parameters themselves; add the optimizer's tensors and a step
 counter). What it does not do, and what a dead store host means: docs/resilience.md.
 
-Tested by tests/test_resilience.py and examples/resilient_training.py.
+Tested by tests/test_resilience.py, tests/launch/test_agent.py and examples/resilient_training.py.
 """
 
 from __future__ import annotations
@@ -67,7 +71,7 @@ class Resilient:
             try:
                 self._take_state(comm, growth.source)
             except CollectiveError as error:
-                if not self._recover(error):
+                if self._comm.closed or not self._recover(error):  # closed: no world formed when newcomers joined
                     raise
 
     @property
@@ -76,8 +80,9 @@ class Resilient:
         return self._comm
 
     def run(self, step: Callable[[Communicator], T]) -> T:
-        """``step(comm)``; after a failed collective, shrink, restore the state from the new
-        rank 0, and run it again on the survivors.
+        """``step(comm)``, after taking in any replacement that asked to join (under ``python -m
+        distcomm run``); after a failed collective, shrink, restore the state from the first
+        survivor that holds it, and run it again on the survivors.
 
         The step runs again only when a rank was lost: when every rank came to the shrink (a
         collective timed out, yet nobody died) the error is raised on every rank, over the
@@ -102,7 +107,7 @@ class Resilient:
             except (ExcludedRankError, CollectiveMismatchError):
                 raise
             except CollectiveError as error:
-                if not self._recover(error):
+                if self._comm.closed or not self._recover(error):  # closed: no world formed when newcomers joined
                     raise
             except Exception as error:  # this rank's own failure: it is alive, so it must not be dropped
                 self._left = self._comm._leave(f"{type(error).__name__}: {error}"[:500])
@@ -119,7 +124,6 @@ class Resilient:
         assert growth is not None
         self._seats = list(growth.seats)
         self.joined += [growth.seats[r] for r in growth.newcomers]
-        logger.warning("rank %d of %d: seats %s joined", grown.rank, grown.world_size, [growth.seats[r] for r in growth.newcomers])
         self._take_state(grown, growth.source)
         if self.on_grow is not None:
             self.on_grow(grown)

@@ -154,7 +154,7 @@ class TorchDistCommunicator(Communicator):
 
         _, growth = rejoin.form_world(job, admission, make, timeout, DEFAULT_SETTLE_SECONDS)
         comm = cls(local_rank=local_rank, _owns_group=True)
-        comm.growth = growth
+        comm.growth, comm.group_name = growth, rejoin.world_name(comm.group_name, admission.number)
         global _owner
         _owner = weakref.ref(comm)
         return comm

@@ -1,4 +1,4 @@
-"""A worker of examples/resilient_training.py whose first replacement dies while it joins: it is
+"""A worker of examples/resilient_training.py whose seat 1's first replacement dies while it joins: it is
 SIGKILLed right after the live ranks admitted it, before the grown world forms (a fault injected
 into a real process; every collective and the store stay real)."""
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 from distcomm.wire import rejoin
 
-if os.environ.get("DISTCOMM_RESTART_COUNT") == "1":
+if os.environ.get("DISTCOMM_RESTART_COUNT") == "1" and os.environ.get("RANK") == "1":
     admitted = rejoin.JobStore.wait_admission
 
     def admitted_then_killed(self, index, timeout):  # type: ignore[no-untyped-def]

@@ -187,14 +187,21 @@ def form_world(
             problem, intended = CollectiveError("admit", job.seat, "not every member formed the world"), members
             logger.warning("admit: not every member of %s formed the world of attempt %d; agreeing again", members, attempt)
             continue
+        joined = [seat for seat in members if seat in admission.joining]
         growth = Growth(
             source=members.index(live[0]),
-            newcomers=tuple(members.index(seat) for seat in members if seat in admission.joining),
+            newcomers=tuple(members.index(seat) for seat in joined),
             seats=tuple(members),
         )
-        logger.warning("admit: seat %d goes on as rank %d of %d (newcomers: seats %s)", job.seat, members.index(job.seat), len(members), list(admission.joining))
+        logger.warning("admit: seat %d goes on as rank %d of %d (joined: seats %s)", job.seat, members.index(job.seat), len(members), joined)
         return backend, growth
     raise CollectiveError("admit", job.seat, f"no world formed in {MAX_GENERATIONS} attempts: {problem}")
+
+
+def world_name(group_name: str, number: int) -> str:
+    """The name a grown world's communicator goes by (its flight records are numbered apart from
+    the world before: the newcomers' count starts there, the live ranks' would go on)."""
+    return f"{group_name} (world {number})"
 
 
 def _prefixed(store: Any, prefix: str) -> Any:
