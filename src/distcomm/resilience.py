@@ -122,6 +122,7 @@ class Resilient:
         self._comm = grown
         growth = grown.growth
         assert growth is not None
+        self.lost += [seat for seat in self._seats if seat not in growth.seats]  # died while the world formed
         self._seats = list(growth.seats)
         self.joined += [growth.seats[r] for r in growth.newcomers]
         self._take_state(grown, growth.source)

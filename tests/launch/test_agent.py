@@ -3,6 +3,7 @@ SIGKILL mid-step; the survivors go on, the agent starts the dead one again, it r
 job finishes on every seat with the losses of one process training on all the data (the
 example checks them on every worker and fails the job otherwise)."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -13,13 +14,14 @@ from distcomm.cli.run import parser
 from distcomm.launch.agent import AgentConfig
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "resilient_training.py"
-DIES_WHILE_JOINING = Path(__file__).parents[1] / "support" / "dies_while_joining.py"
+FAULTS = Path(__file__).parents[1] / "support" / "rejoin_faults.py"
 
 
-def run_job(*arguments: str, script: Path = EXAMPLE, netns: str | None = None) -> str:
-    """``python -m distcomm run --warm-start --nproc-per-node 4 SCRIPT --worker ARGS``; its output."""
-    target = ["-m", "distcomm", "run", "--warm-start", "--nproc-per-node", "4", str(script), "--worker", *arguments]
-    process = warm.WarmProcess(target, netns=netns)
+def run_job(*arguments: str, faults: dict[str, str]) -> str:
+    """``python -m distcomm run --warm-start --nproc-per-node 4 rejoin_faults.py --worker ARGS``
+    with ``faults`` in its environment; its output."""
+    target = ["-m", "distcomm", "run", "--warm-start", "--nproc-per-node", "4", str(FAULTS), "--worker", *arguments]
+    process = warm.WarmProcess(target, env={**os.environ, **faults})
     out, err = process.communicate(150)
     assert process.returncode == 0, out + err
     return out + err
@@ -30,8 +32,8 @@ def test_a_replacement_that_dies_while_joining_is_left_out_and_after_two_failure
     # Seat 1 dies at step 3; its first replacement is killed once admitted, before the world forms;
     # the second joins; seat 3 dies at step 30 and its replacement joins too. (One seat killed
     # alone: tests/test_examples.py; rank 0, with two agents: below.)
-    output = run_job("--kill-rank", "1", "--kill-step", "3", "--also-kill", "3:30", "--steps", "40", script=DIES_WHILE_JOINING)
-    assert "replacement of seat 1 admitted" in output
+    output = run_job("--kill-rank", "1", "--kill-step", "3", "--also-kill", "3:30", "--steps", "40", faults={"KILL_JOINING": "1"})
+    assert "seat 1 (a replacement) was admitted as" in output
     assert "worker 1 ended with signal SIGKILL; starting it again (restart 2 of 3)" in output  # the second replacement
     assert "worker 3 ended with signal SIGKILL; starting it again (restart 1 of 3)" in output
     assert "lost seat(s) [1, 3] at step(s) [3, 30]" in output and "seat(s) [1, 3] rejoined" in output
@@ -40,12 +42,14 @@ def test_a_replacement_that_dies_while_joining_is_left_out_and_after_two_failure
 
 @pytest.mark.integration
 @pytest.mark.skipif(not netns_supported(), reason="needs root and 'ip netns' for a fixed rendezvous port")
-def test_two_agents_of_two_workers_keep_their_survivors() -> None:
+def test_two_agents_keep_their_survivors_when_rank_0_dies_and_a_live_rank_dies_during_the_rejoin() -> None:
+    # Rank 0 (on the agent that keeps the store) dies at step 3; seat 3, on the other agent,
+    # dies as a live rank right after agreeing to admit rank 0's replacement.
     with namespace() as ns:  # a private network: the fixed rendezvous port cannot collide
         common = ["-m", "distcomm", "run", "--warm-start", "--nnodes", "2", "--nproc-per-node", "2", "--rdzv-endpoint",
-                  "127.0.0.1:29400", "--rdzv-id", "two-agents", "--local-addr", "127.0.0.1", str(EXAMPLE), "--worker",
+                  "127.0.0.1:29400", "--rdzv-id", "two-agents", "--local-addr", "127.0.0.1", str(FAULTS), "--worker",
                   "--kill-rank", "0", "--kill-step", "3"]  # fmt: skip
-        agents = [warm.WarmProcess(common, netns=ns) for _ in range(2)]
+        agents = [warm.WarmProcess(common, env={**os.environ, "KILL_ADMITTING": "3"}, netns=ns) for _ in range(2)]
         outputs = []
         for agent in agents:
             out, err = agent.communicate(150)
@@ -53,7 +57,9 @@ def test_two_agents_of_two_workers_keep_their_survivors() -> None:
             outputs.append(out + err)
     both = "".join(outputs)
     assert "worker 0 ended with signal SIGKILL; starting it again" in both
-    assert "seat(s) [0] rejoined" in both and "steps on 4 ranks" in both
+    assert "seat 3 (live) agreed to admit" in both and "worker 3 ended with signal SIGKILL; starting it again" in both
+    assert "lost seat(s) [0, 3] at step(s) [3]" in both and "seat(s) [0, 3] rejoined" in both
+    assert "steps on 4 ranks" in both
     assert sorted(line.split("node ")[1][:1] for line in both.splitlines() if "distcomm run: node" in line) == ["0", "1"]
 
 
