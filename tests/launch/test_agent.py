@@ -12,6 +12,7 @@ from support.launchers import namespace, netns_supported
 
 from distcomm.cli.run import parser
 from distcomm.launch.agent import AgentConfig
+from distcomm.wire.rejoin import NOT_ADMITTED_STATUS
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "resilient_training.py"
 FAULTS = Path(__file__).parents[1] / "support" / "rejoin_faults.py"
@@ -82,3 +83,35 @@ def test_the_command_line_takes_torchruns_options() -> None:
 def test_bad_options_are_refused_with_what_to_do(options: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         AgentConfig(**{"target": ("train.py",), **options})
+
+
+# The agent's own accounting, with workers that are real processes but import nothing: what
+# happens to a seat whose worker fails, is restarted, runs out of restarts, or is not admitted.
+
+FAILS_FIRST = "import os, sys; sys.exit(3 if os.environ['DISTCOMM_RESTART_COUNT'] == '0' and os.environ['RANK'] == '1' else 0)"
+ALWAYS_FAILS = "import os, sys; sys.exit(3 if os.environ['RANK'] == '1' else 0)"
+NOT_ADMITTED = (
+    f"import os, sys; sys.exit(3 if os.environ['RANK'] == '1' and not os.environ.get('DISTCOMM_JOIN') "
+    f"else {NOT_ADMITTED_STATUS} if os.environ.get('DISTCOMM_JOIN') else 0)"
+)
+
+
+@pytest.mark.parametrize(
+    ("code", "max_restarts", "status", "restarts"),
+    [
+        (FAILS_FIRST, 1, 0, [0, 1]),  # restarted once, then it succeeded
+        (ALWAYS_FAILS, 2, 1, [0, 2]),  # out of restarts: the job failed
+        (ALWAYS_FAILS, 0, 1, [0, 0]),  # no restarts asked: torchrun's default
+        (NOT_ADMITTED, 3, 1, [0, 1]),  # its replacement found the job finished: the seat failed
+    ],
+    ids=["restarted-then-succeeded", "out-of-restarts", "no-restarts", "replacement-not-admitted"],
+)
+def test_the_agent_restarts_only_the_failed_worker_and_says_how_the_job_ended(
+    code: str, max_restarts: int, status: int, restarts: list[int]
+) -> None:
+    from distcomm.launch.agent import Agent
+
+    agent = Agent(AgentConfig(target=("-c", code), nproc_per_node=2, max_restarts=max_restarts, monitor_interval=0.02))
+    assert agent.run() == status
+    assert [worker.restarts for worker in agent.workers] == restarts
+    assert agent.workers[0].exit_code == 0
