@@ -115,3 +115,23 @@ def test_the_agent_restarts_only_the_failed_worker_and_says_how_the_job_ended(
     assert agent.run() == status
     assert [worker.restarts for worker in agent.workers] == restarts
     assert agent.workers[0].exit_code == 0
+
+
+def test_a_terminated_agent_stops_its_workers(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    script, pids_seen = tmp_path / "sleeper.py", tmp_path / "pids"
+    pids_seen.mkdir()
+    script.write_text(f"import os, time\nopen(os.path.join({str(pids_seen)!r}, os.environ['RANK']), 'w').write(str(os.getpid()))\ntime.sleep(120)\n")
+    agent = warm.WarmProcess(["-m", "distcomm", "run", "--nproc-per-node", "2", str(script)])
+    deadline = time.monotonic() + 60
+    while len([p for p in pids_seen.iterdir() if p.read_text()]) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pids = [int(path.read_text()) for path in pids_seen.iterdir()]
+    assert len(pids) == 2
+    os.kill(agent._process.pid, signal.SIGTERM)
+    agent.communicate(30)
+    assert agent.returncode == 128 + signal.SIGTERM
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
