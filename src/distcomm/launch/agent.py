@@ -23,16 +23,13 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from typing import Any
 
 import attrs
 
-from distcomm.launch.local_world import process_context
-from distcomm.launch.warm_start import run_target
+from distcomm.launch.worker import Worker
 from distcomm.wire.rejoin import JOIN_VARIABLE, LAUNCHER_VARIABLE, NOT_ADMITTED_STATUS, JobStore, store_client
 
 logger = logging.getLogger(__name__)
@@ -84,53 +81,6 @@ class AgentConfig:
             raise ValueError(f"--node-rank must be in 0..{self.nnodes - 1}, got {self.node_rank}")
 
 
-class Worker:
-    """One seat's process: started cold (``python -u TARGET``) or warm, and started again in place."""
-
-    def __init__(self, seat: int, local_rank: int, config: AgentConfig) -> None:
-        self.seat, self.local_rank, self.config = seat, local_rank, config
-        self.restarts = 0
-        self.exit_code: int | None = None
-        """The last process's status, once it ended."""
-        self._process: Any = None
-
-    def start(self, env: dict[str, str]) -> None:
-        self.exit_code = None
-        if self.config.warm_start:
-            self._process = process_context().Process(target=run_target, args=(list(self.config.target), env), daemon=False)
-            self._process.start()
-        else:
-            self._process = subprocess.Popen([sys.executable, "-u", *self.config.target], env=env)
-
-    @property
-    def pid(self) -> int:
-        return int(self._process.pid)
-
-    def poll(self) -> int | None:
-        """The process's exit status once it ended (minus the signal that killed it), else ``None``."""
-        if self.exit_code is None:
-            if self.config.warm_start:
-                self.exit_code = None if self._process.is_alive() else self._process.exitcode
-            else:
-                self.exit_code = self._process.poll()
-        return self.exit_code
-
-    def stop(self, grace: float = 5.0) -> None:
-        """SIGTERM, then SIGKILL after ``grace`` seconds."""
-        if self._process is None or self.poll() is not None:
-            return
-        for signum, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-            try:
-                os.kill(self.pid, signum)
-            except ProcessLookupError:
-                return
-            deadline = time.monotonic() + wait
-            while self.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if self.exit_code is not None:
-                return
-
-
 class Agent:
     """Rendezvous with the other nodes' agents, start this node's workers, restart any that dies."""
 
@@ -153,7 +103,7 @@ class Agent:
             node_rank, nnodes, node_rank * config.nproc_per_node, (node_rank + 1) * config.nproc_per_node - 1, world_size, address, port,
         )  # fmt: skip
         base = self._environment(address, port, node_rank, nnodes, world_size)
-        self.workers = [Worker(node_rank * config.nproc_per_node + i, i, config) for i in range(config.nproc_per_node)]
+        self.workers = [Worker(node_rank * config.nproc_per_node + i, i, config.target, config.warm_start) for i in range(config.nproc_per_node)]
         previous = {s: signal.signal(s, _raise_exit) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             for worker in self.workers:
