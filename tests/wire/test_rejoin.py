@@ -77,3 +77,15 @@ def test_only_workers_of_the_distcomm_agent_look_for_newcomers(monkeypatch: pyte
     monkeypatch.setenv(rejoin.JOIN_TIMEOUT_VARIABLE, "soon")
     with pytest.raises(ConfigurationError, match="DISTCOMM_JOIN_TIMEOUT='soon' is not a number"):
         rejoin.join_timeout()
+
+
+def test_the_agent_that_keeps_the_store_leaves_last(store: dist.TCPStore) -> None:
+    keeper, other = JobStore(store, -1), JobStore(store, -1)
+    left: list[str] = []
+    waiting = threading.Thread(target=lambda: (keeper.leave(True, agents=2, timeout=10), left.append("keeper")))
+    waiting.start()
+    waiting.join(0.3)
+    assert waiting.is_alive()  # the other agent has not finished: its workers may still need the store
+    other.leave(False, agents=2, timeout=10)
+    waiting.join(10)
+    assert left == ["keeper"]

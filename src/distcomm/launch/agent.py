@@ -75,8 +75,8 @@ class AgentConfig:
     def __attrs_post_init__(self) -> None:
         if not self.target:
             raise ValueError("name the training script to run (or -m module)")
-        if self.rdzv_backend == "static" and self.nnodes > 1 and (self.node_rank is None or not self.rdzv_endpoint):
-            raise ValueError("the static rendezvous of several nodes needs --node-rank and --rdzv-endpoint HOST:PORT")
+        if self.rdzv_backend == "static" and (not self.rdzv_endpoint or (self.nnodes > 1 and self.node_rank is None)):
+            raise ValueError("the static rendezvous needs --rdzv-endpoint HOST:PORT (where node 0's agent keeps the store) and, over several nodes, --node-rank")
         if self.node_rank is not None and not 0 <= self.node_rank < self.nnodes:
             raise ValueError(f"--node-rank must be in 0..{self.nnodes - 1}, got {self.node_rank}")
 
@@ -108,7 +108,9 @@ class Agent:
         try:
             for worker in self.workers:
                 worker.start(self._worker_environment(base, worker, joining=False))
-            return self._monitor(base)
+            status = self._monitor(base)
+            self._job.leave(node_rank == 0, nnodes, self.config.rdzv_timeout)
+            return status
         finally:
             for worker in self.workers:
                 worker.stop()
@@ -159,8 +161,6 @@ class Agent:
         extra: dict[str, Any] = {"join_timeout": config.rdzv_timeout}
         if config.rdzv_backend == "static":
             extra = {"rank": config.node_rank or 0, "timeout": int(config.rdzv_timeout)}
-            if not config.rdzv_endpoint:
-                endpoint = f"localhost:{_free_port()}"
         params = RendezvousParameters(
             backend=config.rdzv_backend, endpoint=endpoint, run_id=config.rdzv_id or uuid.uuid4().hex[:12],
             min_nodes=config.nnodes, max_nodes=config.nnodes, local_addr=config.local_addr, **extra,
@@ -190,12 +190,6 @@ class Agent:
             env[JOIN_VARIABLE] = "1"
         env[RESTART_VARIABLE] = str(worker.restarts)
         return env
-
-
-def _free_port() -> int:
-    from distcomm.launch.launcher import find_free_port
-
-    return find_free_port()
 
 
 def _status(code: int) -> str:

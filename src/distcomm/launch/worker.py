@@ -17,6 +17,7 @@ from typing import Any
 from distcomm.launch.local_world import process_context
 from distcomm.launch.warm_start import run_target
 
+
 class Worker:
     """One seat's process: started cold (``python -u TARGET``) or warm, and started again in place."""
 

@@ -145,6 +145,18 @@ class JobStore:
         self.admitted = through
         return _parse(self.store.get(f"{PREFIX}admission/{through}"), through)
 
+    def leave(self, keeps_store: bool, agents: int, timeout: float) -> None:
+        """An agent's last word: it is done. The agent that keeps the store waits (up to
+        ``timeout`` seconds) until all ``agents`` are, so no other node's workers lose the store."""
+        try:
+            done = int(self.store.add(PREFIX + "agents-done", 1))
+            deadline = time.monotonic() + timeout
+            while keeps_store and done < agents and time.monotonic() < deadline:
+                time.sleep(POLL_SECONDS * 5)
+                done = int(self.store.add(PREFIX + "agents-done", 0))
+        except (RuntimeError, OSError, TimeoutError) as error:  # the store's agent went first
+            logger.debug("could not say that this agent is done (%s)", error)
+
     def finish(self) -> None:
         """Say that the job's work is done: newcomers still waiting end instead of joining."""
         try:
