@@ -678,15 +678,15 @@ class Communicator(abc.ABC):
 
         Only workers of ``python -m distcomm run`` are ever joined (elsewhere this returns at once,
         with no collective). There, every rank calls it at the same point (:class:`~distcomm.Resilient`
-        does at each step): it reads how many newcomers asked and agrees on that number (one small
-        all-reduce); when there are new ones, all form the grown world through the job's store
+        does at each step): rank 0 reads how many newcomers asked and every rank takes that number
+        (one small all-reduce); when there are new ones, all form the grown world through the job's store
         (:mod:`distcomm.wire.rejoin`). The new communicator's :attr:`growth` names the newcomers and
         the rank whose training state they should take.
         """
         job = rejoin.job_store()
         if job is None:
             return self
-        asked = self.all_reduce(job.pending(), op="max")
+        asked = self.all_reduce(job.pending() if self.rank == 0 else 0, op="max")  # one store read a step, not one a rank
         if asked <= job.admitted:
             return self
         timeout = as_timeout(self.timeout or FALLBACK_TIMEOUT)
