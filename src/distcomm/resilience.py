@@ -140,6 +140,7 @@ class Resilient:
         before = self._comm
         survivors = before.shrink(self.settle)
         self._comm = survivors
+        self._admitted_now = False  # every survivor goes on from a step boundary of its own: admit, then step
         if survivors.world_size == before.world_size:
             return False
         kept = survivors.all_gather_object((before.rank, self._has_state))  # before the shrink: rank, holds the state
