@@ -683,6 +683,8 @@ class Communicator(abc.ABC):
         (:mod:`distcomm.wire.rejoin`). The new communicator's :attr:`growth` names the newcomers and
         the rank whose training state they should take.
         """
+        if isinstance(settle, bool) or not isinstance(settle, (int, float)) or not settle > 0:
+            raise InvalidArgumentError(f"admit: settle is a positive number of seconds, got {settle!r}")
         job = rejoin.job_store()
         if job is None:
             return self

@@ -89,3 +89,13 @@ def test_the_agent_that_keeps_the_store_leaves_last(store: dist.TCPStore) -> Non
     other.leave(False, agents=2, timeout=10)
     waiting.join(10)
     assert left == ["keeper"]
+
+
+def test_admit_outside_distcomm_run_returns_the_communicator_and_refuses_a_bad_settle(monkeypatch: pytest.MonkeyPatch) -> None:
+    from distcomm import InvalidArgumentError, LocalCommunicator
+
+    monkeypatch.delenv(rejoin.LAUNCHER_VARIABLE, raising=False)
+    comm = LocalCommunicator()
+    assert comm.admit() is comm and comm.growth is None and not comm.closed
+    with pytest.raises(InvalidArgumentError, match="admit: settle is a positive number of seconds, got 0"):
+        comm.admit(0)
