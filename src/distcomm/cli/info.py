@@ -24,7 +24,10 @@ from distcomm.errors import DistCommError
 from distcomm.launch.launcher import detect_launcher, plan_launch
 
 RELEVANT_PREFIXES = ("MASTER_", "SLURM_", "OMPI_COMM_WORLD_", "LSB_", "NCCL_", "GLOO_", "TORCH_", "TORCHELASTIC_")
-RELEVANT_NAMES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "CUDA_VISIBLE_DEVICES", CURRENT_DEVICE_STR, "DISTCOMM_MASTER_PORT")
+RELEVANT_NAMES = (
+    "RANK", "LOCAL_RANK", "WORLD_SIZE", "CUDA_VISIBLE_DEVICES", CURRENT_DEVICE_STR, "DISTCOMM_MASTER_PORT",
+    "DISTCOMM_LAUNCHER", "DISTCOMM_JOIN", "DISTCOMM_RESTART_COUNT",  # set by python -m distcomm run
+)  # fmt: skip
 
 
 def _implied_world_size(launcher: str, environ: Mapping[str, str]) -> int:
