@@ -21,12 +21,14 @@ from distcomm.environment.backend_choice import BACKENDS, backend_available
 from distcomm.environment.config import DistributedConfig
 from distcomm.environment.devices import CURRENT_DEVICE_STR
 from distcomm.errors import DistCommError
+from distcomm.launch.agent import RESTART_VARIABLE
 from distcomm.launch.launcher import detect_launcher, plan_launch
+from distcomm.wire.rejoin import JOIN_VARIABLE, LAUNCHER_VARIABLE
 
 RELEVANT_PREFIXES = ("MASTER_", "SLURM_", "OMPI_COMM_WORLD_", "LSB_", "NCCL_", "GLOO_", "TORCH_", "TORCHELASTIC_")
 RELEVANT_NAMES = (
     "RANK", "LOCAL_RANK", "WORLD_SIZE", "CUDA_VISIBLE_DEVICES", CURRENT_DEVICE_STR, "DISTCOMM_MASTER_PORT",
-    "DISTCOMM_LAUNCHER", "DISTCOMM_JOIN", "DISTCOMM_RESTART_COUNT",  # set by python -m distcomm run
+    LAUNCHER_VARIABLE, JOIN_VARIABLE, RESTART_VARIABLE,  # set by python -m distcomm run
 )  # fmt: skip
 
 
