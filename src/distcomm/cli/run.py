@@ -44,6 +44,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="[distcomm run] %(message)s")
+    logging.getLogger("distcomm.launch.agent").setLevel(logging.INFO)  # the agent's progress, as torchrun shows its own
     target = (["-m"] if args.module else []) + [args.target, *args.arguments]
     try:
         config = AgentConfig(

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 import time
 import uuid
 from typing import Any
@@ -98,13 +99,15 @@ class Agent:
         address, port = info.bootstrap_store_info.master_addr, info.bootstrap_store_info.master_port
         self._job = JobStore(store_client(address, port), seat=-1)
         world_size = nnodes * config.nproc_per_node
-        logger.warning(
+        logger.info(
             "distcomm run: node %d of %d, workers %d..%d of %d, store at %s:%d (kept by the agent of node 0)",
             node_rank, nnodes, node_rank * config.nproc_per_node, (node_rank + 1) * config.nproc_per_node - 1, world_size, address, port,
         )  # fmt: skip
         base = self._environment(address, port, node_rank, nnodes, world_size)
         self.workers = [Worker(node_rank * config.nproc_per_node + i, i, config.target, config.warm_start) for i in range(config.nproc_per_node)]
-        previous = {s: signal.signal(s, _raise_exit) for s in (signal.SIGTERM, signal.SIGINT)}
+        previous = {}
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
+            previous = {s: signal.signal(s, _raise_exit) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             for worker in self.workers:
                 worker.start(self._worker_environment(base, worker, joining=False))
@@ -134,7 +137,7 @@ class Agent:
                 elif code == 0:
                     running.discard(index)
                     self._job.finish()  # type: ignore[union-attr]
-                    logger.warning("distcomm run: worker %d finished", worker.seat)
+                    logger.info("distcomm run: worker %d finished", worker.seat)
                 elif worker.restarts < self.config.max_restarts:
                     worker.restarts += 1
                     logger.warning(
