@@ -31,13 +31,13 @@ def run_job(*arguments: str, faults: dict[str, str]) -> str:
 @pytest.mark.integration
 def test_a_replacement_that_dies_while_joining_is_left_out_and_after_two_failures_every_seat_comes_back() -> None:
     # Seat 1 dies at step 3; its first replacement is killed once admitted, before the world forms;
-    # the second joins; seat 3 dies at step 30 and its replacement joins too. (Rank 0 of one
+    # the second joins; seat 3 dies at step 14 and its replacement joins too. (Rank 0 of one
     # agent: tests/test_examples.py; rank 0 with two agents: below.)
-    output = run_job("--kill-rank", "1", "--kill-step", "3", "--also-kill", "3:30", "--steps", "40", faults={"KILL_JOINING": "1"})
+    output = run_job("--kill-rank", "1", "--kill-step", "3", "--also-kill", "3:14", faults={"KILL_JOINING": "1"})
     assert "seat 1 (a replacement) was admitted as" in output
     assert "worker 1 ended with signal SIGKILL; starting it again (restart 2 of 3)" in output  # the second replacement
     assert "worker 3 ended with signal SIGKILL; starting it again (restart 1 of 3)" in output
-    assert "lost seat(s) [1, 3] at step(s) [3, 30]" in output and "seat(s) [1, 3] rejoined" in output
+    assert "lost seat(s) [1, 3] at step(s) [3, 14]" in output and "seat(s) [1, 3] rejoined" in output
     assert "steps on 4 ranks" in output
 
 
