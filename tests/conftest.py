@@ -17,6 +17,11 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Real-job tests first: with ``--dist worksteal`` the quick ones then fill the workers' gaps,
-    instead of one worker starting a long job when the others are done."""
-    items.sort(key=lambda item: item.get_closest_marker("integration") is None)
+    """Real-job tests first on every worker: ``--dist worksteal`` hands each worker one contiguous
+    share of the list, so each share is laid out as its part of the real-job tests, then its part
+    of the quick ones. The quick ones then fill the workers' gaps, instead of one worker holding
+    every long job (and starting the last of them when the others are done)."""
+    workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    long = [item for item in items if item.get_closest_marker("integration") is not None]
+    quick = [item for item in items if item.get_closest_marker("integration") is None]
+    items[:] = [item for share in range(workers) for item in (*long[share::workers], *quick[share::workers])]
