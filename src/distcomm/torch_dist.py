@@ -136,11 +136,12 @@ class TorchDistCommunicator(Communicator):
         _owner = weakref.ref(comm)
         return comm
 
-
     @classmethod
     def _join(cls, backend: str, timeout: datetime.timedelta, local_rank: int) -> TorchDistCommunicator:
-        """Ask the live job to take this process in, wait to be admitted, and form (:mod:`distcomm.wire.rejoin`); the communicator over it. A job that finished
-        before admitting it leaves it nothing to do: the process ends, successfully."""
+        """Ask the live job to take this process in, wait to be admitted, and form the grown world
+        with the live ranks (:mod:`distcomm.wire.rejoin`); the communicator over its default group.
+        A job that finished before admitting it leaves it nothing to do: the process ends with
+        :data:`~distcomm.wire.rejoin.NOT_ADMITTED_STATUS`."""
         job = rejoin.job_store()
         if job is None:
             raise ConfigurationError("only workers of python -m distcomm run can join a live job")
@@ -153,7 +154,7 @@ class TorchDistCommunicator(Communicator):
             return form_default_group(backend, store, rank, world_size, timeout, local_rank)
 
         _, growth = rejoin.form_world(job, admission, make, timeout, DEFAULT_SETTLE_SECONDS)
-        comm = cls(local_rank=local_rank, _owns_group=True)
+        comm = cls(local_rank=local_rank, _owns_group=True)  # over the default group form_world just made
         comm.growth, comm.group_name = growth, rejoin.world_name(comm.group_name, admission.number)
         global _owner
         _owner = weakref.ref(comm)

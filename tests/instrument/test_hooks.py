@@ -397,3 +397,25 @@ def test_the_flight_recorder_is_registered_like_any_hook() -> None:
     assert record["file"] == __file__
     comm.remove_hook(mine)
     assert comm.hooks == () and comm.dump_flight_record() is None
+
+
+def test_a_recorder_with_its_own_before_and_after_sees_every_call() -> None:
+    # The flight recorder alone is called straight (start/end, no Call); a recorder that keeps
+    # the before/after protocol instead must still see every call through it.
+    from distcomm.instrument.hooks import Recorder
+
+    seen: list[tuple[str, str, bool]] = []
+
+    class Mine(Recorder):
+        def before(self, call: Call) -> None:
+            seen.append(("before", call.operation, True))
+
+        def after(self, call: Call, error: BaseException | None) -> None:
+            seen.append(("after", call.operation, error is None))
+
+    comm = LocalCommunicator()
+    comm.register_hook(Mine())  # the newest recorder takes the flight recorder's place
+    assert len(comm.hooks) == 1
+    comm.all_reduce(torch.ones(1))
+    comm.barrier()
+    assert seen == [("before", "all_reduce", True), ("after", "all_reduce", True), ("before", "barrier", True), ("after", "barrier", True)]

@@ -118,6 +118,15 @@ def test_torchrun_and_single_process_plans() -> None:
     assert plan_launch({"world_size": 1}, {}).launcher == "single"
 
 
+def test_a_worker_of_distcomm_run_under_srun_takes_its_agents_ranks(scontrol_dir: Path) -> None:
+    # srun started one agent per node; its workers inherit SLURM's variables (the node's task).
+    env = slurm_env(scontrol_dir, SLURM_NTASKS=2, SLURM_NODEID=1, SLURM_PROCID=1, SLURM_LOCALID=0, DISTCOMM_LAUNCHER="distcomm",
+                    MASTER_ADDR="node1", MASTER_PORT="29400", RANK="6", LOCAL_RANK="2", WORLD_SIZE="8")  # fmt: skip
+    plan = plan_launch({"submit": True, "world_size": 8, "cpu": True}, env)
+    assert (plan.launcher, plan.rank, plan.local_rank, plan.init_method) == ("torchrun", 6, 2, "env://")
+    assert detect_launcher(env) == "torchrun"
+
+
 def test_detect_launcher() -> None:
     assert detect_launcher({"SLURM_PROCID": "0", "SLURM_JOB_NODELIST": "n1"}) == "slurm"
     assert detect_launcher({"OMPI_COMM_WORLD_RANK": "0", "LSB_DJOB_HOSTFILE": "/h"}) == "lsf"

@@ -237,7 +237,10 @@ class HookChain:
         self.own: tuple[Hook, ...] = ()
         """The hooks attached here (not the parent's)."""
         self.hooks: tuple[Hook, ...] = ()
-        """Every hook a call passes through, in the order they run: the parent's and its own (read on every call)."""
+        """Every hook a call passes through, in the order they run: the parent's and its own."""
+        self.route: tuple[tuple[Hook, ...], Recorder | None] = ((), None)
+        """What every call reads, in one read: :attr:`hooks`, and the recorder when it is the only
+        hook and keeps the start/end protocol (then calls go to it straight, without a :class:`Call`)."""
         with _registration:
             if parent is not None:
                 parent._views.add(self)
@@ -267,6 +270,9 @@ class HookChain:
         if any(isinstance(h, Recorder) for h in self.own):
             inherited = tuple(h for h in inherited if not isinstance(h, Recorder))
         self.hooks = tuple(sorted((*inherited, *self.own), key=lambda h: h.order))
+        alone = self.hooks[0] if len(self.hooks) == 1 else None
+        direct = isinstance(alone, Recorder) and type(alone).before is Recorder.before and type(alone).after is Recorder.after
+        self.route = (self.hooks, alone if direct else None)  # type: ignore[assignment]  # one tuple: one read per call
         for view in list(self._views):
             view._refresh()
 
@@ -308,9 +314,9 @@ def collective(
         def run(self: Self, /, *args: P.args, **kwargs: P.kwargs) -> R:
             if self._state.closed:
                 raise ClosedCommunicatorError(f"{spec.operation} on a closed {type(self).__name__}: create a new communicator")
-            hooks = self._hook_chain.hooks  # read once: a hook added or removed meanwhile takes effect at the next call
-            if len(hooks) == 1 and isinstance(hooks[0], Recorder):  # the default: the flight recorder alone
-                return _recorded(hooks[0], self, spec, args, kwargs, method)  # type: ignore[no-any-return]
+            hooks, recorder = self._hook_chain.route  # read once: a hook added or removed meanwhile takes effect at the next call
+            if recorder is not None:  # the default: the flight recorder alone
+                return _recorded(recorder, self, spec, args, kwargs, method)  # type: ignore[no-any-return]
             if hooks:
                 return _through(hooks, Call(self, spec, args, kwargs), method)  # type: ignore[no-any-return]
             try:

@@ -197,8 +197,10 @@ class Agent:
 
 def _status(code: int) -> str:
     if code < 0:
-        with_name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
-        return f"signal {with_name}"
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
     return f"exit code {code}"
 
 

@@ -31,6 +31,7 @@ from distcomm.environment.job import os_environ_get_or_throw as os_environ_get_o
 from distcomm.errors import CollectiveError, ConfigurationError
 from distcomm.launch.active import forget_default_group, instrument, set_communicator
 from distcomm.torch_dist import TorchDistCommunicator
+from distcomm.wire.rejoin import LAUNCHER_VARIABLE
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +137,8 @@ def _fixed_port(default: int, environ: Mapping[str, str]) -> int:
 def detect_launcher(environ: Mapping[str, str] | None = None) -> str:
     """Which launcher started this process, judged by its variables alone."""
     environ = os.environ if environ is None else environ
+    if environ.get(LAUNCHER_VARIABLE) == "distcomm":  # python -m distcomm run, also under srun: torchrun's variables
+        return "torchrun"
     if "SLURM_PROCID" in environ and ("SLURM_STEP_NODELIST" in environ or "SLURM_JOB_NODELIST" in environ):
         return "slurm"
     if "OMPI_COMM_WORLD_RANK" in environ and "LSB_DJOB_HOSTFILE" in environ:
@@ -249,10 +252,14 @@ def plan_launch(
     config: Mapping[str, Any] | DistributedConfig,
     environ: Mapping[str, str] | None = None,
 ) -> LaunchPlan:
-    """Decide how to join the job: SLURM if ``submit``, LSF if ``summit``, else torchrun or a lone process."""
+    """Decide how to join the job: SLURM if ``submit``, LSF if ``summit``, else torchrun or a lone
+    process. A worker of ``python -m distcomm run`` takes its agent's variables (torchrun's) even
+    where the agent itself was started by srun or jsrun, whose variables it inherited."""
     settings = DistributedConfig.from_mapping(config)
     environ = os.environ if environ is None else environ
-    if settings.submit:
+    if environ.get(LAUNCHER_VARIABLE) == "distcomm":
+        plan = _plan_torchrun(settings, environ)
+    elif settings.submit:
         plan = _plan_slurm(settings, environ)
     elif settings.summit:
         plan = _plan_lsf(settings, environ)

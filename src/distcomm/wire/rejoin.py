@@ -58,7 +58,7 @@ JOIN_TIMEOUT_VARIABLE = "DISTCOMM_JOIN_TIMEOUT"
 DEFAULT_JOIN_TIMEOUT = 600.0
 NOT_ADMITTED_STATUS = 75
 """The exit status of a replacement that found the job finished before it was admitted: its agent
-keeps the seat's earlier status (the failure it replaced) rather than count this as a success."""
+counts the seat as failed (the worker it replaced died), never as finished."""
 PREFIX = "distcomm/job/"
 
 
@@ -115,7 +115,7 @@ class JobStore:
             key = f"{PREFIX}join/request/{index}"
             while not self.store.check([key]):  # counted before written: written at once after
                 if time.monotonic() > deadline:
-                    raise CollectiveError("admit", -1, f"join request {index} was counted but never written")
+                    raise CollectiveError("admit", self.seat, f"join request {index} was counted but never written")
                 time.sleep(POLL_SECONDS)
             joining.append(int(self.store.get(key)))
         joining = sorted(set(joining) - set(live_seats))  # a seat asks again after its last try died
@@ -264,6 +264,8 @@ def job_store() -> JobStore | None:
     global _job
     if not launched_by_agent():
         return None
+    if _job is not None:  # every step of a Resilient loop asks
+        return _job
     with _job_lock:
         if _job is None:
             address, port, seat = os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", ""), os.environ.get("RANK", "")
