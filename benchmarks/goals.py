@@ -136,7 +136,8 @@ def rejoin_goals(report) -> None:  # type: ignore[no-untyped-def]
     deaths, joins = [], []
     example = ROOT / "examples" / "resilient_training.py"
     for _ in range(3):
-        done = subprocess.run([sys.executable, str(example), "--steps", "10", "--kill-step", "4"], capture_output=True, text=True, timeout=300)
+        done = subprocess.run([sys.executable, str(example), "--steps", "10", "--kill-step", "4"], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "DISTCOMM_EXAMPLE_TIMES": "1"})
         # The workers share one stdout, so their lines may run together: read the marks, not the lines.
         died = [float(t) for t in re.findall(r"TIMING died (\d+\.\d{6})", done.stdout)]
         shrank = [float(t) for t in re.findall(r"TIMING shrank (\d+\.\d{6})", done.stdout)]

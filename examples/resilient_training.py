@@ -55,6 +55,12 @@ def loss_and_grads(state: dict[str, torch.Tensor], inputs: torch.Tensor, targets
     return loss.item(), {"weight": weight.grad, "bias": bias.grad}  # type: ignore[dict-item]
 
 
+def mark(event: str) -> None:
+    """A moment benchmarks/goals.py times the rejoin by (printed only when DISTCOMM_EXAMPLE_TIMES=1)."""
+    if os.environ.get("DISTCOMM_EXAMPLE_TIMES") == "1":
+        print(f"TIMING {event}", flush=True)
+
+
 def reference(steps: int, lr: float = 0.05) -> list[float]:
     """The same training in one process on the whole data set (what 3 or 4 equal shares average to)."""
     inputs, targets = data()
@@ -85,7 +91,7 @@ def worker(steps: int, kills: list[tuple[int, int]], lr: float = 0.05) -> None:
         loss, grads = loss_and_grads(state, inputs[mine], targets[mine])
         time.sleep(STEP_SECONDS)
         if (seat, step) in kills and not replacement:
-            print(f"TIMING died {time.time():.6f}", flush=True)
+            mark(f"died {time.time():.6f}")
             os.kill(os.getpid(), signal.SIGKILL)  # mid-step: after the gradients, before they are averaged
         comm.all_reduce(grads, op="mean")
         mean_loss = comm.all_reduce(loss, op="mean")
@@ -98,13 +104,13 @@ def worker(steps: int, kills: list[tuple[int, int]], lr: float = 0.05) -> None:
     with TorchDistCommunicator.init("gloo", timeout=2) as comm:
         job = Resilient(
             comm, state,
-            on_shrink=lambda survivors: print(f"TIMING shrank {time.time():.6f}", flush=True),
+            on_shrink=lambda survivors: mark(f"shrank {time.time():.6f}"),
             on_grow=lambda grown: marks.setdefault("grown", time.time()),
         )  # fmt: skip
         while int(state["step"]) < steps or (job.comm.world_size < WORKERS and int(state["step"]) < steps + 400):
             job.run(train_step)
     if replacement:
-        print(f"TIMING replacement {STARTED:.6f} {marks['first step']:.6f}", flush=True)
+        mark(f"replacement {STARTED:.6f} {marks['first step']:.6f}")
     expected = reference(int(state["step"]))
     worst = max(abs(losses[s] - expected[s]) for s in losses)
     if worst > 1e-9:
