@@ -35,6 +35,10 @@ class CountingBackend(TorchDistBackend):
         self.reductions += 1
         super().all_reduce(tensor, op)
 
+    def all_reduce_bitwise_and(self, tensor):  # the call check, on Gloo
+        self.reductions += 1
+        super().all_reduce_bitwise_and(tensor)
+
 
 # ----------------------------------------------------------------- reduce ops
 

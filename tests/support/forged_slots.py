@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from distcomm.values.ops import ReduceOp
 from distcomm.wire.call_check import MAGIC, TAG_BYTES, slot_bytes
 
 
@@ -22,14 +21,14 @@ def forged_slot(world_size: int, tag: str, body: bytes, *, magic: bytes = MAGIC,
 
 
 def forged_check() -> torch.Tensor:
-    """A check no honest rank sends (its digest is out of range), so every rank takes the second
-    step, where the forged slot follows."""
-    return torch.tensor([2**62, -(2**62)], dtype=torch.int64)
+    """A check no honest rank sends (a first word with no one-bits, where every honest code word
+    has 32), so every rank takes the second step, where the forged slot follows."""
+    return torch.tensor([0, -1], dtype=torch.int64)
 
 
 def send_forged_opening(comm, tag: str, body: bytes, *, magic: bytes = MAGIC, announced: int | None = None) -> None:  # type: ignore[no-untyped-def]
     """As one rank of ``comm``: the opening of call ``tag`` with a forged slot carrying ``body``."""
-    comm.tensor_backend.all_reduce(forged_check(), ReduceOp.MAX)
+    comm.tensor_backend.all_reduce_bitwise_and(forged_check())
     comm.tensor_backend.all_gather(forged_slot(comm.world_size, tag, body, magic=magic, announced=announced))
 
 
@@ -38,14 +37,14 @@ def forge_next_opening(comm, slot: torch.Tensor) -> None:  # type: ignore[no-unt
     matches no honest rank's, so every rank takes that step."""
     backend = comm.tensor_backend
 
-    def check_once(tensor: torch.Tensor, op: ReduceOp) -> None:
-        del backend.all_reduce
+    def check_once(tensor: torch.Tensor) -> None:
+        del backend.all_reduce_bitwise_and
         tensor.copy_(forged_check())
-        backend.all_reduce(tensor, op)
+        backend.all_reduce_bitwise_and(tensor)
 
     def gather_once(tensor: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         del backend.all_gather
         return backend.all_gather(slot, out)
 
-    backend.all_reduce = check_once
+    backend.all_reduce_bitwise_and = check_once
     backend.all_gather = gather_once

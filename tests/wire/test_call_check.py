@@ -27,6 +27,7 @@ from distcomm.wire.call_check import (
     PREFIX_BYTES,
     TAG_BYTES,
     body_room,
+    code_word,
     read_prefixes,
     slot_bytes,
     tag_of,
@@ -37,6 +38,7 @@ CASES: dict[str, Callable[[Communicator], Any]] = {
     "broadcast dict of tensors": lambda c: c.broadcast({"w": torch.ones(3)}),
     "broadcast int": lambda c: c.broadcast(5),
     "broadcast from 1": lambda c: c.broadcast("x", src=1),
+    "broadcast scalar tensor from 1": lambda c: c.broadcast(torch.tensor(1.5), src=1),
     "all_reduce dict of tensors": lambda c: c.all_reduce({"a": torch.ones(2)}),
     "all_reduce int": lambda c: c.all_reduce(5),
     "reduce_dict": lambda c: c.reduce_dict({"loss": 1.0}),
@@ -140,17 +142,25 @@ def test_one_check_size_for_every_call_and_world_and_one_slot_size_for_every_cal
     assert len(tag_of("a" * 40, "b")) == TAG_BYTES
 
 
-def steps_of_openings(comm):
-    """The collectives of three openings: equal bodies, bodies that differ, and ranks in different calls."""
+def steps_of_openings(comm, bitwise: bool):
+    """The collectives of three openings: equal bodies, bodies that differ, and ranks in different
+    calls; in the bitwise form (Gloo's) or the ordered one (NCCL's, which has no bitwise AND)."""
     from distcomm.backends.torch_dist import TorchDistBackend
     from distcomm.wire.call_check import check_call
 
     steps = []
 
     class Counting(TorchDistBackend):
+        def ands_bits(self, device):
+            return bitwise and super().ands_bits(device)
+
         def all_reduce(self, tensor, op):
-            steps.append(("all_reduce", tensor.numel()))
+            steps.append(("all_reduce", tensor.numel(), op.value))
             super().all_reduce(tensor, op)
+
+        def all_reduce_bitwise_and(self, tensor):
+            steps.append(("all_reduce", tensor.numel(), "and"))
+            super().all_reduce_bitwise_and(tensor)
 
         def all_gather(self, tensor, out=None):
             steps.append(("all_gather", tensor.numel()))
@@ -170,14 +180,26 @@ def steps_of_openings(comm):
     return seen
 
 
-@pytest.mark.parametrize("world_size", [2, 4])
-def test_equal_openings_take_one_two_word_check_and_others_a_second_step(dist_world, world_size: int) -> None:
+@pytest.mark.parametrize(("world_size", "bitwise"), [(2, True), (4, True), (2, False), (4, False)])
+def test_equal_openings_take_one_two_word_check_and_others_a_second_step(dist_world, world_size: int, bitwise: bool) -> None:
     n = world_size
     slot = ("all_gather", slot_bytes(n))
-    for seen in dist_world(n).run(steps_of_openings):
-        assert seen[:3] == [[("all_reduce", 2)], (4,) * n, b"body"]
-        assert seen[3:6] == [[("all_reduce", 2), slot], tuple(range(1, n + 1)), [bytes([r]) * (r + 1) for r in range(n)]]
-        assert seen[6] == [("all_reduce", 2), slot] and "rank 0: x call 0; rank 1: x call 1" in seen[7]
+    check = ("all_reduce", 2, "and" if bitwise else "max")
+    for seen in dist_world(n).run(steps_of_openings, bitwise):
+        assert seen[:3] == [[check], (4,) * n, b"body"]
+        assert seen[3:6] == [[check, slot], tuple(range(1, n + 1)), [bytes([r]) * (r + 1) for r in range(n)]]
+        assert seen[6] == [check, slot] and "rank 0: x call 0; rank 1: x call 1" in seen[7]
+
+
+def test_code_words_have_32_one_bits_and_an_and_of_different_ones_has_fewer() -> None:
+    rng = np.random.default_rng(7)
+    digests = [int(d) for d in rng.integers(0, 2**62, size=2000)] + [0, 2**62 - 1, 2**52 - 1, 2**52]
+    words = [code_word(d) % 2**64 for d in digests]
+    assert all(bin(w).count("1") == 32 for w in words)
+    assert len({code_word(d) for d in digests}) == len({d % 2**52 for d in digests})  # one word per 52 bits of digest
+    for a, b in zip(words, words[1:]):
+        assert (a == b) == (bin(a & b).count("1") == 32)  # every rank reads the same verdict from the AND
+    assert all(-(2**63) <= code_word(d) < 2**63 for d in digests)  # an int64 as it travels
 
 
 @pytest.mark.integration  # a world of its own

@@ -19,7 +19,6 @@ from support.forged_slots import forge_next_opening, forged_check, forged_slot, 
 
 from distcomm import InconsistentInputError, RestrictedCodec
 from distcomm.errors import DistCommError, ObjectDecodeError, WireFormatError
-from distcomm.values.ops import ReduceOp
 from distcomm.wire.call_check import PREFIX_BYTES, CallSlots, body_room, read_prefixes, slot_bytes, tag_of
 from distcomm.wire.codec import PickleCodec
 from distcomm.wire.gather import _read_header
@@ -116,7 +115,7 @@ def forge_then_call(comm, layout: str, body: bytes, safe: bool) -> Any:
         comm.object_codec = RestrictedCodec()
     if comm.rank == 1:
         if layout == "torch-bytes":  # what a raw torch.distributed peer sends: no distcomm header
-            comm.tensor_backend.all_reduce(forged_check(), ReduceOp.MAX)
+            comm.tensor_backend.all_reduce_bitwise_and(forged_check())
             comm.tensor_backend.all_gather(torch.ones(slot_bytes(comm.world_size), dtype=torch.uint8))
         else:
             send_forged_opening(comm, layout, body)
@@ -227,7 +226,7 @@ def fuzzed_call(comm, layout: str, seed: int, safe: bool) -> Any:
         return ("RAW " + type(error).__name__, str(error)[:200])
     finally:
         backend.__dict__.pop("all_gather", None)
-        backend.__dict__.pop("all_reduce", None)
+        backend.__dict__.pop("all_reduce_bitwise_and", None)
 
 
 @pytest.mark.parametrize("safe", [False, True], ids=["pickle", "safe"])
@@ -278,7 +277,7 @@ def test_a_broadcast_source_that_lies_in_its_head_gets_the_others_a_distcomm_err
 def forged_barrier(comm) -> Any:
     """Rank 1 names the barrier in its slot, but its check matches nobody's."""
     if comm.rank == 1:
-        comm.tensor_backend.all_reduce(forged_check(), ReduceOp.MAX)
+        comm.tensor_backend.all_reduce_bitwise_and(forged_check())
         comm.tensor_backend.all_gather(forged_slot(comm.world_size, "barrier", b""))
         return "forged"
     try:

@@ -122,6 +122,10 @@ def collectives_of_a_small_dict(comm):
             calls.append("all_reduce")
             super().all_reduce(tensor, op)
 
+        def all_reduce_bitwise_and(self, tensor):  # the call check, on Gloo
+            calls.append("all_reduce")
+            super().all_reduce_bitwise_and(tensor)
+
         def all_gather(self, tensor, out=None):
             calls.append("all_gather")
             return super().all_gather(tensor, out)

@@ -88,6 +88,15 @@ class Backend(abc.ABC):
     def all_reduce(self, tensor: torch.Tensor, op: ReduceOp) -> None:
         """Reduce ``tensor`` in place (``op`` is never ``MEAN``)."""
 
+    def ands_bits(self, device: torch.device) -> bool:
+        """Whether :meth:`all_reduce_bitwise_and` works on tensors on ``device`` (the call check
+        then carries a few bytes of data beside itself: :mod:`distcomm.wire.call_check`)."""
+        return False
+
+    def all_reduce_bitwise_and(self, tensor: torch.Tensor) -> None:
+        """The bitwise AND of an int64 ``tensor`` over all ranks, in place (where :meth:`ands_bits`)."""
+        raise InvalidArgumentError(f"the {self.name} backend has no bitwise AND")
+
     @abc.abstractmethod
     def all_gather(self, tensor: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """A tensor of shape ``(world_size, *tensor.shape)``: every rank's tensor, in rank order

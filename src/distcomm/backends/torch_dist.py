@@ -126,6 +126,15 @@ class TorchDistBackend(Backend):
         except RuntimeError as error:
             raise CollectiveError("all_reduce", self.rank, error) from error
 
+    def ands_bits(self, device: torch.device) -> bool:
+        return device.type == "cpu" and (self._gloo or self.name == "mpi")  # NCCL has no bitwise ops
+
+    def all_reduce_bitwise_and(self, tensor: torch.Tensor) -> None:
+        try:
+            dist.all_reduce(tensor, dist.ReduceOp.BAND, self._group)
+        except RuntimeError as error:
+            raise CollectiveError("all_reduce", self.rank, error) from error
+
     def _gather_buffers(self, tensor: torch.Tensor, out: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """What to send, where it lands (flat), and the caller's view of it: ``(world_size, *shape)``."""
         raw = self._as_bytes(tensor)

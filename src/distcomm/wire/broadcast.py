@@ -2,7 +2,9 @@
 
 Ranks first agree on which tensors take part (key path, dtype, shape), so a rank that
 passes a tensor where ``src`` does not, or another shape, raises on every rank instead
-of reading bytes meant as something else.
+of reading bytes meant as something else. A tensor of at most 8 bytes (a scalar: a seed,
+a flag, a loss) travels in the agreement's own check where the check can carry it
+(:mod:`distcomm.wire.call_check`): one collective, as a raw broadcast takes.
 
 Tested with the communicator's broadcasts: tests/test_communicator.py, tests/wire/test_layout_agreement.py, tests/wire/test_call_check.py.
 """
@@ -17,7 +19,8 @@ from distcomm.backends.handles import CompletedHandle, Handle
 from distcomm.errors import InvalidArgumentError
 from distcomm.values.conversion import check_fillable, describe, is_plain
 from distcomm.values.nested import flatten, unflatten
-from distcomm.wire.layout_agreement import Claim, agree, claim_header
+from distcomm.wire.call_check import ands_bits
+from distcomm.wire.layout_agreement import Claim, agree, agree_carrying, claim_header
 from distcomm.wire.objects import broadcast_object
 
 if TYPE_CHECKING:
@@ -26,7 +29,7 @@ if TYPE_CHECKING:
 
 def broadcast_data(context: WireContext, data: Any, src: int) -> Any:
     """``src``'s ``data`` on every rank, tensors filled in place (see :meth:`Communicator.broadcast`)."""
-    if type(data) is torch.Tensor and context.world_size > 1:
+    if isinstance(data, torch.Tensor) and context.world_size > 1:
         return _broadcast_tensor(context, data, src)
     leaves, paths, spec = flatten(data)
     tensors = sorted((path, i) for i, (path, leaf) in enumerate(zip(paths, leaves)) if isinstance(leaf, torch.Tensor))
@@ -73,9 +76,16 @@ def _broadcast_tensor(context: WireContext, tensor: torch.Tensor, src: int) -> t
         known = (claim, claim_header(claim))
         if len(_TENSOR_CLAIMS) < 1024:
             _TENSOR_CLAIMS[key] = known
-    agree(context, operation, *known)
-    fill_from(context, tensor, src)
+    if tensor.numel() * tensor.element_size() <= CARRIED_BYTES and ands_bits(context, context.device):
+        agree_carrying(context, operation, *known, tensor, src)  # one collective: the bytes ride in the check
+    else:
+        agree(context, operation, *known)
+        fill_from(context, tensor, src)
     return tensor
+
+
+CARRIED_BYTES = 8
+"""A broadcast of a tensor of at most this many bytes travels in its check (where the check can carry)."""
 
 
 def fill_from(context: WireContext, tensor: torch.Tensor, src: int) -> None:

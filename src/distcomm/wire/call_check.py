@@ -1,11 +1,18 @@
 """The opening step every checked distcomm collective starts with: every rank in the same call,
 with the same opening body, in one all-reduce of two words, whatever the world size.
 
-The check: each rank sends ``[h, -h]``, where ``h`` is a 62-bit digest of its call's tag
-and body, and the ranks take the maximum. Every rank then holds the largest ``h`` and the
-smallest, and they are equal, and equal to its own, exactly when every rank sent the same.
-Two words are about the cheapest all-reduce there is (on Gloo, measured, about a barrier's
-time, where three words or more cost more), and they do not grow with the world.
+Each rank digests its call's tag and body into ``h`` and sends two int64 words. Where the
+backend has a bitwise AND on the check's device (Gloo and MPI on the CPU), the first word
+is ``h`` written as a code word of exactly 32 one-bits (52 bits of ``h``, see :func:`code_word`)
+and the ranks AND the words: the result keeps 32 one-bits, and equals each rank's own word,
+exactly when every rank sent the same word; any difference clears a bit on every rank
+alike. The second word is then free to carry up to 8 bytes of one rank's data (the
+source's all ones elsewhere, so the AND is the source's bytes): a broadcast of a scalar is
+that one collective. Where there is no bitwise AND (NCCL), each rank sends ``[h, -h]`` and
+the ranks take the maximum: every rank then holds the largest ``h`` and the smallest, equal
+to its own exactly when every rank sent the same. Two words are about the cheapest
+all-reduce there is (on Gloo, measured, about a barrier's time, where three words or more
+cost more), and they do not grow with the world.
 
 When the check holds, every rank knows every rank's body (its own) and the call goes on.
 When it does not (ranks in different calls, a refusal, or bodies that legitimately differ,
@@ -32,8 +39,7 @@ own body is parsed by its module (:mod:`~distcomm.wire.layout_agreement`, :mod:`
 
 Collectives that move a lone tensor as it is (the hot paths) take no opening step; the
 docs/semantics.md ("When ranks call different collectives") says which pairs torch cannot tell
-apart there (among them a lone int64 maximum of two elements meeting a check), and
-:class:`~distcomm.CheckedCommunicator` catches them.
+apart there, and :class:`~distcomm.CheckedCommunicator` catches them.
 """
 
 from __future__ import annotations
@@ -153,10 +159,15 @@ def check_call(
     target = device or (context.device if data is None else data.device)
     prefix = _prefix(operation, step)
     if world > 1 and not _same_everywhere(context, prefix + head, target):
-        return _gather_slots(context, operation, step, head, target)  # the second step
-    row = np.frombuffer(prefix + len(head).to_bytes(8, "little") + head, dtype=np.uint8)
-    host = np.broadcast_to(row, (world, len(row)))  # every rank's body is this rank's
-    return CallSlots(None, host, (len(head),) * world, uniform=True, device=target)
+        return gather_slots(context, operation, step, head, target)  # the second step
+    return uniform_slots(context, operation, step, head, target)
+
+
+def uniform_slots(context: WireContext, operation: str, step: str, head: bytes, target: torch.device) -> CallSlots:
+    """The slots after a check that held: every rank's body is this rank's ``head``."""
+    row = np.frombuffer(_prefix(operation, step) + len(head).to_bytes(8, "little") + head, dtype=np.uint8)
+    host = np.broadcast_to(row, (context.world_size, len(row)))
+    return CallSlots(None, host, (len(head),) * context.world_size, uniform=True, device=target)
 
 
 def check(context: WireContext, operation: str, step: str = "") -> None:
@@ -164,47 +175,122 @@ def check(context: WireContext, operation: str, step: str = "") -> None:
     if context.world_size > 1:
         prefix = _prefix(operation, step)
         if not _same_everywhere(context, prefix, context.device):
-            _gather_slots(context, operation, step, b"", context.device)  # raises when the ranks are in different calls
+            gather_slots(context, operation, step, b"", context.device)  # raises when the ranks are in different calls
             raise WireFormatError(f"{operation}: a rank's call check does not match its opening, which names this call")
 
 
-_DIGESTS: dict[bytes, int] = {}
+NOTHING_CARRIED = -1
+"""The second word of a check that carries no data: all ones, which an AND leaves as they are."""
+
+_DIGESTS: dict[bytes, tuple[int, int]] = {}
 
 
-def _digest(opening: bytes) -> int:
-    """A 62-bit digest of a call's tag and body (remembered for bodies seen before)."""
+def _digest(opening: bytes) -> tuple[int, int]:
+    """A 62-bit digest of a call's tag and body, and its :func:`code_word` (remembered for bodies
+    seen before)."""
     known = _DIGESTS.get(opening)
     if known is None:
-        known = int.from_bytes(hashlib.blake2b(opening, digest_size=8).digest(), "little") & _DIGEST_MASK
+        digest = int.from_bytes(hashlib.blake2b(opening, digest_size=8).digest(), "little") & _DIGEST_MASK
+        known = (digest, code_word(digest))
         if len(opening) <= 256 and len(_DIGESTS) < 4096:  # call headers, not payloads
             _DIGESTS[opening] = known
     return known
 
 
-def _same_everywhere(context: WireContext, opening: bytes, target: torch.device) -> bool:
-    """The check: whether every rank sent this ``opening`` (one all-reduce of two words)."""
-    digest = _digest(opening)
+_CHUNK_BITS = 13
+_HALF_WEIGHT = np.flatnonzero(np.unpackbits(np.arange(1 << 16, dtype=">u2").view(np.uint8)).reshape(-1, 16).sum(axis=1) == 8)
+"""The 12,870 16-bit numbers with exactly eight one-bits, in order (the first 2**13 are used)."""
+
+
+def code_word(digest: int) -> int:
+    """``digest``'s low 52 bits as an int64 of exactly 32 one-bits: four 16-bit parts of eight
+    one-bits each, one per 13 bits. An AND of such words keeps 32 one-bits only when they are
+    all the same word, so every rank reads the same verdict from the same result."""
+    word = 0
+    for part in range(4):
+        chunk = (digest >> (_CHUNK_BITS * part)) & ((1 << _CHUNK_BITS) - 1)
+        word |= int(_HALF_WEIGHT[chunk]) << (16 * part)
+    return word - (1 << 64) if word >= 1 << 63 else word  # as a signed int64
+
+
+def ands_bits(context: WireContext, target: torch.device) -> bool:
+    """Whether the check on ``target`` is the bitwise form, which can carry data (the same answer on
+    every rank of a group: it depends on the backend and the device type only)."""
+    known = context.bitwise.get(target.type)
+    if known is None:
+        known = context.bitwise[target.type] = context.backend.ands_bits(target)
+    return known
+
+
+def _same_everywhere(context: WireContext, opening: bytes, target: torch.device, carried: torch.Tensor | None = None, src: int = -1) -> bool:
+    """The check: whether every rank sent this ``opening`` (one all-reduce of two words). With
+    ``carried`` (bitwise form only), the second word carries rank ``src``'s ``carried`` bytes, and
+    on the other ranks ``carried`` is the tensor to fill, filled when the check holds."""
+    digest, code = _digest(opening)
     if context.check_words is None:
         host = np.zeros(CHECK_WORDS, dtype=np.int64)
-        context.check_words = (host, torch.from_numpy(host))
-    host, words = context.check_words
-    host[0], host[1] = digest, -digest
-    if target.type == "cpu":
-        context.backend.all_reduce(words, ReduceOp.MAX)
-    else:
-        moved = words.to(target)
+        context.check_words = (host, torch.from_numpy(host), {})
+    host, words, second_words = context.check_words
+    if not ands_bits(context, target):
+        if carried is not None:
+            raise AssertionError("only the bitwise check carries data")
+        host[0], host[1] = digest, -digest
+        moved = words if target.type == "cpu" else words.to(target)
         context.backend.all_reduce(moved, ReduceOp.MAX)
+        if moved is not words:
+            host[:] = moved.cpu().numpy()
+        largest, negated_smallest = host.tolist()
+        return bool(largest == digest == -negated_smallest)
+    host[0], host[1] = code, NOTHING_CARRIED
+    source = carried is not None and context.rank == src
+    if carried is not None:
+        second_word = second_words.get((carried.dtype, carried.shape))
+        if second_word is None:
+            second_word = _second_word(words, carried)
+            if len(second_words) < 64:
+                second_words[carried.dtype, carried.shape] = second_word
+        if source:
+            second_word.copy_(carried.detach())
+    moved = words if target.type == "cpu" else words.to(target)
+    context.backend.all_reduce_bitwise_and(moved)
+    if moved is not words:
         host[:] = moved.cpu().numpy()
-    largest, negated_smallest = host.tolist()
-    return bool(largest == digest == -negated_smallest)
+    first, second = host.tolist()
+    if first != code:
+        return False
+    if carried is None:
+        return second == NOTHING_CARRIED  # a check that carries nothing leaves the second word all ones
+    if not source:
+        carried.detach().copy_(second_word)
+    return True
+
+
+def _second_word(words: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The check's second word as a tensor of ``like``'s dtype and shape (at most 8 bytes; made once
+    per dtype and shape, a view of the words every check reuses)."""
+    return words[1:].view(torch.uint8)[: like.numel() * like.element_size()].view(like.dtype).reshape(like.shape)
+
+
+def check_carrying(context: WireContext, operation: str, step: str, head: bytes, tensor: torch.Tensor, src: int) -> bool:
+    """The check of an opening whose call is a broadcast of ``tensor`` (at most 8 bytes) from rank
+    ``src``, moved in the check itself: ``src``'s bytes ride in the second word and every other rank's
+    ``tensor`` is filled with them. Whether the check held (when not, nothing was filled, and every
+    rank takes the second step). Only where :func:`ands_bits` on the communicator's device."""
+    return _same_everywhere(context, _prefix(operation, step) + head, context.device, tensor, src)
+
+
+def holds(context: WireContext, operation: str, step: str, head: bytes) -> bool:
+    """The check alone, on the communicator's device: whether every rank opened ``step`` of
+    ``operation`` with ``head`` (when not, every rank takes the second step: :func:`check_call`)."""
+    return _same_everywhere(context, _prefix(operation, step) + head, context.device)
 
 
 def _on(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor if device.type == "cpu" else tensor.to(device)
 
 
-def _gather_slots(context: WireContext, operation: str, step: str, head: bytes, target: torch.device) -> CallSlots:
-    """The second step: every rank's full slot (its call's tag and its body), all-gathered and read."""
+def gather_slots(context: WireContext, operation: str, step: str, head: bytes, target: torch.device) -> CallSlots:
+    """The second step, after a check that did not hold: every rank's full slot (its call's tag and its body), all-gathered and read."""
     world = context.world_size
     size = slot_bytes(world)
     end = PREFIX_BYTES + len(head)

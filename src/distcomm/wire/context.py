@@ -40,7 +40,7 @@ class SharedState:
 class WireContext:
     """One communicator's backend, codec and device rules, as the collectives' steps use them."""
 
-    __slots__ = ("backend", "rank", "world_size", "state", "device_types", "check_words")
+    __slots__ = ("backend", "rank", "world_size", "state", "device_types", "bitwise", "check_words")
 
     def __init__(self, backend: Backend, state: SharedState) -> None:
         self.backend = backend
@@ -48,9 +48,13 @@ class WireContext:
         self.state = state
         self.device_types: dict[str, bool] = {}
         """Whether the backend takes tensors of each device type as they are (asked once per type)."""
-        self.check_words: tuple[Any, torch.Tensor] | None = None
-        """The call check's two words, as a NumPy array and the tensor that shares its memory
-        (made on first use, reused by every call: :mod:`~distcomm.wire.call_check`)."""
+        self.bitwise: dict[str, bool] = {}
+        """Whether the backend has a bitwise AND on each device type: the call check's form there
+        (asked once per type: :func:`~distcomm.wire.call_check.ands_bits`)."""
+        self.check_words: tuple[Any, torch.Tensor, dict[Any, torch.Tensor]] | None = None
+        """The call check's two words, as a NumPy array, the tensor that shares its memory, and the
+        second word seen as each (dtype, shape) a check carried (made on first use, reused by every
+        call: :mod:`~distcomm.wire.call_check`)."""
 
     @property
     def device(self) -> torch.device:

@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING
 
 import attrs
 import numpy as np
+import torch
 
 from distcomm.errors import InconsistentInputError, WireFormatError
-from distcomm.wire.call_check import CallSlots, check_call
+from distcomm.wire.call_check import CallSlots, check_carrying, gather_slots, holds, uniform_slots
 from distcomm.wire.mismatch import Layout, digest64, explain
 from distcomm.wire.objects import all_gather_payloads
 
@@ -49,16 +50,49 @@ def agree(context: WireContext, operation: str, claim: Claim, header: bytes | No
     Raises :class:`~distcomm.InconsistentInputError` on every rank when some rank has a
     problem or the layouts differ. ``header`` is ``claim_header(claim)``, where the caller keeps it.
     """
-    words = 3 + len(claim.numbers)
     header = header or claim_header(claim)
-    slots = check_call(context, operation, "layout", header, device=context.device)
-    if slots.uniform and not claim.problem:  # every rank made this claim: nothing to read
-        return np.broadcast_to(np.frombuffer(header, dtype="<i8")[3:], (context.world_size, words - 3))
+    held = context.world_size == 1 or holds(context, operation, "layout", header)
+    if held and not claim.problem:  # every rank made this claim: nothing to read
+        return _same_numbers(header, context.world_size)
+    return _after_check(context, operation, claim, header, held)
+
+
+def agree_carrying(context: WireContext, operation: str, claim: Claim, header: bytes, tensor: torch.Tensor, src: int) -> None:
+    """:func:`agree` on a claim without numbers for a broadcast of ``tensor`` (at most 8 bytes) from
+    ``src``, whose bytes travel in the check itself: once every rank made the same claim, every
+    rank's ``tensor`` holds ``src``'s. Only where the check can carry
+    (:func:`~distcomm.wire.call_check.ands_bits` on the communicator's device)."""
+    held = check_carrying(context, operation, "layout", header, tensor, src)
+    if held and not claim.problem:
+        return
+    _after_check(context, operation, claim, header, held)  # raises where the claims differ
+    raise WireFormatError(f"{operation}: a rank's call check does not match its opening, which names this call")
+
+
+def _after_check(context: WireContext, operation: str, claim: Claim, header: bytes, held: bool) -> np.ndarray:
+    """Every rank's numbers after a check that did not hold (or held for a refusal every rank
+    made): read every rank's header from the second step, and raise unless only numbers differ."""
+    words = 3 + len(claim.numbers)
+    target = context.device
+    slots = uniform_slots(context, operation, "layout", header, target) if held else gather_slots(context, operation, "layout", header, target)
     table = _read_headers(slots, operation, words)
     if not table[:, 0].any() and (table[:, 1:3] == table[0, 1:3]).all():
         return table[:, 3:words]
     claims = gather_claims(context, operation, (claim.problem, claim.layout))
     raise InconsistentInputError(explain(operation, claims))
+
+
+_NUMBERS: dict[tuple[bytes, int], np.ndarray] = {}
+
+
+def _same_numbers(header: bytes, world_size: int) -> np.ndarray:
+    """The numbers of ``header`` as every rank's (read-only; remembered for headers seen before)."""
+    known = _NUMBERS.get((header, world_size))
+    if known is None:
+        known = np.broadcast_to(np.frombuffer(header, dtype="<i8")[3:], (world_size, len(header) // 8 - 3))
+        if len(_NUMBERS) < 4096:
+            _NUMBERS[header, world_size] = known
+    return known
 
 
 _DIGESTS: dict[str, int] = {}

@@ -104,14 +104,14 @@ def reduce_tensor_dict(context: WireContext, data: dict[Any, Any], op: ReduceOp,
     first = values[0]
     dtype, device, shape, on_cpu = first.dtype, first.device, first.shape, first.is_cpu
     alike = True  # every tensor of one shape: one stack, one unbind
-    for value in values:
-        if type(value) is not torch.Tensor or value.dtype is not dtype:
+    lazy = dtype.is_complex  # only a complex tensor can be lazily conjugated
+    for value in values:  # the hottest loop of a dict: one line of tests per value
+        if type(value) is not torch.Tensor or value.dtype is not dtype or ((not value.is_cpu) if on_cpu else value.device != device):
             return None
-        if (not value.is_cpu) if on_cpu else value.device != device:
-            return None
-        if not detach and not value.is_contiguous() or value.is_conj() or value.is_neg():
-            return None  # the general path checks it first, and refuses it on every rank
-        alike = alike and value.shape == shape
+        if not detach and (not value.is_contiguous() or value.is_neg() or lazy and value.is_conj()):
+            return None  # filled in place through a view: the general path does it (reading, a stack resolves views)
+        if alike and value.shape != shape:
+            alike = False
     if not context.accepts(device):
         return None
     try:
@@ -123,7 +123,7 @@ def reduce_tensor_dict(context: WireContext, data: dict[Any, Any], op: ReduceOp,
     if context.world_size == 1:  # no other rank to match: the caller's order serves
         keys, ordered = list(data), values
     else:
-        keys, claim, header = _dict_layout(data, values, op, operation)
+        keys, claim, header = _dict_layout(data, values, op, operation, shape if alike else None)
         ordered = [data[key] for key in keys]
     with torch.no_grad():
         if alike:  # one stack, and one unbind back
@@ -148,12 +148,16 @@ def reduce_tensor_dict(context: WireContext, data: dict[Any, Any], op: ReduceOp,
 _DICT_LAYOUTS: dict[tuple[Any, ...], tuple[list[Any], Claim, bytes]] = {}
 
 
-def _dict_layout(data: dict[Any, Any], values: list[torch.Tensor], op: ReduceOp, operation: str) -> tuple[list[Any], Claim, bytes]:
+def _dict_layout(
+    data: dict[Any, Any], values: list[torch.Tensor], op: ReduceOp, operation: str, shape: torch.Size | None
+) -> tuple[list[Any], Claim, bytes]:
     """A plain dict of tensors' keys in the order every rank shares, its claim and the claim's
-    header: made once for each dict seen (its keys, dtype, device and shapes), then remembered."""
+    header: made once for each dict seen (its keys, dtype, device and shapes: ``shape`` when every
+    value has it), then remembered."""
     first = values[0]
+    shapes = shape if shape is not None else tuple(v.shape for v in values)
     # Key types too: 1, 1.0 and True are equal dict keys, but their key paths differ.
-    key = (operation, op, first.dtype, first.device.type, tuple(data), tuple(map(type, data)), tuple(v.shape for v in values))
+    key = (operation, op, first.dtype, first.device.type, tuple(data), tuple(map(type, data)), shapes)
     known = _DICT_LAYOUTS.get(key)
     if known is None:
         paths = {k: f"[{k!r}]" for k in data}
