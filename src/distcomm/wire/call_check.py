@@ -45,7 +45,7 @@ apart there, and :class:`~distcomm.CheckedCommunicator` catches them.
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import attrs
 import numpy as np
@@ -227,10 +227,7 @@ def _same_everywhere(context: WireContext, opening: bytes, target: torch.device,
     ``carried`` (bitwise form only), the second word carries rank ``src``'s ``carried`` bytes, and
     on the other ranks ``carried`` is the tensor to fill, filled when the check holds."""
     digest, code = _digest(opening)
-    if context.check_words is None:
-        host = np.zeros(CHECK_WORDS, dtype=np.int64)
-        context.check_words = (host, torch.from_numpy(host), {})
-    host, words, second_words = context.check_words
+    host, words, second_words = _words(context)
     if not ands_bits(context, target):
         if carried is not None:
             raise AssertionError("only the bitwise check carries data")
@@ -242,33 +239,49 @@ def _same_everywhere(context: WireContext, opening: bytes, target: torch.device,
         largest, negated_smallest = host.tolist()
         return bool(largest == digest == -negated_smallest)
     host[0], host[1] = code, NOTHING_CARRIED
-    source = carried is not None and context.rank == src
-    if carried is not None:
-        second_word = second_words.get((carried.dtype, carried.shape))
-        if second_word is None:
-            second_word = _second_word(words, carried)
-            if len(second_words) < 64:
-                second_words[carried.dtype, carried.shape] = second_word
-        if source:
-            second_word.copy_(carried.detach())
+    if carried is None:
+        first, second = _and_everywhere(context, target)
+        return first == code and second == NOTHING_CARRIED  # a check that carries nothing leaves the second word all ones
+    second_word = _second_word(second_words, words, carried)
+    if context.rank == src:
+        second_word.copy_(carried.detach())
+    first, _ = _and_everywhere(context, target)
+    if first != code:
+        return False
+    if context.rank != src:
+        carried.detach().copy_(second_word)
+    return True
+
+
+def _words(context: WireContext) -> tuple[Any, torch.Tensor, dict[Any, torch.Tensor]]:
+    """The context's check words (made on first use): a NumPy array, the tensor sharing its memory,
+    and the second word's views by dtype and shape."""
+    if context.check_words is None:
+        host = np.zeros(CHECK_WORDS, dtype=np.int64)
+        context.check_words = (host, torch.from_numpy(host), {})
+    return context.check_words
+
+
+def _and_everywhere(context: WireContext, target: torch.device) -> tuple[int, int]:
+    """The check's words, ANDed over every rank on ``target``, as two Python ints."""
+    host, words, _ = _words(context)
     moved = words if target.type == "cpu" else words.to(target)
     context.backend.all_reduce_bitwise_and(moved)
     if moved is not words:
         host[:] = moved.cpu().numpy()
     first, second = host.tolist()
-    if first != code:
-        return False
-    if carried is None:
-        return second == NOTHING_CARRIED  # a check that carries nothing leaves the second word all ones
-    if not source:
-        carried.detach().copy_(second_word)
-    return True
+    return int(first), int(second)
 
 
-def _second_word(words: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """The check's second word as a tensor of ``like``'s dtype and shape (at most 8 bytes; made once
-    per dtype and shape, a view of the words every check reuses)."""
-    return words[1:].view(torch.uint8)[: like.numel() * like.element_size()].view(like.dtype).reshape(like.shape)
+def _second_word(known: dict[Any, torch.Tensor], words: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The check's second word as a tensor of ``like``'s dtype and shape (at most 8 bytes): a view
+    of the words every check reuses, made once per dtype and shape and kept in ``known``."""
+    view = known.get((like.dtype, like.shape))
+    if view is None:
+        view = words[1:].view(torch.uint8)[: like.numel() * like.element_size()].view(like.dtype).reshape(like.shape)
+        if len(known) < 64:
+            known[like.dtype, like.shape] = view
+    return view
 
 
 def check_carrying(context: WireContext, operation: str, step: str, head: bytes, tensor: torch.Tensor, src: int) -> bool:
