@@ -76,7 +76,7 @@ def _broadcast_tensor(context: WireContext, tensor: torch.Tensor, src: int) -> t
         known = (claim, claim_header(claim))
         if len(_TENSOR_CLAIMS) < 1024:
             _TENSOR_CLAIMS[key] = known
-    if tensor.numel() * tensor.element_size() <= CARRIED_BYTES and ands_bits(context, context.device):
+    if tensor.numel() * tensor.element_size() <= CARRIED_BYTES and ands_bits(context):
         agree_carrying(context, operation, *known, tensor, src)  # one collective: the bytes ride in the check
     else:
         agree(context, operation, *known)

@@ -213,22 +213,23 @@ def code_word(digest: int) -> int:
     return word - (1 << 64) if word >= 1 << 63 else word  # as a signed int64
 
 
-def ands_bits(context: WireContext, target: torch.device) -> bool:
-    """Whether the check on ``target`` is the bitwise form, which can carry data (the same answer on
-    every rank of a group: it depends on the backend and the device type only)."""
-    known = context.bitwise.get(target.type)
-    if known is None:
-        known = context.bitwise[target.type] = context.backend.ands_bits(target)
-    return known
+def ands_bits(context: WireContext) -> bool:
+    """Whether this group's check is the bitwise form, which can carry data: where the backend has
+    a bitwise AND on the communicator's device (Gloo and MPI, on the CPU). It depends on the group
+    alone, never on a call's data, so every rank of a group takes the same form for every call."""
+    if context.bitwise is None:
+        context.bitwise = context.backend.ands_bits(context.device)
+    return context.bitwise
 
 
 def _same_everywhere(context: WireContext, opening: bytes, target: torch.device, carried: torch.Tensor | None = None, src: int = -1) -> bool:
-    """The check: whether every rank sent this ``opening`` (one all-reduce of two words). With
+    """The check: whether every rank sent this ``opening`` (one all-reduce of two words, on
+    ``target`` in the ordered form; the bitwise form always runs on the CPU, where it ANDs). With
     ``carried`` (bitwise form only), the second word carries rank ``src``'s ``carried`` bytes, and
     on the other ranks ``carried`` is the tensor to fill, filled when the check holds."""
     digest, code = _digest(opening)
     host, words, second_words = _words(context)
-    if not ands_bits(context, target):
+    if not ands_bits(context):
         if carried is not None:
             raise AssertionError("only the bitwise check carries data")
         host[0], host[1] = digest, -digest
@@ -240,12 +241,12 @@ def _same_everywhere(context: WireContext, opening: bytes, target: torch.device,
         return bool(largest == digest == -negated_smallest)
     host[0], host[1] = code, NOTHING_CARRIED
     if carried is None:
-        first, second = _and_everywhere(context, target)
+        first, second = _and_everywhere(context)
         return first == code and second == NOTHING_CARRIED  # a check that carries nothing leaves the second word all ones
     second_word = _second_word(second_words, words, carried)
     if context.rank == src:
         second_word.copy_(carried.detach())
-    first, _ = _and_everywhere(context, target)
+    first, _ = _and_everywhere(context)
     if first != code:
         return False
     if context.rank != src:
@@ -262,13 +263,10 @@ def _words(context: WireContext) -> tuple[Any, torch.Tensor, dict[Any, torch.Ten
     return context.check_words
 
 
-def _and_everywhere(context: WireContext, target: torch.device) -> tuple[int, int]:
-    """The check's words, ANDed over every rank on ``target``, as two Python ints."""
+def _and_everywhere(context: WireContext) -> tuple[int, int]:
+    """The check's words, ANDed over every rank (on the CPU), as two Python ints."""
     host, words, _ = _words(context)
-    moved = words if target.type == "cpu" else words.to(target)
-    context.backend.all_reduce_bitwise_and(moved)
-    if moved is not words:
-        host[:] = moved.cpu().numpy()
+    context.backend.all_reduce_bitwise_and(words)
     first, second = host.tolist()
     return int(first), int(second)
 
@@ -288,7 +286,7 @@ def check_carrying(context: WireContext, operation: str, step: str, head: bytes,
     """The check of an opening whose call is a broadcast of ``tensor`` (at most 8 bytes) from rank
     ``src``, moved in the check itself: ``src``'s bytes ride in the second word and every other rank's
     ``tensor`` is filled with them. Whether the check held (when not, nothing was filled, and every
-    rank takes the second step). Only where :func:`ands_bits` on the communicator's device."""
+    rank takes the second step). Only where :func:`ands_bits`."""
     return _same_everywhere(context, _prefix(operation, step) + head, context.device, tensor, src)
 
 

@@ -48,9 +48,9 @@ class WireContext:
         self.state = state
         self.device_types: dict[str, bool] = {}
         """Whether the backend takes tensors of each device type as they are (asked once per type)."""
-        self.bitwise: dict[str, bool] = {}
-        """Whether the backend has a bitwise AND on each device type: the call check's form there
-        (asked once per type: :func:`~distcomm.wire.call_check.ands_bits`)."""
+        self.bitwise: bool | None = None
+        """Whether the backend has a bitwise AND on the communicator's device: the call check's form
+        (asked once: :func:`~distcomm.wire.call_check.ands_bits`)."""
         self.check_words: tuple[Any, torch.Tensor, dict[Any, torch.Tensor]] | None = None
         """The call check's two words, as a NumPy array, the tensor that shares its memory, and the
         second word seen as each (dtype, shape) a check carried (made on first use, reused by every

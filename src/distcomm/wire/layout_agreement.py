@@ -61,7 +61,7 @@ def agree_carrying(context: WireContext, operation: str, claim: Claim, header: b
     """:func:`agree` on a claim without numbers for a broadcast of ``tensor`` (at most 8 bytes) from
     ``src``, whose bytes travel in the check itself: once every rank made the same claim, every
     rank's ``tensor`` holds ``src``'s. Only where the check can carry
-    (:func:`~distcomm.wire.call_check.ands_bits` on the communicator's device)."""
+    (:func:`~distcomm.wire.call_check.ands_bits`)."""
     held = check_carrying(context, operation, "layout", header, tensor, src)
     if held and not claim.problem:
         return
