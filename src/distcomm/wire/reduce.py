@@ -44,13 +44,14 @@ if TYPE_CHECKING:
 
 IN_PLACE_OPS: dict[tuple[torch.dtype, object], ReduceOp] = {}
 """(dtype, op as callers spell it) -> the op on the wire, for tensors that a reduction fills in
-place with no conversion and no division: the lookup that lets a lone tensor skip planning."""
+place with no conversion and no division: the lookup that lets a lone tensor skip planning.
+Never a complex dtype, so the lookup's callers need not test for a conjugate bit."""
 
 
 def reduce_tensor(context: WireContext, tensor: torch.Tensor, op: ReduceOp) -> torch.Tensor:
     """One tensor, no flattening; in place unless its dtype cannot hold the result."""
     plan = cached_plan(tensor, tensor, op, "all_reduce")
-    if plan.mean_dtype is None and plan.transport_dtype is tensor.dtype:
+    if plan.mean_dtype is None and plan.transport_dtype is tensor.dtype and not tensor.dtype.is_complex:
         IN_PLACE_OPS[tensor.dtype, op] = IN_PLACE_OPS[tensor.dtype, op.value] = plan.op
     if plan.transport_dtype is not tensor.dtype or plan.mean_dtype not in (None, tensor.dtype):
         return reduce_leaves(context, [tensor], [""], op)[0]  # type: ignore[no-any-return]
