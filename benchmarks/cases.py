@@ -231,7 +231,9 @@ def _flatten_mean(grads: dict[str, torch.Tensor], world_size: int) -> None:
 
 def promise_price(comm: Communicator, case: str, calls: int) -> dict[str, float]:
     """One checked call against the raw torch.distributed idiom a user writes instead (which checks
-    nothing), alternating call by call: what the promise costs."""
+    nothing), alternating call by call: what the promise costs. A third way, ``floor``, is the
+    least any check apart from the data can cost: a bare two-word AND all-reduce, and then the raw
+    idiom unless the data rides in the check (Gloo ranks: the bitwise form)."""
     n = comm.world_size
     small, large = torch.ones(1), torch.ones(2**18)  # 4 B and 1 MiB of float32
     buffers = [torch.empty_like(large) for _ in range(n)]
@@ -244,6 +246,11 @@ def promise_price(comm: Communicator, case: str, calls: int) -> dict[str, float]
         dist.all_reduce(flat)
         return dict(zip(metrics, flat.div_(n).tolist()))
 
+    words = torch.zeros(2, dtype=torch.int64)
+
+    def bare_check() -> None:  # what distcomm's check costs at the least: its one two-word AND, nothing around it
+        dist.all_reduce(words, dist.ReduceOp.BAND)
+
     runners: dict[str, dict[str, Callable[[], Any]]] = {
         "barrier": {"distcomm": comm.barrier, "raw": dist.barrier},
         "broadcast 4 B": {"distcomm": lambda: comm.broadcast(small, 0), "raw": lambda: dist.broadcast(small, 0)},
@@ -253,7 +260,12 @@ def promise_price(comm: Communicator, case: str, calls: int) -> dict[str, float]
         "dict of 200 x 4096 floats, mean": {"distcomm": lambda: comm.all_reduce(blocks, "mean"), "raw": lambda: _flatten_mean(blocks, n)},
         "reduce_dict of 50 scalars": {"distcomm": lambda: comm.reduce_dict(metrics, "mean"), "raw": stack_idiom},
     }
-    return interleaved(runners[case], calls, comm.barrier)
+    chosen = runners[case]
+    raw = chosen["raw"]
+    # The floor of any separate check: a bare check, and the raw idiom after it unless the data
+    # rides in the check (a barrier; a broadcast of at most 8 bytes).
+    chosen["floor"] = bare_check if case in ("barrier", "broadcast 4 B") else lambda: (bare_check(), raw())
+    return interleaved(chosen, calls, comm.barrier)
 
 
 PROMISE_CASES = {

@@ -63,3 +63,30 @@ def test_a_wrong_out_is_a_clear_error() -> None:
         comm.all_gather(torch.ones(3), out=torch.empty(1, 3))
     out = torch.empty(1, 3)
     assert comm.all_gather(torch.ones(3), same_shape=True, out=out)[0].data_ptr() == out.data_ptr()
+
+
+def large_gathers(comm):
+    """Tensors too large to ride in the opening: equal ones pass on the check alone, and any
+    difference (length, dtype, number of dimensions) takes the second step on every rank."""
+    r = comm.rank
+    equal = comm.all_gather(torch.full((3000,), float(r)))
+    uneven = comm.all_gather(torch.arange(3000 + 7 * r, dtype=torch.float64))
+    outcomes = {}
+    for name, mine in {
+        "dtype": torch.zeros(3000, dtype=torch.float32 if r == 0 else torch.int64),
+        "dims": torch.zeros(3000) if r == 0 else torch.zeros(3000, 1),
+    }.items():
+        try:
+            comm.all_gather(mine)
+            outcomes[name] = "passed"
+        except InvalidArgumentError as error:
+            outcomes[name] = str(error)
+    comm.barrier()  # still in step after both refusals
+    return [t[0].item() for t in equal], [(t.numel(), t.dtype) for t in uneven], outcomes
+
+
+def test_large_tensors_of_equal_and_different_headers_are_gathered_or_refused_alike(dist_world) -> None:
+    for equal, uneven, outcomes in dist_world(2).run(large_gathers):
+        assert equal == [0.0, 1.0] and uneven == [(3000, torch.float64), (3007, torch.float64)]
+        assert "rank 0: float32[3000]; rank 1: int64[3000]" in outcomes["dtype"]
+        assert "rank 0: float32[3000]; rank 1: float32[3000, 1]" in outcomes["dims"]

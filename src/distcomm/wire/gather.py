@@ -20,7 +20,7 @@ from distcomm.errors import InconsistentInputError, InvalidArgumentError, WireFo
 from distcomm.values.conversion import describe, dtype_name
 from distcomm.values.dtypes import DTYPE_CODES
 from distcomm.values.nested import flatten, is_container, unflatten
-from distcomm.wire.call_check import CallSlots, body_room, check_call, refuse
+from distcomm.wire.call_check import CallSlots, body_room, check_call, gather_slots, holds, refuse
 from distcomm.wire.codec import max_payload_bytes
 from distcomm.wire.layout_agreement import gather_claims
 from distcomm.wire.mismatch import by_rank, explain
@@ -135,13 +135,20 @@ def gather_headers(context: WireContext, tensor: torch.Tensor, operation: str = 
     :class:`~distcomm.errors.WireFormatError`.
     """
     problem = unsupported(tensor, operation)
-    header = header_words(None if problem else tensor)
-    nbytes = tensor.numel() * tensor.element_size()
-    inline = None
-    if problem is None and nbytes <= body_room(context.world_size) - header.nbytes:
-        inline = tensor
-    slots = check_call(context, operation, "tensor", header.view(np.uint8), inline, tensor.device)
-    headers = [_read_header(context, slots, rank, operation) for rank in range(context.world_size)]
+    world = context.world_size
+    if problem is None and world > 1 and tensor.numel() * tensor.element_size() > body_room(world) - HEADER_BYTES:
+        head = _header_bytes(tensor)  # data too large to ride: the opening is the header alone
+        if holds(context, operation, "tensor", head):  # the usual case: every rank's shape is this one
+            return None, [tensor.shape] * world
+        slots = gather_slots(context, operation, "tensor", head, tensor.device)  # the check's second step
+    else:
+        fits = problem is None and tensor.numel() * tensor.element_size() <= body_room(world) - HEADER_BYTES
+        header = header_words(None if problem else tensor)
+        slots = check_call(context, operation, "tensor", header.view(np.uint8), tensor if fits else None, tensor.device)
+    if slots.uniform:  # the check held: every rank's header is this rank's, read once at any world size
+        headers = [_read_header(context, slots, context.rank, operation)] * context.world_size
+    else:
+        headers = [_read_header(context, slots, rank, operation) for rank in range(context.world_size)]
     if any(h is None for h in headers):
         claims = gather_claims(context, operation, (problem, ()))
         raise InconsistentInputError(explain(operation, claims))
@@ -155,10 +162,27 @@ def gather_headers(context: WireContext, tensor: torch.Tensor, operation: str = 
         )
     if not all(is_inline for _, _, is_inline in headers):  # type: ignore[misc]
         return None, shapes
-    start = header.nbytes
+    start = HEADER_BYTES
     sizes = [shape.numel() * tensor.element_size() for shape in shapes]
     rows = slots.data(start, max(sizes))
     return [row[:n].view(tensor.dtype).reshape(shape).clone() for row, n, shape in zip(rows, sizes, shapes)], shapes
+
+
+HEADER_BYTES = 8 * WORDS
+"""A tensor header's size in bytes."""
+
+_HEADERS: dict[tuple[torch.dtype, torch.Size], bytes] = {}
+"""The header of each dtype and shape gathered, as it travels (made once)."""
+
+
+def _header_bytes(tensor: torch.Tensor) -> bytes:
+    key = (tensor.dtype, tensor.shape)
+    known = _HEADERS.get(key)
+    if known is None:
+        known = header_words(tensor).tobytes()
+        if len(_HEADERS) < 1024:
+            _HEADERS[key] = known
+    return known
 
 
 def _read_header(context: WireContext, slots: CallSlots, rank: int, operation: str = "all_gather") -> tuple[torch.dtype, torch.Size, bool] | None:
