@@ -1,11 +1,13 @@
 """Gathers: every rank's tensor (of any shape), number or nested data, on every rank.
 
-The wire format of a tensor gather: each rank's opening slot (:mod:`distcomm.wire.call_check`)
-holds a header (number of dimensions, dtype code, shape) and, when the tensor is small,
-the tensor's bytes too. Small tensors therefore take one collective; larger ones take the
-headers and then the data (padded on backends that cannot gather uneven sizes). A
-rank that cannot take part (a dtype or number of dimensions no header can describe)
-says so in its header, and every rank raises the same error.
+The wire format of a tensor gather: each rank's opening (:mod:`distcomm.wire.call_check`) is
+a header (number of dimensions, dtype code, shape) and, when the tensor is small, the
+tensor's bytes too. Large tensors of one dtype and shape everywhere pass on the check alone
+and then move in one gather; openings that differ (small tensors, whose bytes differ, or
+different shapes) take the check's second step, which shows every rank every header and
+small tensor, and larger data then moves (padded on backends that cannot gather uneven
+sizes). A rank that cannot take part (a dtype or number of dimensions no header can
+describe) says so in its header, and every rank raises the same error.
 """
 
 from __future__ import annotations
