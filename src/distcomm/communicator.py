@@ -143,7 +143,9 @@ class Communicator(abc.ABC):
             """The name of the group it talks over, the same on every rank (what the flight recorder keys on)."""
         else:
             self._state, self._context, self.group_name = viewed._state, viewed._context, viewed.group_name
-        self._takes_cpu = self._context.accepts(torch.device("cpu"))  # the hot path reads it directly
+        # Whether the backend takes CPU and CUDA tensors as they are: the hot path reads these rather
+        # than build a tensor's device object (about 0.3 us a call).
+        self._takes_cpu, self._takes_cuda = self._context.accepts(torch.device("cpu")), self._context.accepts(torch.device("cuda"))
         # Plain attributes rather than properties: read on every hot-path call.
         self.rank, self.world_size, self.local_rank = backend.rank, backend.world_size, backend.local_rank
         if hooks is None and viewed is None:  # the process's recorder, and what the environment switches on
@@ -317,8 +319,10 @@ class Communicator(abc.ABC):
                 wire_op = _IN_PLACE_OPS.get((data.dtype, op))
             except TypeError:  # an unhashable op: parse_reduce_op says what is wrong
                 wire_op = None
-            # No conjugate bit to test: the table holds no complex dtype. ``is_cpu`` spares the hot path a device object.
-            if wire_op is not None and data.is_contiguous() and not data.is_neg() and (self._takes_cpu if data.is_cpu else self._context.accepts(data.device)):
+            # No conjugate bit to test: the table holds no complex dtype.
+            if wire_op is not None and data.is_contiguous() and not data.is_neg() and (
+                self._takes_cpu if data.is_cpu else self._takes_cuda if data.is_cuda else self._context.accepts(data.device)
+            ):
                 self._backend.all_reduce(data, wire_op)
                 return data
         return reduce.reduce_data(self._context, data, parse_reduce_op(op))  # raised here: the lone path has no opening

@@ -23,4 +23,4 @@ def test_transport_copies_only_what_the_backend_cannot_take() -> None:
     moved = channel.transport(strided, "test")
     assert moved is not strided and moved.is_contiguous() and torch.equal(moved, strided)
     assert channel.accepts(torch.device("cpu")) and not channel.accepts(torch.device("meta"))
-    assert channel.device_types == {"cpu": True, "meta": False}
+    assert channel.device_types == {"cpu": True, "cuda": True, "meta": False}  # asked once per type (cpu and cuda when made)

@@ -128,6 +128,23 @@ def gather_tensor(context: WireContext, tensor: torch.Tensor, *, asynchronous: b
     return CompletedHandle(gathered if buffer is tensor else [g.to(device_of_input) for g in gathered])
 
 
+HEADER_BYTES = 8 * WORDS
+"""A tensor header's size in bytes."""
+
+_HEADERS: dict[tuple[torch.dtype, torch.Size], bytes] = {}
+"""The header of each dtype and shape gathered, as it travels (made once)."""
+
+
+def _header_bytes(tensor: torch.Tensor) -> bytes:
+    key = (tensor.dtype, tensor.shape)
+    known = _HEADERS.get(key)
+    if known is None:
+        known = header_words(tensor).tobytes()
+        if len(_HEADERS) < 1024:
+            _HEADERS[key] = known
+    return known
+
+
 def gather_headers(context: WireContext, tensor: torch.Tensor, operation: str = "all_gather") -> tuple[list[torch.Tensor] | None, list[torch.Size]]:
     """Every rank's shape, and every rank's tensor too when all of them fit in the opening slot.
 
@@ -138,13 +155,13 @@ def gather_headers(context: WireContext, tensor: torch.Tensor, operation: str = 
     """
     problem = unsupported(tensor, operation)
     world = context.world_size
-    if problem is None and world > 1 and tensor.numel() * tensor.element_size() > body_room(world) - HEADER_BYTES:
-        head = _header_bytes(tensor)  # data too large to ride: the opening is the header alone
+    fits = problem is None and tensor.numel() * tensor.element_size() <= body_room(world) - HEADER_BYTES
+    if problem is None and not fits and world > 1:  # the opening is the header alone
+        head = _header_bytes(tensor)
         if holds(context, operation, "tensor", head):  # the usual case: every rank's shape is this one
             return None, [tensor.shape] * world
         slots = gather_slots(context, operation, "tensor", head, tensor.device)  # the check's second step
     else:
-        fits = problem is None and tensor.numel() * tensor.element_size() <= body_room(world) - HEADER_BYTES
         header = header_words(None if problem else tensor)
         slots = check_call(context, operation, "tensor", header.view(np.uint8), tensor if fits else None, tensor.device)
     if slots.uniform:  # the check held: every rank's header is this rank's, read once at any world size
@@ -168,23 +185,6 @@ def gather_headers(context: WireContext, tensor: torch.Tensor, operation: str = 
     sizes = [shape.numel() * tensor.element_size() for shape in shapes]
     rows = slots.data(start, max(sizes))
     return [row[:n].view(tensor.dtype).reshape(shape).clone() for row, n, shape in zip(rows, sizes, shapes)], shapes
-
-
-HEADER_BYTES = 8 * WORDS
-"""A tensor header's size in bytes."""
-
-_HEADERS: dict[tuple[torch.dtype, torch.Size], bytes] = {}
-"""The header of each dtype and shape gathered, as it travels (made once)."""
-
-
-def _header_bytes(tensor: torch.Tensor) -> bytes:
-    key = (tensor.dtype, tensor.shape)
-    known = _HEADERS.get(key)
-    if known is None:
-        known = header_words(tensor).tobytes()
-        if len(_HEADERS) < 1024:
-            _HEADERS[key] = known
-    return known
 
 
 def _read_header(context: WireContext, slots: CallSlots, rank: int, operation: str = "all_gather") -> tuple[torch.dtype, torch.Size, bool] | None:
