@@ -232,8 +232,9 @@ def _flatten_mean(grads: dict[str, torch.Tensor], world_size: int) -> None:
 def promise_price(comm: Communicator, case: str, calls: int) -> dict[str, float]:
     """One checked call against the raw torch.distributed idiom a user writes instead (which checks
     nothing), alternating call by call: what the promise costs. A third way, ``floor``, is the
-    least any check apart from the data can cost: a bare two-word AND all-reduce, and then the raw
-    idiom unless the data rides in the check (Gloo ranks: the bitwise form)."""
+    least any check apart from the data can cost: the backend's bare two-word AND (one exchange on
+    two Gloo ranks, a ring all-reduce on more), and then the raw idiom unless the data rides in
+    the check (Gloo ranks: the bitwise form)."""
     n = comm.world_size
     small, large = torch.ones(1), torch.ones(2**18)  # 4 B and 1 MiB of float32
     buffers = [torch.empty_like(large) for _ in range(n)]
@@ -248,8 +249,8 @@ def promise_price(comm: Communicator, case: str, calls: int) -> dict[str, float]
 
     words = torch.zeros(2, dtype=torch.int64)
 
-    def bare_check() -> None:  # what distcomm's check costs at the least: its one two-word AND, nothing around it
-        dist.all_reduce(words, dist.ReduceOp.BAND)
+    def bare_check() -> None:  # what distcomm's check costs at the least: its two-word AND, nothing around it
+        comm.tensor_backend.all_reduce_bitwise_and(words)
 
     runners: dict[str, dict[str, Callable[[], Any]]] = {
         "barrier": {"distcomm": comm.barrier, "raw": dist.barrier},

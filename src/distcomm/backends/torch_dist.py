@@ -32,6 +32,8 @@ _gather_into_tensor = getattr(dist, "all_gather_single", None) or dist.all_gathe
 """Gather into one flat tensor (``all_gather_single`` in new torch, ``all_gather_into_tensor`` before)."""
 _reduce_scatter_tensor = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
 """Reduce-scatter one flat tensor (``reduce_scatter_single`` in new torch, ``reduce_scatter_tensor`` before)."""
+_PAIR_AND_TAG = 0x64636B
+"""The point-to-point tag of the AND of two Gloo ranks (distcomm's own sends and receives use tag 0)."""
 
 
 class TorchDistBackend(Backend):
@@ -60,6 +62,8 @@ class TorchDistBackend(Backend):
         self._cuda = self.name == "nccl"
         self._gloo = self.name == "gloo"
         self._bound_device: torch.device | None = None
+        self._pair_peer = self._global_ranks[1 - rank] if self._gloo and self.world_size == 2 else None
+        """The other rank of two Gloo ranks, with which an AND is one exchange; else ``None``."""
 
     # ------------------------------------------------------------------ identity
 
@@ -131,7 +135,21 @@ class TorchDistBackend(Backend):
 
     def all_reduce_bitwise_and(self, tensor: torch.Tensor) -> None:
         try:
-            dist.all_reduce(tensor, dist.ReduceOp.BAND, self._group)
+            if self._pair_peer is None:
+                dist.all_reduce(tensor, dist.ReduceOp.BAND, self._group)
+                return
+            # Two Gloo ranks: each sends its words and ANDs in the other's. One round, where Gloo's
+            # ring all-reduce takes two (a reduce-scatter, then an all-gather), on a tag of its own.
+            received = torch.empty_like(tensor)
+            works = (
+                dist.isend(tensor, self._pair_peer, self._group, _PAIR_AND_TAG),
+                dist.irecv(received, self._pair_peer, self._group, _PAIR_AND_TAG),
+            )
+            for work in works:
+                if work is None:  # torch's answer to a rank outside the group, which this one is not
+                    raise AssertionError("torch.distributed took this rank for a stranger to its own group")
+                work.wait()
+            tensor.bitwise_and_(received)
         except RuntimeError as error:
             raise CollectiveError("all_reduce", self.rank, error) from error
 
