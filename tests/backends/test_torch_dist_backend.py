@@ -40,6 +40,14 @@ def test_every_rank_gets_the_bitwise_and_of_every_ranks_words(dist_world, ranks:
 TIMEOUT = 1.0
 
 
+@pytest.fixture(scope="module")
+def short_world():
+    """Two ranks whose collectives time out after 1 s; each failure below breaks its group, and
+    the world starts its ranks again for the next test."""
+    with World(2, timeout=TIMEOUT, call_timeout=30.0) as world:
+        yield world
+
+
 def barrier_with_rank_1_late(comm, lateness):
     if comm.rank == 1:
         time.sleep(lateness)
@@ -51,12 +59,34 @@ def barrier_with_rank_1_late(comm, lateness):
     return "passed", time.monotonic() - started
 
 
-@pytest.mark.integration  # a world of its own, whose group the failure breaks
-def test_a_rank_that_comes_after_its_peer_timed_out_fails_too() -> None:
+@pytest.mark.integration  # a world of its own, whose group each failure breaks
+def test_a_rank_that_comes_after_its_peer_timed_out_fails_too(short_world) -> None:
     """Two ranks check a call in one exchange: the rank that gave up at the timeout takes its
     connection down, so the late rank cannot pass on the word the other left behind."""
-    with World(2, timeout=TIMEOUT, call_timeout=30.0) as world:
-        outcomes = world.run_outcomes(barrier_with_rank_1_late, TIMEOUT + 2.0)
+    outcomes = short_world.run_outcomes(barrier_with_rank_1_late, TIMEOUT + 2.0)
     (first, waited), (second, _) = (o.value for o in outcomes)
     assert (first, second) == ("raised", "raised"), outcomes
     assert waited < TIMEOUT + 3.0
+
+
+def checked_call_against(comm, peer_call):
+    started = time.monotonic()
+    try:
+        if comm.rank == 0:
+            comm.barrier()
+        elif peer_call == "lone all_reduce":
+            comm.all_reduce(torch.ones(8))
+        else:
+            comm.recv(src=0)
+    except CollectiveError:
+        return "raised", time.monotonic() - started
+    return "passed", time.monotonic() - started
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("peer_call", ["lone all_reduce", "recv"])
+def test_a_check_against_a_peer_in_another_kind_of_call_fails_on_both_within_the_timeout(short_world, peer_call: str) -> None:
+    """The exchange's tag is its own: a peer in an unchecked all_reduce or a receive never meets it."""
+    outcomes = short_world.run_outcomes(checked_call_against, peer_call)
+    assert [o.value[0] for o in outcomes] == ["raised", "raised"], outcomes
+    assert all(o.value[1] < TIMEOUT + 3.0 for o in outcomes)
