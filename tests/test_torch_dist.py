@@ -13,9 +13,11 @@ from distcomm import CollectiveError, ConfigurationError, DistCommError, Invalid
 from distcomm.testing import RankDiedError, World
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def fast_failing_world():
-    """Two ranks whose collectives time out after 2 s, for failure tests."""
+    """Two ranks of their own whose collectives time out after 2 s, for failure tests: a fresh
+    world for each test, since a test that catches a failure leaves a broken group behind that the
+    world cannot see (its ranks all returned)."""
     with World(2, timeout=2.0, call_timeout=30.0) as world:
         yield world
 

@@ -40,10 +40,10 @@ def test_every_rank_gets_the_bitwise_and_of_every_ranks_words(dist_world, ranks:
 TIMEOUT = 1.0
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def short_world():
-    """Two ranks whose collectives time out after 1 s; each failure below breaks its group, and
-    the world starts its ranks again for the next test."""
+    """Two ranks of their own whose collectives time out after 1 s: each test below breaks its
+    group (and catches the error, so the world would not know to start its ranks again)."""
     with World(2, timeout=TIMEOUT, call_timeout=30.0) as world:
         yield world
 
@@ -59,7 +59,7 @@ def barrier_with_rank_1_late(comm, lateness):
     return "passed", time.monotonic() - started
 
 
-@pytest.mark.integration  # a world of its own, whose group each failure breaks
+@pytest.mark.integration  # a world of its own, whose group the failure breaks
 def test_a_rank_that_comes_after_its_peer_timed_out_fails_too(short_world) -> None:
     """Two ranks check a call in one exchange: the rank that gave up at the timeout takes its
     connection down, so the late rank cannot pass on the word the other left behind."""
