@@ -1,4 +1,5 @@
-"""What a Gloo all-reduce costs by the number of words it carries: why the call check is two words.
+"""What a Gloo all-reduce costs by the number of words it carries: why the call check is two words
+(and, on two ranks, what the check's exchange of those words costs instead).
 
     python benchmarks/gloo_words.py 2        # ranks; add a count of rounds (default 400)
 
@@ -29,6 +30,15 @@ def _cases() -> dict[str, Callable[[], object]]:
         cases[f"max of {count} words"] = lambda words=words: dist.all_reduce(words, dist.ReduceOp.MAX)
     pair = torch.zeros(2, dtype=torch.int64)
     cases["bitwise AND of 2 words"] = lambda: dist.all_reduce(pair, dist.ReduceOp.BAND)
+    if dist.get_world_size() == 2:  # what distcomm's check does on two Gloo ranks instead
+        peer, received = 1 - dist.get_rank(), torch.zeros(2, dtype=torch.int64)
+
+        def exchange() -> None:
+            for work in (dist.isend(pair, peer), dist.irecv(received, peer)):
+                work.wait()  # type: ignore[union-attr]
+            pair.bitwise_and_(received)
+
+        cases["exchange of 2 words"] = exchange
     return cases
 
 
