@@ -5,7 +5,7 @@ One :class:`FlightRecorder` per process keeps a ring buffer of the last ``size``
 collectives of every communicator: the group, a sequence number per group, the
 operation, the data's dtypes and shapes, the reduce op or root, the caller's file, line
 and function (the first frame outside distcomm), and the state (started, completed,
-failed) with monotonic times. It is cheap enough to stay on (about two microseconds per
+failed) with monotonic times. It is cheap enough to stay on (one to two microseconds per
 call); ``DISTCOMM_FLIGHT_RECORDER=0`` turns it off, and then nothing is paid.
 
 It writes one JSON-lines file per rank (``<job>-rank<R>.jsonl`` in its directory) when a
